@@ -1,0 +1,1 @@
+"""npcosteff: COST-EFF in NumPy and Numba."""

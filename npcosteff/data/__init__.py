@@ -1,0 +1,1 @@
+"""GLUE data: tasks, loading from the hub or a TSV folder, batching."""

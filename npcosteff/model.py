@@ -1,0 +1,372 @@
+"""`CostEffModel`: a (slender, multi-exit) BERT with a hand-written backward pass.
+
+    h_0 = Embeddings(input_ids)                        (B, T, d)
+    h_l = Layer_l(h_{l-1}),  l = 1..L                  (B, T, d)   Layer = attention block + FFN block
+    z_l = Exit_l(h_l),       l = exit_start..L         (B, C)
+
+The model owns one ordered dictionary of parameters (``param_names`` gives the order, which
+drives loading, saving, the optimizer and the parity tests) and one of gradients of the same
+names. ``backward`` adds into the gradients (``+=``); ``zero_grad`` clears them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .config import CostEffConfig
+from .nn.attention import attention_backward, attention_forward
+from .nn.dropout import Dropout
+from .nn.embeddings import (embeddings_backward, embeddings_forward,
+                            word_embeddings_backward, word_embeddings_forward)
+from .nn.exits import exit_backward, exit_forward
+from .nn.ffn import ffn_backward, ffn_forward
+from .nn.prefixed import Prefixed
+from . import weights as W
+
+
+def param_shapes(config: CostEffConfig) -> dict:
+    """The ordered parameter names of a model with this config, with their shapes."""
+    c = config
+    d = c.hidden_size
+    shapes = {}
+    if c.embedding_rank is None:
+        shapes["embeddings.word_embeddings.weight"] = (c.vocab_size, d)
+    else:
+        shapes["embeddings.word_embeddings.weight"] = (c.vocab_size, c.embedding_rank)
+        shapes["embeddings.word_embeddings.projection"] = (c.embedding_rank, d)
+    shapes["embeddings.position_embeddings.weight"] = (c.max_position_embeddings, d)
+    shapes["embeddings.token_type_embeddings.weight"] = (c.type_vocab_size, d)
+    shapes["embeddings.LayerNorm.weight"] = (d,)
+    shapes["embeddings.LayerNorm.bias"] = (d,)
+    for i in range(c.num_hidden_layers):
+        A, F = c.attention_width(i), c.intermediate_per_layer[i]
+        pre = f"encoder.layer.{i}."
+        for proj in ("query", "key", "value"):
+            shapes[f"{pre}attention.self.{proj}.weight"] = (A, d)
+            shapes[f"{pre}attention.self.{proj}.bias"] = (A,)
+        shapes[f"{pre}attention.output.dense.weight"] = (d, A)
+        shapes[f"{pre}attention.output.dense.bias"] = (d,)
+        shapes[f"{pre}attention.output.LayerNorm.weight"] = (d,)
+        shapes[f"{pre}attention.output.LayerNorm.bias"] = (d,)
+        shapes[f"{pre}intermediate.dense.weight"] = (F, d)
+        shapes[f"{pre}intermediate.dense.bias"] = (F,)
+        shapes[f"{pre}output.dense.weight"] = (d, F)
+        shapes[f"{pre}output.dense.bias"] = (d,)
+        shapes[f"{pre}output.LayerNorm.weight"] = (d,)
+        shapes[f"{pre}output.LayerNorm.bias"] = (d,)
+    for i in c.exit_layers:
+        if c.pooler == "dense":
+            shapes[f"exits.{i}.pooler.dense.weight"] = (d, d)
+            shapes[f"exits.{i}.pooler.dense.bias"] = (d,)
+        shapes[f"exits.{i}.classifier.weight"] = (c.num_labels, d)
+        shapes[f"exits.{i}.classifier.bias"] = (c.num_labels,)
+    return shapes
+
+
+def init_params(config: CostEffConfig, dtype=np.float32, seed=0, names=None) -> dict:
+    """Fresh parameters as Hugging Face initializes BERT: N(0, initializer_range) weights,
+    zero biases, LayerNorm weight 1 and bias 0."""
+    rng = np.random.default_rng(seed)
+    std = config.initializer_range
+    out = {}
+    for name, shape in param_shapes(config).items():
+        if names is not None and name not in names:
+            continue
+        if "LayerNorm.weight" in name:
+            out[name] = np.ones(shape, dtype)
+        elif name.endswith(".bias") or "LayerNorm" in name:
+            out[name] = np.zeros(shape, dtype)
+        else:
+            out[name] = (rng.standard_normal(shape) * std).astype(dtype)
+    return out
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns. Shapes: hidden_states L+1 x (B, T, d); logits one (B, C)
+    per exit, shallowest first; attentions L x (B, H_l, T, T) when asked for."""
+    hidden_states: tuple
+    logits: tuple
+    exit_layers: tuple
+    attentions: Optional[tuple] = None
+    cache: Optional[dict] = None
+
+    @property
+    def last_hidden_state(self):
+        return self.hidden_states[-1]
+
+
+class CostEffModel:
+    """A slender multi-exit BERT in NumPy (see the module docstring and docs/architecture.md)."""
+
+    def __init__(self, config: CostEffConfig, params: Optional[dict] = None, dtype=np.float32, seed=0):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        shapes = param_shapes(config)
+        self.param_names = list(shapes)
+        if params is None:
+            params = init_params(config, self.dtype, seed)
+        W.check_state(params, shapes)
+        self.params = {n: np.ascontiguousarray(params[n], dtype=self.dtype) for n in self.param_names}
+        self.grads = None
+        self.zero_grad()
+
+    # ------------------------------------------------------------------ housekeeping
+    def zero_grad(self):
+        """Set every gradient buffer to zero (allocating them the first time)."""
+        if self.grads is None:
+            self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
+        else:
+            for g in self.grads.values():
+                g.fill(0.0)
+
+    def num_parameters(self, include_exits=True) -> int:
+        return int(sum(p.size for n, p in self.params.items() if include_exits or not n.startswith("exits.")))
+
+    def astype(self, dtype) -> "CostEffModel":
+        return CostEffModel(self.config, self.params, dtype=dtype)
+
+    def copy(self) -> "CostEffModel":
+        return CostEffModel(self.config, {n: p.copy() for n, p in self.params.items()}, dtype=self.dtype)
+
+    def state_dict(self) -> dict:
+        return dict(self.params)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds):
+        c = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            input_ids = np.asarray(input_ids)
+            if input_ids.ndim != 2:
+                raise ValueError(f"input_ids must be (batch, tokens), got shape {input_ids.shape}")
+            if not np.issubdtype(input_ids.dtype, np.integer):
+                raise TypeError(f"input_ids must be integers, got {input_ids.dtype}")
+            if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= c.vocab_size):
+                bad = input_ids.max() if input_ids.max() >= c.vocab_size else input_ids.min()
+                raise ValueError(f"token id {int(bad)} is out of range for vocab_size {c.vocab_size}")
+            shape = input_ids.shape
+        else:
+            inputs_embeds = np.asarray(inputs_embeds, dtype=self.dtype)
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != c.hidden_size:
+                raise ValueError(f"inputs_embeds must be (batch, tokens, {c.hidden_size}), "
+                                 f"got shape {inputs_embeds.shape}")
+            shape = inputs_embeds.shape[:2]
+        if shape[1] > c.max_position_embeddings:
+            raise ValueError(f"sequence length {shape[1]} is longer than max_position_embeddings "
+                             f"{c.max_position_embeddings}")
+        if shape[1] == 0 or shape[0] == 0:
+            raise ValueError(f"empty batch: shape {shape}")
+        if attention_mask is None:
+            attention_mask = np.ones(shape, np.int64)
+        attention_mask = np.asarray(attention_mask)
+        if attention_mask.shape != shape:
+            raise ValueError(f"attention_mask has shape {attention_mask.shape}, input has {shape}")
+        if token_type_ids is None:
+            token_type_ids = np.zeros(shape, np.int64)
+        token_type_ids = np.asarray(token_type_ids)
+        if token_type_ids.shape != shape:
+            raise ValueError(f"token_type_ids has shape {token_type_ids.shape}, input has {shape}")
+        if token_type_ids.size and (token_type_ids.min() < 0 or token_type_ids.max() >= c.type_vocab_size):
+            raise ValueError(f"token_type_ids must lie in 0..{c.type_vocab_size - 1}")
+        return input_ids, attention_mask, token_type_ids, inputs_embeds
+
+    def _layer_masks(self, mask, kind):
+        """Normalize a head or FFN mask to a list of L arrays (or Nones)."""
+        L = self.config.num_hidden_layers
+        widths = self.config.heads_per_layer if kind == "head_mask" else self.config.intermediate_per_layer
+        if mask is None:
+            return [None] * L
+        if isinstance(mask, np.ndarray) and mask.ndim == 2:
+            mask = list(mask)
+        if len(mask) != L:
+            raise ValueError(f"{kind} has {len(mask)} entries for {L} layers")
+        out = []
+        for i, m in enumerate(mask):
+            if m is None:
+                out.append(None)
+                continue
+            m = np.asarray(m, dtype=self.dtype)
+            if m.shape != (widths[i],):
+                raise ValueError(f"{kind} for layer {i} has shape {m.shape}, the layer has width ({widths[i]},)")
+            out.append(m)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, **kw):
+        return self.forward(input_ids, attention_mask, token_type_ids, **kw)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *, inputs_embeds=None,
+                head_mask=None, ffn_mask=None, training=False, dropout=None, output_attentions=False,
+                gradient_equilibrium=None, return_cache=False, max_layer=None) -> ModelOutput:
+        """Run the model; see docs/architecture.md for every argument.
+
+        input_ids (B, T) int, attention_mask (B, T) 0/1, token_type_ids (B, T). `dropout` is a
+        dropout source (``npcosteff.nn.dropout.Dropout``/``ReplayDropout``); with
+        ``training=True`` and no source, masks are drawn with the config's probabilities from a
+        fresh generator. `max_layer` (1-based) stops after that layer (early exit).
+        """
+        c, P = self.config, self.params
+        input_ids, attention_mask, token_type_ids, inputs_embeds = self._check_inputs(
+            input_ids, attention_mask, token_type_ids, inputs_embeds)
+        head_masks = self._layer_masks(head_mask, "head_mask")
+        ffn_masks = self._layer_masks(ffn_mask, "ffn_mask")
+        if training and dropout is None:
+            dropout = Dropout(np.random.default_rng(), c.hidden_dropout_prob, c.attention_probs_dropout_prob)
+        if not training:
+            dropout = None
+        drop = (lambda site, shape: dropout.mask(site, shape, self.dtype)) if dropout is not None else \
+            (lambda site, shape: None)
+        if gradient_equilibrium is None:
+            gradient_equilibrium = training
+        L = c.num_hidden_layers if max_layer is None else int(max_layer)
+        if not 1 <= L <= c.num_hidden_layers:
+            raise ValueError(f"max_layer {max_layer} is outside 1..{c.num_hidden_layers}")
+
+        B, T = attention_mask.shape
+        d = c.hidden_size
+        # Additive mask (B, 1, 1, T): 0 on real tokens, the most negative float on padding.
+        additive_mask = ((1.0 - attention_mask.astype(self.dtype)) * np.finfo(self.dtype).min
+                         ).reshape(B, 1, 1, T)
+        emb_p = Prefixed(P, "embeddings.")
+        word_cache = None
+        if inputs_embeds is None:
+            inputs_embeds, word_cache = word_embeddings_forward(input_ids, emb_p)   # (B, T, d)
+        h, emb_cache = embeddings_forward(inputs_embeds, token_type_ids, emb_p, c.layer_norm_eps,
+                                          drop("embeddings", (B, T, d)))           # (B, T, d)
+        hidden_states, logits, attentions, layer_caches, exit_caches = [h], [], [], [], {}
+        exit_layers = []
+        for i in range(L):
+            H = c.heads_per_layer[i]
+            lp = Prefixed(P, f"encoder.layer.{i}.")
+            a, probs, a_cache = attention_forward(
+                h, Prefixed(P, f"encoder.layer.{i}.attention."), H, c.attention_head_size, additive_mask,
+                c.layer_norm_eps, head_mask=head_masks[i],
+                probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
+                output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)))
+            h, f_cache = ffn_forward(a, lp, c.layer_norm_eps, ffn_mask=ffn_masks[i],
+                                     output_dropout=drop(f"layer.{i}.output", (B, T, d)))
+            hidden_states.append(h)
+            if output_attentions:
+                attentions.append(probs)
+            layer_caches.append((a_cache, f_cache))
+            if i in c.exit_layers:
+                z, e_cache = exit_forward(h, attention_mask, Prefixed(P, f"exits.{i}."), c.pooler,
+                                          drop(f"exit.{i}", (B, d)))                # (B, C)
+                logits.append(z)
+                exit_layers.append(i + 1)
+                exit_caches[i] = e_cache
+        cache = None
+        if return_cache:
+            cache = dict(word=word_cache, emb=emb_cache, layers=layer_caches, exits=exit_caches,
+                         L=L, exit_layers=tuple(exit_layers), gradient_equilibrium=gradient_equilibrium)
+        return ModelOutput(tuple(hidden_states), tuple(logits), tuple(exit_layers),
+                           tuple(attentions) if output_attentions else None, cache)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, cache, grad_hidden_states=None, grad_logits=None, grad_attentions=None):
+        """Backpropagate upstream gradients; adds into ``self.grads``.
+
+        grad_hidden_states: L+1 arrays (B, T, d) or Nones; grad_logits: one (B, C) per exit or
+        Nones; grad_attentions: L arrays (B, H_l, T, T) or Nones. Returns the gradient of
+        inputs_embeds (B, T, d), or None when no gradient reached the embeddings.
+        """
+        if cache is None:
+            raise ValueError("backward needs the cache of a forward pass run with return_cache=True")
+        c, P, G = self.config, self.params, self.grads
+        L, exit_layers = cache["L"], cache["exit_layers"]
+        n_total = c.num_hidden_layers
+        ghs = list(grad_hidden_states) if grad_hidden_states is not None else [None] * (L + 1)
+        gz = list(grad_logits) if grad_logits is not None else [None] * len(exit_layers)
+        ga = list(grad_attentions) if grad_attentions is not None else [None] * L
+        if len(ghs) != L + 1 or len(gz) != len(exit_layers) or len(ga) != L:
+            raise ValueError(f"expected {L + 1} hidden-state, {len(exit_layers)} logit and {L} attention "
+                             f"gradients, got {len(ghs)}, {len(gz)} and {len(ga)}")
+        exit_index = {layer - 1: k for k, layer in enumerate(exit_layers)}
+        g_deeper = None                                    # gradient reaching h_{i+1} from layer i+2
+        for i in reversed(range(L)):
+            l = i + 1                                      # 1-based layer number of SPEC 1
+            g_exit = None
+            if i in exit_index and gz[exit_index[i]] is not None:
+                g_exit = exit_backward(gz[exit_index[i]], cache["exits"][i], Prefixed(G, f"exits.{i}."))
+            if cache["gradient_equilibrium"] and i in exit_index and l < n_total:
+                # Gradient equilibrium: (g_exit + (L-l) g_deeper) / (L-l+1).
+                k = n_total - l
+                if g_exit is not None:
+                    g_exit = g_exit * (1.0 / (k + 1))
+                if g_deeper is not None:
+                    g_deeper = g_deeper * (k / (k + 1))
+            g = _add(_add(g_exit, g_deeper), ghs[l])       # (B, T, d) or None
+            if g is None and ga[i] is None:
+                g_deeper = None                            # nothing upstream: no gradient below either
+                continue
+            if g is None:
+                g = np.zeros(_hidden_shape(cache, i), self.dtype)   # only attention distillation reaches here
+            a_cache, f_cache = cache["layers"][i]
+            lp = Prefixed(G, f"encoder.layer.{i}.")
+            da = ffn_backward(g, f_cache, Prefixed(P, f"encoder.layer.{i}."), lp)
+            g_deeper = attention_backward(da, a_cache, Prefixed(P, f"encoder.layer.{i}.attention."),
+                                          Prefixed(G, f"encoder.layer.{i}.attention."), dprobs_extra=ga[i])
+        g = _add(g_deeper, ghs[0])
+        if g is None:
+            return None
+        emb_p, emb_g = Prefixed(P, "embeddings."), Prefixed(G, "embeddings.")
+        d_inputs_embeds = embeddings_backward(g, cache["emb"], emb_p, emb_g)
+        if cache["word"] is not None:
+            word_embeddings_backward(d_inputs_embeds, cache["word"], emb_p, emb_g)
+        return d_inputs_embeds
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, folder, tokenizer_file=None):
+        """Write config.json and model.safetensors (and a copy of tokenizer.json) atomically."""
+        import shutil
+
+        files = {
+            "config.json": lambda p: W.write_text(p, self.config.to_json_string()),
+            "model.safetensors": lambda p: W.write_safetensors(p, self.params, self.param_names,
+                                                               metadata={"format": "pt"}),
+        }
+        if tokenizer_file is not None:
+            files["tokenizer.json"] = lambda p: shutil.copyfile(tokenizer_file, p)
+        return W.save_folder(folder, files)
+
+    @classmethod
+    def from_pretrained(cls, path=None, dtype=np.float32, seed=0, **config_overrides) -> "CostEffModel":
+        """Load a Hugging Face BERT folder (None: the packaged MiniLM).
+
+        `config_overrides` set COST-EFF fields (e.g. ``num_labels=2``); exits that the
+        checkpoint lacks are freshly initialized, every other tensor must be present.
+        """
+        from .pretrained import resolve_model_dir
+
+        folder = resolve_model_dir(path)
+        config = CostEffConfig.from_json(folder, **config_overrides)
+        shapes = param_shapes(config)
+        state = W.normalize_names(W.read_safetensors(os.path.join(folder, "model.safetensors")), shapes)
+        _, missing_exits = W.check_state(state, shapes, allow_missing=("exits.",))
+        params = {n: state[n] for n in shapes if n in state}
+        params.update(init_params(config, dtype, seed, names=set(missing_exits)))
+        model = cls(config, params, dtype=dtype)
+        model.source_dir = folder
+        return model
+
+
+def _add(a, b):
+    """a + b where None means zero (no copy when one side is None)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _hidden_shape(cache, i):
+    """(B, T, d) of layer i's output, read from its FFN cache."""
+    return cache["layers"][i][1][-1]
