@@ -28,6 +28,11 @@ from .nn.prefixed import Prefixed
 from . import weights as W
 
 
+def _no_dropout(site, shape):
+    """The dropout hook of evaluation: no mask anywhere."""
+    return None
+
+
 def param_shapes(config: CostEffConfig) -> dict:
     """The ordered parameter names of a model with this config, with their shapes."""
     c = config
@@ -213,7 +218,7 @@ class CostEffModel:
         ``training=True`` and no source, masks are drawn with the config's probabilities from a
         fresh generator. `max_layer` (1-based) stops after that layer (early exit).
         """
-        c, P = self.config, self.params
+        c = self.config
         input_ids, attention_mask, token_type_ids, inputs_embeds = self._check_inputs(
             input_ids, attention_mask, token_type_ids, inputs_embeds)
         head_masks = self._layer_masks(head_mask, "head_mask")
@@ -223,52 +228,77 @@ class CostEffModel:
         if not training:
             dropout = None
         drop = (lambda site, shape: dropout.mask(site, shape, self.dtype)) if dropout is not None else \
-            (lambda site, shape: None)
+            _no_dropout
         if gradient_equilibrium is None:
             gradient_equilibrium = training
         L = c.num_hidden_layers if max_layer is None else int(max_layer)
         if not 1 <= L <= c.num_hidden_layers:
             raise ValueError(f"max_layer {max_layer} is outside 1..{c.num_hidden_layers}")
 
-        B, T = attention_mask.shape
-        d = c.hidden_size
-        # Additive mask (B, 1, 1, T): 0 on real tokens, the most negative float on padding.
-        additive_mask = ((1.0 - attention_mask.astype(self.dtype)) * np.finfo(self.dtype).min
-                         ).reshape(B, 1, 1, T)
-        emb_p = Prefixed(P, "embeddings.")
-        word_cache = None
-        if inputs_embeds is None:
-            inputs_embeds, word_cache = word_embeddings_forward(input_ids, emb_p)   # (B, T, d)
-        h, emb_cache = embeddings_forward(inputs_embeds, token_type_ids, emb_p, c.layer_norm_eps,
-                                          drop("embeddings", (B, T, d)))           # (B, T, d)
+        additive_mask = self.additive_mask(attention_mask)                        # (B, 1, 1, T)
+        h, word_cache, emb_cache = self.embed(input_ids, token_type_ids, inputs_embeds, drop)   # (B, T, d)
         hidden_states, logits, attentions, layer_caches, exit_caches = [h], [], [], [], {}
         exit_layers = []
         for i in range(L):
-            H = c.heads_per_layer[i]
-            lp = Prefixed(P, f"encoder.layer.{i}.")
-            a, probs, a_cache = attention_forward(
-                h, Prefixed(P, f"encoder.layer.{i}.attention."), H, c.attention_head_size, additive_mask,
-                c.layer_norm_eps, head_mask=head_masks[i],
-                probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
-                output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)))
-            h, f_cache = ffn_forward(a, lp, c.layer_norm_eps, ffn_mask=ffn_masks[i],
-                                     output_dropout=drop(f"layer.{i}.output", (B, T, d)))
+            h, probs, layer_cache = self.run_layer(i, h, additive_mask, head_masks[i], ffn_masks[i], drop)
             hidden_states.append(h)
             if output_attentions:
                 attentions.append(probs)
-            layer_caches.append((a_cache, f_cache))
+            if return_cache:                       # inference keeps no caches alive
+                layer_caches.append(layer_cache)
             if i in c.exit_layers:
-                z, e_cache = exit_forward(h, attention_mask, Prefixed(P, f"exits.{i}."), c.pooler,
-                                          drop(f"exit.{i}", (B, d)))                # (B, C)
+                z, exit_cache = self.run_exit(i, h, attention_mask, drop)        # (B, C)
+                if return_cache:
+                    exit_caches[i] = exit_cache
                 logits.append(z)
                 exit_layers.append(i + 1)
-                exit_caches[i] = e_cache
         cache = None
         if return_cache:
             cache = dict(word=word_cache, emb=emb_cache, layers=layer_caches, exits=exit_caches,
                          L=L, exit_layers=tuple(exit_layers), gradient_equilibrium=gradient_equilibrium)
         return ModelOutput(tuple(hidden_states), tuple(logits), tuple(exit_layers),
                            tuple(attentions) if output_attentions else None, cache)
+
+    # ------------------------------------------------------------------ forward, one step at a time
+    # `forward` is these three steps in a loop; early exit (npcosteff.early_exit) calls them
+    # directly so that it can drop finished samples between layers.
+    def additive_mask(self, attention_mask):
+        """attention_mask (B, T) 0/1 -> (B, 1, 1, T): 0 on real tokens, the most negative float on padding."""
+        B, T = attention_mask.shape
+        m = (1.0 - attention_mask.astype(self.dtype)) * np.finfo(self.dtype).min
+        return m.reshape(B, 1, 1, T)
+
+    def embed(self, input_ids, token_type_ids, inputs_embeds=None, drop=_no_dropout):
+        """input_ids (B, T) or inputs_embeds (B, T, d) -> h_0 (B, T, d), word cache, embeddings cache."""
+        c = self.config
+        emb_p = Prefixed(self.params, "embeddings.")
+        word_cache = None
+        if inputs_embeds is None:
+            inputs_embeds, word_cache = word_embeddings_forward(input_ids, emb_p)   # (B, T, d)
+        B, T, d = inputs_embeds.shape
+        h, emb_cache = embeddings_forward(inputs_embeds, token_type_ids, emb_p, c.layer_norm_eps,
+                                          drop("embeddings", (B, T, d)))
+        return h, word_cache, emb_cache
+
+    def run_layer(self, i, h, additive_mask, head_mask=None, ffn_mask=None, drop=_no_dropout):
+        """Layer i (0-based): h (B, T, d) -> (h' (B, T, d), attention probs (B, H_i, T, T), cache)."""
+        c = self.config
+        B, T, d = h.shape
+        H = c.heads_per_layer[i]
+        a, probs, a_cache = attention_forward(
+            h, Prefixed(self.params, f"encoder.layer.{i}.attention."), H, c.attention_head_size,
+            additive_mask, c.layer_norm_eps, head_mask=head_mask,
+            probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
+            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)))
+        h, f_cache = ffn_forward(a, Prefixed(self.params, f"encoder.layer.{i}."), c.layer_norm_eps,
+                                 ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)))
+        return h, probs, (a_cache, f_cache)
+
+    def run_exit(self, i, h, attention_mask, drop=_no_dropout):
+        """The exit after layer i (0-based): h (B, T, d) -> logits (B, C), cache."""
+        B, T, d = h.shape
+        return exit_forward(h, attention_mask, Prefixed(self.params, f"exits.{i}."), self.config.pooler,
+                            drop(f"exit.{i}", (B, d)))
 
     # ------------------------------------------------------------------ backward
     def backward(self, cache, grad_hidden_states=None, grad_logits=None, grad_attentions=None):

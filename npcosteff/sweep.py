@@ -1,0 +1,116 @@
+"""The accuracy-efficiency sweep of early exit (SPEC 6): metric, exit layers, speed-up,
+FLOPs and wall-clock time for each threshold, written as CSV/JSON and plotted as metric
+against FLOPs (one curve per model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import numpy as np
+
+from .early_exit import early_exit_predict
+from .flops import count_parameters, model_flops
+from .metrics import compute_metrics, main_metric, predictions_from_logits
+from .weights import write_text
+
+DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def mean_flops(config, n_tokens, exit_layers=None) -> float:
+    """Mean analytic FLOPs per sample; exit_layers None = the full model."""
+    if exit_layers is None:
+        return float(np.mean([model_flops(config, int(n)) for n in n_tokens]))
+    return float(np.mean([model_flops(config, int(n), int(l)) for n, l in zip(n_tokens, exit_layers)]))
+
+
+def evaluate_threshold(model, batches, labels, task, threshold, criterion="entropy", patience=None) -> dict:
+    """One row of the sweep: the early-exit run at one threshold (or patience)."""
+    t0 = time.perf_counter()
+    res = early_exit_predict(model, batches, criterion=criterion, threshold=threshold, patience=patience)
+    seconds = time.perf_counter() - t0
+    preds = predictions_from_logits(res.logits, model.config.is_regression)
+    metrics = compute_metrics(task, preds, labels)
+    full = mean_flops(model.config, res.n_tokens)
+    flops = mean_flops(model.config, res.n_tokens, res.exit_layers)
+    return {
+        "criterion": criterion,
+        "threshold": float(threshold) if criterion != "patience" else None,
+        "patience": patience,
+        "metric": float(metrics[main_metric(task)]),
+        **{f"metric_{k}": float(v) for k, v in metrics.items()},
+        "mean_exit_layer": float(res.exit_layers.mean()),
+        "exit_histogram": res.exit_histogram().tolist(),
+        "expected_speedup": res.expected_speedup,
+        "flops_per_sample": flops,
+        "flops_full_model": full,
+        "flops_ratio": flops / full,
+        "parameters": int(count_parameters(model.config)["total"]),
+        "seconds": seconds,
+        "ms_per_sample": 1e3 * seconds / len(res.exit_layers),
+    }
+
+
+def threshold_sweep(model, batches, labels, task, thresholds=DEFAULT_ENTROPY_THRESHOLDS, criterion="entropy",
+                    progress=True) -> list:
+    """Rows of `evaluate_threshold` for each threshold (patience values for criterion='patience').
+
+    `batches` is a list (it is iterated once per threshold)."""
+    from tqdm.auto import tqdm
+
+    batches = list(batches)
+    rows = []
+    for t in tqdm(list(thresholds), desc=f"{criterion} sweep", disable=not progress):
+        if criterion == "patience":
+            rows.append(evaluate_threshold(model, batches, labels, task, 0.0, criterion, patience=int(t)))
+        else:
+            rows.append(evaluate_threshold(model, batches, labels, task, t, criterion))
+    return rows
+
+
+def write_sweep(rows, folder, name="sweep") -> dict:
+    """Write rows as <folder>/<name>.csv and .json (atomically); returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {"json": os.path.join(folder, f"{name}.json"), "csv": os.path.join(folder, f"{name}.csv")}
+    write_text(paths["json"], json.dumps(rows, indent=2) + "\n")
+    keys = [k for k in rows[0] if k != "exit_histogram"] + ["exit_histogram"]
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "exit_histogram": " ".join(map(str, r["exit_histogram"]))})
+    write_text(paths["csv"], buf.getvalue())
+    return paths
+
+
+def plot_sweeps(curves: dict, path, metric_name="metric", title=None) -> str:
+    """PNG of metric against mean FLOPs per sample, one curve per model (name -> rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, rows in curves.items():
+        xs = [r["flops_per_sample"] / 1e9 for r in rows]
+        ys = [r["metric"] for r in rows]
+        order = np.argsort(xs)
+        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=name)
+    ax.set_xlabel("GFLOPs per sample (analytic, with early exit)")
+    ax.set_ylabel(metric_name)
+    ax.set_xscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
