@@ -319,6 +319,9 @@ class CostEffModel:
         if len(ghs) != L + 1 or len(gz) != len(exit_layers) or len(ga) != L:
             raise ValueError(f"expected {L + 1} hidden-state, {len(exit_layers)} logit and {L} attention "
                              f"gradients, got {len(ghs)}, {len(gz)} and {len(ga)}")
+        # Upstream gradients take the model's dtype (a float64 loss must not promote a float32 pass).
+        as_dtype = lambda g: None if g is None else np.asarray(g, dtype=self.dtype)
+        ghs, gz, ga = [as_dtype(g) for g in ghs], [as_dtype(g) for g in gz], [as_dtype(g) for g in ga]
         exit_index = {layer - 1: k for k, layer in enumerate(exit_layers)}
         g_deeper = None                                    # gradient reaching h_{i+1} from layer i+2
         for i in reversed(range(L)):

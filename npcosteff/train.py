@@ -140,6 +140,8 @@ class Trainer:
         self.step = 0
         self.best = -math.inf
         self.history = []
+        self.record_dropout = False          # keep each step's dropout masks (parity tests replay them)
+        self.last_dropout = None
 
     # ------------------------------------------------------------------ pieces
     def batches_of_epoch(self, epoch):
@@ -152,8 +154,10 @@ class Trainer:
         """One optimizer step on a batch; returns the loss and its components."""
         a, m = self.args, self.model
         m.zero_grad()
-        dropout = Dropout(np.random.default_rng([a.seed, 1_000_003, self.step]),
-                          m.config.hidden_dropout_prob, m.config.attention_probs_dropout_prob)
+        # The masks depend on (seed, step) alone, so a resumed run draws the same ones.
+        dropout = Dropout(np.random.default_rng([a.seed, 1_000_003, self.step]), m.config.hidden_dropout_prob,
+                          m.config.attention_probs_dropout_prob, record=self.record_dropout)
+        self.last_dropout = dropout if self.record_dropout else None
         loss = loss_and_backward(m, batch, a.stage, self.teacher, dropout=dropout, temperature=a.temperature,
                                  final_only=a.final_only, use_attention=a.use_attention,
                                  gradient_equilibrium=a.gradient_equilibrium)
