@@ -131,7 +131,7 @@ class CostEffConfig:
         d = {**d, **overrides}
         # Hugging Face writes `"problem_type": null` for an unset problem type: keep our default.
         known = {k: d[k] for k in _HF_FIELDS + _COSTEFF_FIELDS if k in d and d[k] is not None}
-        extra = {k: v for k, v in d.items() if k not in known and k != "extra"}
+        extra = {k: v for k, v in d.items() if k not in known and k not in ("extra", "model_type")}
         if d.get("model_type", "bert") not in ("bert", "costeff"):
             raise ConfigError(f"model_type {d.get('model_type')!r} is not a BERT")
         if d.get("position_embedding_type", "absolute") != "absolute":

@@ -174,9 +174,18 @@ class CostEffModel:
         attention_mask = np.asarray(attention_mask)
         if attention_mask.shape != shape:
             raise ValueError(f"attention_mask has shape {attention_mask.shape}, input has {shape}")
+        valid = np.isin(attention_mask, (0, 1))
+        if not valid.all():   # a 2 would turn the additive mask into +max: attention on padding
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token), got "
+                             f"{np.unique(attention_mask[~valid])[:5].tolist()}")
+        empty = np.flatnonzero(~attention_mask.any(axis=1))
+        if empty.size:
+            raise ValueError(f"attention_mask rows {empty.tolist()} have no real token (all padding)")
         if token_type_ids is None:
             token_type_ids = np.zeros(shape, np.int64)
         token_type_ids = np.asarray(token_type_ids)
+        if not np.issubdtype(token_type_ids.dtype, np.integer):
+            raise TypeError(f"token_type_ids must be integers, got {token_type_ids.dtype}")
         if token_type_ids.shape != shape:
             raise ValueError(f"token_type_ids has shape {token_type_ids.shape}, input has {shape}")
         if token_type_ids.size and (token_type_ids.min() < 0 or token_type_ids.max() >= c.type_vocab_size):
@@ -231,6 +240,8 @@ class CostEffModel:
             _no_dropout
         if gradient_equilibrium is None:
             gradient_equilibrium = training
+        if max_layer is not None and (not float(max_layer).is_integer()):
+            raise ValueError(f"max_layer must be a whole layer number, got {max_layer}")
         L = c.num_hidden_layers if max_layer is None else int(max_layer)
         if not 1 <= L <= c.num_hidden_layers:
             raise ValueError(f"max_layer {max_layer} is outside 1..{c.num_hidden_layers}")
@@ -322,6 +333,13 @@ class CostEffModel:
         # Upstream gradients take the model's dtype (a float64 loss must not promote a float32 pass).
         as_dtype = lambda g: None if g is None else np.asarray(g, dtype=self.dtype)
         ghs, gz, ga = [as_dtype(g) for g in ghs], [as_dtype(g) for g in gz], [as_dtype(g) for g in ga]
+        B, T, d = _hidden_shape(cache, 0)
+        for name, grads, shapes in (("grad_hidden_states", ghs, [(B, T, d)] * (L + 1)),
+                                    ("grad_logits", gz, [(B, c.num_labels)] * len(exit_layers)),
+                                    ("grad_attentions", ga, [(B, c.heads_per_layer[i], T, T) for i in range(L)])):
+            for k, (g, shape) in enumerate(zip(grads, shapes)):
+                if g is not None and np.shape(g) != shape:   # no silent broadcasting or reshaping
+                    raise ValueError(f"{name}[{k}] has shape {np.shape(g)}, expected {shape}")
         exit_index = {layer - 1: k for k, layer in enumerate(exit_layers)}
         g_deeper = None                                    # gradient reaching h_{i+1} from layer i+2
         for i in reversed(range(L)):
