@@ -1,0 +1,378 @@
+"""Slenderization: iterative pruning in width with distillation from the TA (SPEC 4), and recovery.
+
+The student starts as a copy of the multi-exit teacher-assistant (TA), which also teaches it.
+With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
+
+1. Taylor importance (npcosteff.importance) on a fresh sample of the training set, from the
+   losses of all exits (or of the last exit alone: the ablation);
+2. keep the top ``H - t`` heads of every layer and the top ``F_t`` FFN neurons, where
+   ``F_t = F - (F - F_target) * t / max_prunes`` (rounded), and physically slice them
+   (npcosteff.prune.slice_model);
+3. factorize the word embedding to rank ``r_t = d - (d - r_target) * t / max_prunes``
+   (truncated SVD of E, or of E @ P when it is already factorized);
+4. train for one pruning period (``prune_period`` epochs) with a fresh AdamW and a fresh
+   linear warmup/decay schedule peaking at ``lr * (1 + lr_restore)^t``: the first
+   ``repr_proportion`` of the steps with the ``hidden`` stage, the rest with ``pred``;
+5. record widths, parameters, FLOPs and the dev metrics of every exit.
+
+:func:`recover` is step 4 of the pipeline (SPEC 5): ``hidden`` distillation from the TA, then
+``pred``, keeping the checkpoint with the best dev metric averaged over exits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import weights as W
+from .flops import count_parameters, model_flops
+from .importance import importance_batches, taylor_importance
+from .model import CostEffModel
+from .prune import factorize_embedding, keep_from_importance, slice_model
+from .train import Trainer, TrainingArguments, evaluate
+
+__all__ = ["PruneStep", "prune_schedule", "SlenderizeArguments", "slenderize",
+           "RecoverArguments", "recover", "HISTORY_FILE"]
+
+HISTORY_FILE = "slenderize_history.json"     # written next to the student's weights
+
+
+# --------------------------------------------------------------------------- the schedule
+@dataclass(frozen=True)
+class PruneStep:
+    """The widths after prune t (1-based).
+
+    ``embedding_rank`` is None while the word embedding stays unfactorized (r_t = d).
+    """
+    t: int
+    heads_per_layer: tuple
+    intermediate_per_layer: tuple
+    embedding_rank: Optional[int]
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    """``round(numerator / denominator)`` with halves rounded up, in exact integer arithmetic
+    (Python's ``round`` sends halves to the even neighbour)."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return int(value)
+
+
+def prune_schedule(config, heads: int, ffn: Optional[int] = None,
+                   embedding_rank: Optional[int] = None) -> list:
+    """The widths of every prune t = 1..max_prunes (SPEC 4), for a model with `config`.
+
+    With H_i, F_i the current widths of layer i and r0 the current embedding rank (d when
+    unfactorized), ``max_prunes = max_i H_i - heads`` and at prune t:
+
+    * heads of layer i: ``max(heads, H_i - t)`` (one head per layer per prune);
+    * FFN of layer i: ``F_i - round((F_i - ffn) * t / max_prunes)`` (None: F_i throughout);
+    * embedding rank: ``r0 - round((r0 - embedding_rank) * t / max_prunes)`` (None: unchanged).
+
+    Halves round up. At t = max_prunes every width equals its target.
+    """
+    H0, F0 = list(config.heads_per_layer), list(config.intermediate_per_layer)
+    heads = _positive_int(heads, "heads target")
+    if heads > min(H0):
+        raise ValueError(f"heads target {heads} is more than the {min(H0)} heads of the narrowest layer")
+    max_prunes = max(H0) - heads
+    if max_prunes == 0:
+        raise ValueError(f"heads target {heads} equals the current number of heads: the schedule "
+                         f"(max_prunes = H - H_target) has no pruning step")
+    if ffn is not None:
+        ffn = _positive_int(ffn, "ffn target")
+        if ffn > min(F0):
+            raise ValueError(f"ffn target {ffn} is more than the {min(F0)} neurons of the narrowest layer")
+    d = config.hidden_size
+    r0 = d if config.embedding_rank is None else config.embedding_rank
+    if embedding_rank is not None:
+        embedding_rank = _positive_int(embedding_rank, "embedding_rank target")
+        limit = min(r0, config.vocab_size)
+        if embedding_rank > limit:
+            raise ValueError(f"embedding_rank target {embedding_rank} is outside 1..{limit} "
+                             f"(current rank {r0}, vocab_size {config.vocab_size})")
+    steps = []
+    for t in range(1, max_prunes + 1):
+        heads_t = tuple(max(heads, h - t) for h in H0)
+        ffn_t = tuple(F0) if ffn is None else tuple(f - _round_half_up((f - ffn) * t, max_prunes) for f in F0)
+        if embedding_rank is None:
+            rank_t = config.embedding_rank
+        else:
+            rank_t = r0 - _round_half_up((r0 - embedding_rank) * t, max_prunes)
+            if config.embedding_rank is None and rank_t == d:
+                rank_t = None                      # full rank: the plain lookup is cheaper than E @ P
+        steps.append(PruneStep(t, heads_t, ffn_t, rank_t))
+    return steps
+
+
+# --------------------------------------------------------------------------- arguments
+@dataclass
+class SlenderizeArguments:
+    """Hyperparameters of slenderization (defaults: SPEC 5, the authors' scripts)."""
+    task: str
+    heads: int                                 # target heads per layer H'
+    ffn: Optional[int] = None                  # target FFN width F' (None: not pruned)
+    embedding_rank: Optional[int] = None       # target word-embedding rank (None: not factorized)
+    prune_period: float = 1.0                  # epochs of training after each prune
+    repr_proportion: float = 0.6               # share of a period's steps on the `hidden` stage
+    learning_rate: float = 1e-5
+    lr_restore: float = 0.12                   # period t peaks at learning_rate * (1 + lr_restore)^t
+    importance_examples: Optional[int] = 2048  # training examples sampled for importance (None: all)
+    last_exit_only: bool = False               # importance from the final exit only (ablation)
+    temperature: float = 1.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    max_grad_norm: float = 1.0
+    gradient_equilibrium: bool = True
+    use_attention: bool = False
+    flops_tokens: int = 128                    # sequence length at which FLOPs are reported
+    log_every: int = 20
+    seed: int = 42
+    progress: bool = True
+
+    def __post_init__(self):
+        _positive_int(self.heads, "heads")
+        for name in ("ffn", "embedding_rank", "importance_examples"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        for name in ("batch_size", "eval_batch_size", "flops_tokens", "log_every"):
+            _positive_int(getattr(self, name), name)
+        if not (math.isfinite(self.prune_period) and self.prune_period > 0):
+            raise ValueError(f"prune_period must be > 0 epochs, got {self.prune_period}")
+        if not 0.0 <= self.repr_proportion <= 1.0:
+            raise ValueError(f"repr_proportion {self.repr_proportion} is outside [0, 1]")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not (math.isfinite(self.lr_restore) and self.lr_restore >= 0):
+            raise ValueError(f"lr_restore must be >= 0, got {self.lr_restore}")
+
+    def period_learning_rate(self, t: int) -> float:
+        """The peak learning rate of the period after prune t: ``lr * (1 + lr_restore)^t``."""
+        return self.learning_rate * (1.0 + self.lr_restore) ** t
+
+
+# --------------------------------------------------------------------------- slenderize
+def _widths(config) -> dict:
+    """The widths of a config, for the history."""
+    return {"heads_per_layer": list(config.heads_per_layer),
+            "intermediate_per_layer": list(config.intermediate_per_layer),
+            "embedding_rank": config.embedding_rank}
+
+
+def _size(config, flops_tokens: int) -> dict:
+    """Parameters (with and without exits) and FLOPs of one sequence through every layer and exit."""
+    return {"parameters": count_parameters(config)["total"],
+            "encoder_parameters": count_parameters(config, include_exits=False)["total"],
+            "flops": model_flops(config, flops_tokens), "flops_tokens": flops_tokens}
+
+
+def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: int, period_steps: int,
+                  hidden_steps: int) -> list:
+    """One pruning period: `hidden` for steps [0, hidden_steps), `pred` for the rest.
+
+    Both stages share one fresh AdamW and one linear warmup/decay schedule over the whole
+    period (each Trainer builds it from ``max_steps = period_steps`` and runs its part of it),
+    so the learning rate restarts once per prune. Returns the trainers' training logs.
+    """
+    common = dict(task=args.task, max_steps=period_steps, batch_size=args.batch_size,
+                  eval_batch_size=args.eval_batch_size, learning_rate=args.period_learning_rate(t),
+                  weight_decay=args.weight_decay, warmup_proportion=args.warmup_proportion,
+                  max_grad_norm=args.max_grad_norm, temperature=args.temperature,
+                  gradient_equilibrium=args.gradient_equilibrium, use_attention=args.use_attention,
+                  log_every=args.log_every, seed=args.seed + t, save_best=False, progress=args.progress)
+    logs, optimizer = [], None
+    for stage, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
+        if stop <= start:
+            continue
+        trainer = Trainer(student, TrainingArguments(stage=stage, **common), train_data, None, teacher=teacher)
+        trainer.step, trainer.total_steps = start, stop   # this stage's share of the period's schedule
+        if optimizer is not None:
+            trainer.optimizer = optimizer                # the period's AdamW moments carry over
+        trainer.train(resume=False)
+        optimizer = trainer.optimizer
+        logs.extend({**record, "stage": stage} for record in trainer.history)
+    return logs
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def _save(student, history, folder, tokenizer_file):
+    """The student and the history so far, as one atomic checkpoint folder."""
+    text = json.dumps(history, indent=2, default=_json_default)
+    files = {
+        "config.json": lambda p: W.write_text(p, student.config.to_json_string()),
+        "model.safetensors": lambda p: W.write_safetensors(p, student.params, student.param_names,
+                                                           metadata={"format": "pt"}),
+        HISTORY_FILE: lambda p: W.write_text(p, text),
+    }
+    if tokenizer_file is not None:
+        import shutil
+        files["tokenizer.json"] = lambda p: shutil.copyfile(tokenizer_file, p)
+    W.save_folder(folder, files)
+
+
+def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_data, eval_data,
+               args: SlenderizeArguments, output_dir=None, tokenizer_file=None, resume: bool = True):
+    """Slenderize a copy of `ta_model` to the target widths (SPEC 4); returns ``(student, history)``.
+
+    Args:
+        ta_model: the multi-exit TA the student starts from (not changed).
+        teacher: the model distilled from (None: `ta_model`, as in the paper).
+        train_data: the training ``EncodedSplit`` (importance samples and training batches).
+        eval_data: the dev ``EncodedSplit`` scored after every prune (None: no evaluation).
+        args: :class:`SlenderizeArguments`.
+        output_dir: when given, ``<output_dir>/student/`` holds the latest student and
+            ``slenderize_history.json``, rewritten atomically after every prune; a later call
+            with ``resume=True`` continues after the last finished prune.
+        tokenizer_file: a ``tokenizer.json`` copied next to the saved student.
+
+    ``history`` holds one record for the TA (``prune`` 0) and one per prune t with the widths,
+    ``parameters`` / ``encoder_parameters`` (flops.count_parameters), ``flops`` (one sequence of
+    ``args.flops_tokens`` tokens through every layer and exit), the period's learning rate and
+    steps, the training logs and the dev metrics of every exit (train.evaluate).
+    """
+    if not isinstance(ta_model, CostEffModel):
+        raise TypeError(f"ta_model must be a CostEffModel, got {type(ta_model).__name__}")
+    if ta_model.config.num_labels == 0:
+        raise ValueError("the TA has no exits (num_labels == 0): slenderization distills exit by exit")
+    teacher = ta_model if teacher is None else teacher
+    schedule = prune_schedule(ta_model.config, args.heads, args.ffn, args.embedding_rank)
+    steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
+    period_steps = max(1, math.ceil(args.prune_period * steps_per_epoch))
+    hidden_steps = int(math.floor(args.repr_proportion * period_steps + 0.5))   # rounded, halves up
+    folder = None if output_dir is None else os.path.join(os.fspath(output_dir), "student")
+
+    def dev_metrics(model):
+        return None if eval_data is None else evaluate(model, eval_data, args.task, args.eval_batch_size)
+
+    student, history = None, []
+    if folder is not None and resume and os.path.isfile(os.path.join(folder, HISTORY_FILE)):
+        with open(os.path.join(folder, HISTORY_FILE), encoding="utf-8") as f:
+            history = json.load(f)
+        student = CostEffModel.from_pretrained(folder, dtype=ta_model.dtype)
+    if student is None:
+        student = ta_model.copy()
+        history = [{"prune": 0, **_widths(student.config), **_size(student.config, args.flops_tokens),
+                    "dev": dev_metrics(student)}]
+    done = int(history[-1]["prune"])
+    if done > len(schedule) or (done > 0 and (
+            list(student.config.heads_per_layer) != list(schedule[done - 1].heads_per_layer)
+            or list(student.config.intermediate_per_layer) != list(schedule[done - 1].intermediate_per_layer))):
+        raise ValueError(f"the student saved in {folder} (after prune {done}) does not follow the schedule "
+                         f"of these arguments; use another output_dir or resume=False")
+
+    for step in schedule[done:]:
+        t = step.t
+        clock = time.perf_counter()
+        batches = importance_batches(train_data, args.importance_examples, args.batch_size, seed=(args.seed, t))
+        importance = taylor_importance(student, batches, teacher, last_exit_only=args.last_exit_only,
+                                       temperature=args.temperature, progress=args.progress)
+        keep_heads, keep_neurons = keep_from_importance(importance, list(step.heads_per_layer),
+                                                        list(step.intermediate_per_layer))
+        student = slice_model(student, keep_heads, keep_neurons)
+        if step.embedding_rank is not None and step.embedding_rank != student.config.embedding_rank:
+            student = factorize_embedding(student, step.embedding_rank)
+        importance_seconds = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        logs = _train_period(student, teacher, train_data, args, t, period_steps, hidden_steps)
+        train_seconds = time.perf_counter() - clock
+        history.append({
+            "prune": t, **_widths(student.config), **_size(student.config, args.flops_tokens),
+            "kept_heads": [k.tolist() for k in keep_heads],
+            "learning_rate": args.period_learning_rate(t), "steps": period_steps,
+            "hidden_steps": hidden_steps, "pred_steps": period_steps - hidden_steps,
+            "importance_batches": importance.num_batches, "importance_seconds": importance_seconds,
+            "train_seconds": train_seconds, "train": logs, "dev": dev_metrics(student),
+        })
+        if folder is not None:
+            _save(student, history, folder, tokenizer_file)
+    return student, history
+
+
+# --------------------------------------------------------------------------- recovery
+@dataclass
+class RecoverArguments:
+    """Hyperparameters of recovery after slenderization (defaults: SPEC 5)."""
+    task: str
+    hidden_epochs: float = 3.0
+    pred_epochs: float = 3.0
+    hidden_learning_rate: float = 3e-5
+    pred_learning_rate: float = 2e-5
+    hidden_max_steps: Optional[int] = None     # override the epochs when set
+    pred_max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    gradient_equilibrium: bool = True
+    use_attention: bool = False
+    eval_every: Optional[int] = None           # steps; None = once per epoch
+    log_every: int = 20
+    seed: int = 42
+    progress: bool = True
+
+    def training_arguments(self):
+        """The ``(hidden, pred)`` TrainingArguments of the two stages."""
+        common = {k: v for k, v in asdict(self).items()
+                  if k not in ("hidden_epochs", "pred_epochs", "hidden_learning_rate", "pred_learning_rate",
+                               "hidden_max_steps", "pred_max_steps")}
+        hidden = TrainingArguments(stage="hidden", epochs=self.hidden_epochs, max_steps=self.hidden_max_steps,
+                                   learning_rate=self.hidden_learning_rate, save_best=False, **common)
+        pred = TrainingArguments(stage="pred", epochs=self.pred_epochs, max_steps=self.pred_max_steps,
+                                 learning_rate=self.pred_learning_rate, save_best=True, **common)
+        return hidden, pred
+
+
+def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data, args: RecoverArguments,
+            output_dir=None, tokenizer_file=None):
+    """Recover a slender student: ``hidden`` distillation, then ``pred`` (SPEC 5, step 4).
+
+    `student` is trained in place. With `eval_data`, the ``pred`` stage scores every exit on
+    dev and the checkpoint with the best average over exits is returned (a new model);
+    without it, the trained student is. `output_dir` keeps the runs (``hidden/``, ``pred/``,
+    resumable by the Trainer); without it, a temporary folder holds the best checkpoint.
+    Returns ``(model, result)`` with the two trainers' results and, with `eval_data`, the
+    returned model's dev metrics.
+    """
+    if teacher is None:
+        raise ValueError("recovery distills from the TA: pass teacher=")
+    hidden_args, pred_args = args.training_arguments()
+    with tempfile.TemporaryDirectory(prefix="npcosteff-recover-") as scratch:
+        root = scratch if output_dir is None else os.fspath(output_dir)
+        hidden = Trainer(student, hidden_args, train_data, None, teacher=teacher,
+                         output_dir=os.path.join(root, "hidden"), tokenizer_file=tokenizer_file)
+        hidden_result = hidden.train()
+        pred = Trainer(student, pred_args, train_data, eval_data, teacher=teacher,
+                       output_dir=os.path.join(root, "pred"), tokenizer_file=tokenizer_file)
+        pred_result = pred.train()
+        result = {"hidden": hidden_result, "pred": pred_result, "best_average": pred.best}
+        best_dir = os.path.join(root, "pred", "best")
+        model = student
+        if eval_data is not None and os.path.isfile(os.path.join(best_dir, "model.safetensors")):
+            model = CostEffModel.from_pretrained(best_dir, dtype=student.dtype)
+            result["dev"] = evaluate(model, eval_data, args.task, args.eval_batch_size)
+    return model, result
