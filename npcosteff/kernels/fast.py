@@ -1,0 +1,439 @@
+"""Numba kernels with the same signatures and results as :mod:`npcosteff.kernels.reference`.
+
+Each public function validates its inputs with the reference's checks (so both reject the
+same inputs with the same messages), views the data as a contiguous 2-D array of rows
+``(N, n)`` (leading axes flattened, the reduced axis last), and runs a compiled loop that
+is parallel over rows (``prange``) and reads each row once or twice while it is in cache,
+with no full-size temporaries.
+
+Numerical policy: the same as the reference. Every value is computed in float64 and
+rounded once to the input dtype when stored; LayerNorm's ``mean`` and ``rstd`` are float64.
+The only differences from the reference are the order of the float64 summations (four
+interleaved accumulators here, pairwise summation in NumPy), the softmax's exp (a
+vectorizable one, below) and the libm behind ``erfc``; all are at the float64 rounding
+level, so for float32 the two implementations agree to one float32 rounding (in practice
+they are bit-identical) and for float64 to about 1e-15 relative.
+
+Compiled code is cached on disk (``cache=True``), so the compile cost (about ten seconds)
+is paid once per machine rather than once per process. ``fastmath`` stays off: it would
+let the compiler reorder sums and change rounding, so results would drift from the
+reference by more than the summation order documented here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import reference as _ref
+
+__all__ = list(_ref.__all__)
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)  # 1 / sqrt(2)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # normal density constant
+_SOFTMAX_BLOCK = 64  # rows per parallel task: one float64 scratch row is allocated per task
+
+_jit = dict(parallel=True, fastmath=False, cache=True)
+
+
+# ---------------------------------------------------------------------------
+# Compiled loops. Arguments are contiguous arrays; outputs are preallocated.
+# ---------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def _gelu_loop(x, y):  # x, y (N,)
+    for i in prange(x.shape[0]):
+        v = np.float64(x[i])
+        y[i] = 0.5 * v * math.erfc(-v * _SQRT_HALF)  # 0.5 x erfc(-x/sqrt 2) = x Phi(x)
+
+
+@njit(**_jit)
+def _gelu_backward_loop(dy, x, dx):  # dy, x, dx (N,)
+    for i in prange(x.shape[0]):
+        v = np.float64(x[i])
+        cdf = 0.5 * math.erfc(-v * _SQRT_HALF)  # Phi(x)
+        pdf = _INV_SQRT_2PI * math.exp(-0.5 * v * v)  # phi(x)
+        dx[i] = np.float64(dy[i]) * (cdf + v * pdf)
+
+
+# exp(t) for t <= 0 in plain branch-free arithmetic, with no libm call, so that the compiler
+# can pipeline and vectorize it: about three times faster than libm's exp in the softmax
+# loop, which is bound by its exps. Cody-Waite reduction t = k ln2 + r with |r| <= ln2 / 2,
+# exp(r) by its Taylor series to degree 13 (truncation error r^14 / 14! < 5e-18), and
+# 2^k built from exponent bits. 2^k is applied as 2^k1 * 2^k2 with k1 + k2 = k so that
+# both factors stay normal numbers and results down to the subnormal range round once.
+# Accurate to about one float64 ulp (tested against numpy.exp).
+_LOG2E = 1.4426950408889634  # 1 / ln 2
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact (fdlibm)
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_MIN = -1400.0  # exp(-1400) is 0 in float64; the clamp keeps k1, k2 >= -1022
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))  # 1 / k!
+
+
+@njit(fastmath=False, cache=True)
+def _exp_shifted(e, shift, bits):
+    """Overwrite e (n,) float64 with exp(e - shift), for e - shift <= 0.
+
+    bits: int64 scratch (2, n). NaN stays NaN; -inf gives 0.
+    """
+    c = _INV_FACT
+    two_pow = bits.view(np.float64)  # (2, n) the same memory read as float64
+    for j in range(e.shape[0]):
+        t = e[j] - shift
+        t = _EXP_MIN if t < _EXP_MIN else t  # written so that NaN passes through
+        k = math.floor(t * _LOG2E + 0.5)  # nearest integer to t / ln 2
+        r = (t - k * _LN2_HI) - k * _LN2_LO  # |r| <= ln2 / 2
+        p = c[13]
+        for i in range(12, -1, -1):  # Horner: sum_i r^i / i!
+            p = p * r + c[i]
+        ki = np.int64(k) if t == t else np.int64(0)  # NaN has no integer value
+        k1 = ki >> 1
+        bits[0, j] = (k1 + 1023) << 52  # float64 bits of 2^k1
+        bits[1, j] = (ki - k1 + 1023) << 52  # float64 bits of 2^(k - k1)
+        e[j] = p
+    for j in range(e.shape[0]):
+        e[j] = e[j] * two_pow[0, j] * two_pow[1, j]
+
+
+# Row reductions with four interleaved float64 accumulators: a fixed summation order (the
+# result does not depend on the thread count) whose four independent chains keep the CPU's
+# adders busy, where one accumulator would wait on each previous add.
+
+
+@njit(fastmath=False, cache=True)
+def _row_sum(a):
+    """sum_j a_j in float64, a (n,)."""
+    n = a.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        s0 += np.float64(a[j])
+        s1 += np.float64(a[j + 1])
+        s2 += np.float64(a[j + 2])
+        s3 += np.float64(a[j + 3])
+    for j in range(n4, n):
+        s0 += np.float64(a[j])
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(fastmath=False, cache=True)
+def _row_dot(a, b):
+    """sum_j a_j b_j in float64, a, b (n,)."""
+    n = a.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        s0 += np.float64(a[j]) * np.float64(b[j])
+        s1 += np.float64(a[j + 1]) * np.float64(b[j + 1])
+        s2 += np.float64(a[j + 2]) * np.float64(b[j + 2])
+        s3 += np.float64(a[j + 3]) * np.float64(b[j + 3])
+    for j in range(n4, n):
+        s0 += np.float64(a[j]) * np.float64(b[j])
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(fastmath=False, cache=True)
+def _row_sq_dev(a, mu):
+    """sum_j (a_j - mu)^2 in float64, a (n,)."""
+    n = a.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        c0 = np.float64(a[j]) - mu
+        c1 = np.float64(a[j + 1]) - mu
+        c2 = np.float64(a[j + 2]) - mu
+        c3 = np.float64(a[j + 3]) - mu
+        s0 += c0 * c0
+        s1 += c1 * c1
+        s2 += c2 * c2
+        s3 += c3 * c3
+    for j in range(n4, n):
+        c0 = np.float64(a[j]) - mu
+        s0 += c0 * c0
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(**_jit)
+def _softmax_loop(s, mask, rows_per_group, probs):
+    """s, probs (N, n); mask (G, n) float64, row r uses mask[r // rows_per_group].
+
+    Returns the number of rows whose masked scores are all -inf (no softmax).
+    """
+    n_rows, n = s.shape
+    n_blocks = (n_rows + _SOFTMAX_BLOCK - 1) // _SOFTMAX_BLOCK
+    n_empty = 0
+    for blk in prange(n_blocks):
+        e = np.empty(n, dtype=np.float64)  # scratch row: kept in float64 until the divide
+        bits = np.empty((2, n), dtype=np.int64)  # scratch for _exp_shifted
+        for r in range(blk * _SOFTMAX_BLOCK, min(n_rows, (blk + 1) * _SOFTMAX_BLOCK)):
+            m = mask[r // rows_per_group]  # (n,) this sample's additive mask
+            row_max = -np.inf
+            has_nan = False
+            for j in range(n):
+                v = np.float64(s[r, j]) + m[j]
+                e[j] = v
+                if v > row_max:
+                    row_max = v
+                has_nan |= v != v
+            if has_nan:
+                row_max = np.nan  # a NaN score makes the row NaN, as NumPy's max does
+            elif row_max == -np.inf:
+                n_empty += 1
+            _exp_shifted(e, row_max, bits)  # e = exp(s + m - max), every exponent <= 0
+            total = _row_sum(e)
+            for j in range(n):
+                probs[r, j] = e[j] / total
+    return n_empty
+
+
+@njit(**_jit)
+def _softmax_backward_loop(dp, p, ds):  # dp, p, ds (N, n)
+    for r in prange(p.shape[0]):
+        dot = _row_dot(dp[r], p[r])  # sum_i dp_i p_i
+        for j in range(p.shape[1]):
+            ds[r, j] = np.float64(p[r, j]) * (np.float64(dp[r, j]) - dot)
+
+
+@njit(**_jit)
+def _layer_norm_loop(x, residual, has_residual, gamma, beta, eps, y, s, mean, rstd):
+    """x, residual, y, s (N, d); gamma, beta (d,); mean, rstd (N,) float64.
+
+    With has_residual, the normalized input is s = x + residual (rounded to x's dtype and
+    stored in s); otherwise it is x itself and s is not touched.
+    """
+    n_rows, d = x.shape
+    for r in prange(n_rows):
+        if has_residual:
+            for j in range(d):
+                s[r, j] = x[r, j] + residual[r, j]  # rounded to the dtype, as in the unfused add
+            row = s[r]
+        else:
+            row = x[r]
+        mu = _row_sum(row) / d  # mean
+        var = _row_sq_dev(row, mu) / d  # biased variance, from centred values (two passes)
+        rs = 1.0 / math.sqrt(var + eps)
+        for j in range(d):
+            y[r, j] = (np.float64(row[j]) - mu) * rs * np.float64(gamma[j]) + np.float64(beta[j])
+        mean[r] = mu
+        rstd[r] = rs
+
+
+@njit(**_jit)
+def _layer_norm_backward_loop(dy, x, gamma, mean, rstd, dx, dgamma_parts, dbeta_parts):
+    """dy, x, dx (N, d); gamma (d,); mean, rstd (N,) float64.
+
+    Rows are split into as many chunks as dgamma_parts has rows; chunk c adds its rows'
+    ``dy * x_hat`` and ``dy`` into dgamma_parts[c] and dbeta_parts[c] (float64), so the
+    parallel tasks never write to the same memory. The caller sums the parts.
+    """
+    n_rows, d = x.shape
+    n_chunks = dgamma_parts.shape[0]
+    chunk = (n_rows + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        dgamma = dgamma_parts[c]
+        dbeta = dbeta_parts[c]
+        for r in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+            mu = mean[r]
+            rs = rstd[r]
+            sum_g = 0.0
+            sum_g_xhat = 0.0
+            for j in range(d):
+                g_dy = np.float64(dy[r, j])
+                x_hat = (np.float64(x[r, j]) - mu) * rs
+                g = g_dy * np.float64(gamma[j])
+                sum_g += g
+                sum_g_xhat += g * x_hat
+                dgamma[j] += g_dy * x_hat
+                dbeta[j] += g_dy
+            mean_g = sum_g / d
+            mean_g_xhat = sum_g_xhat / d
+            for j in range(d):
+                x_hat = (np.float64(x[r, j]) - mu) * rs
+                g = np.float64(dy[r, j]) * np.float64(gamma[j])
+                dx[r, j] = rs * (g - mean_g - x_hat * mean_g_xhat)
+
+
+@njit(fastmath=False, cache=True)
+def _dropout_loop(u, threshold, scale):
+    """u (N,) uniform draws, overwritten in place by the mask: scale where u >= threshold.
+
+    Serial on purpose: one compare per element is memory-bound, and drawing u costs more.
+    """
+    for i in range(u.shape[0]):
+        u[i] = scale if u[i] >= threshold else 0.0
+
+
+# ---------------------------------------------------------------------------
+# Public API (same signatures, checks and results as the reference)
+# ---------------------------------------------------------------------------
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """Contiguous (N, n) view of a (..., n) array (a copy only if a is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, erf form ``0.5 x (1 + erf(x / sqrt 2))``, evaluated as ``0.5 x erfc(-x / sqrt 2)``.
+
+    x: any shape, float32 or float64. Returns y with x's shape and dtype.
+    """
+    x = _ref._float_array("x", x)
+    flat = np.ascontiguousarray(x).reshape(-1)  # (N,)
+    y = np.empty_like(flat)
+    _gelu_loop(flat, y)
+    return y.reshape(x.shape)
+
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`gelu`: ``dx = dy * (Phi(x) + x phi(x))``.
+
+    dy, x: same shape and dtype. Returns dx with that shape and dtype.
+    """
+    dy = _ref._float_array("dy", dy)
+    x = _ref._float_array("x", x)
+    _ref._same_shape("dy", dy, "x", x)
+    _ref._same_dtype("dy", dy, "x", x)
+    flat_x = np.ascontiguousarray(x).reshape(-1)  # (N,)
+    dx = np.empty_like(flat_x)
+    _gelu_backward_loop(np.ascontiguousarray(dy).reshape(-1), flat_x, dx)
+    return dx.reshape(x.shape)
+
+
+def _mask_groups(mask: np.ndarray, shape: tuple) -> tuple[np.ndarray, int]:
+    """Lay a broadcastable float64 mask out as (G, n) rows, with row r of the scores using
+    mask row ``r // rows_per_group``.
+
+    A mask whose middle axes are all 1, such as (B, 1, 1, T) for scores (B, H, T, T), stays
+    one row per sample (G = B, rows_per_group = H * T): it is never expanded. Any other
+    broadcastable shape is expanded to one mask row per score row.
+    """
+    n = shape[-1]
+    n_rows = math.prod(shape[:-1])
+    m = mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)  # left-pad to scores' ndim
+    if len(shape) == 1:
+        return np.ascontiguousarray(np.broadcast_to(m, (1, n)), dtype=np.float64), 1
+    if all(k == 1 for k in m.shape[1:-1]):
+        groups = m.shape[0]  # 1 (shared by every row) or the batch size
+        m2 = np.broadcast_to(m.reshape(groups, m.shape[-1]), (groups, n))
+        return np.ascontiguousarray(m2, dtype=np.float64), max(1, n_rows // max(groups, 1))
+    full = np.broadcast_to(m, shape).reshape(n_rows, n)
+    return np.ascontiguousarray(full, dtype=np.float64), 1
+
+
+def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis of ``scores + additive_mask``, max-subtracted.
+
+    scores: (..., n), typically (B, H, T, T). additive_mask: None or broadcastable to
+    scores, typically (B, 1, 1, T) with 0 or finfo(dtype).min (handled without expanding it).
+    Returns probs with scores' shape and dtype. A row of all -inf raises ValueError.
+    """
+    scores, mask = _ref._check_softmax_inputs(scores, additive_mask)
+    s = _rows(scores)  # (N, n)
+    if mask is None:
+        mask2, rows_per_group = np.zeros((1, s.shape[1])), max(1, s.shape[0])
+    else:
+        mask2, rows_per_group = _mask_groups(mask, scores.shape)
+    probs = np.empty_like(s)
+    n_empty = _softmax_loop(s, mask2, rows_per_group, probs)
+    if n_empty:
+        raise ValueError(_ref._EMPTY_ROW_MESSAGE)
+    return probs.reshape(scores.shape)
+
+
+def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`softmax`: ``ds_j = p_j (dp_j - sum_i dp_i p_i)``.
+
+    dprobs, probs: (..., n), same shape and dtype. Returns dscores with that shape and dtype.
+    """
+    dprobs = _ref._float_array("dprobs", dprobs)
+    probs = _ref._float_array("probs", probs)
+    _ref._same_shape("dprobs", dprobs, "probs", probs)
+    _ref._same_dtype("dprobs", dprobs, "probs", probs)
+    _ref._last_axis("probs", probs)
+    p = _rows(probs)  # (N, n)
+    ds = np.empty_like(p)
+    _softmax_backward_loop(_rows(dprobs), p, ds)
+    return ds.reshape(probs.shape)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    """LayerNorm over the last axis: ``y = (x - mean) * rstd * gamma + beta``.
+
+    x: (..., d); gamma, beta: (d,), one dtype; eps >= 0.
+    Returns ``(y, mean, rstd)``: y (..., d) in x's dtype; mean, rstd (...) float64.
+    """
+    x, gamma, beta, eps = _ref._check_layer_norm_params(x, gamma, beta, eps)
+    x2 = _rows(x)  # (N, d)
+    y = np.empty_like(x2)
+    mean = np.empty(x2.shape[0])  # (N,) float64
+    rstd = np.empty(x2.shape[0])  # (N,) float64
+    _layer_norm_loop(x2, x2, False, gamma, beta, eps, y, x2, mean, rstd)
+    lead = x.shape[:-1]
+    return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+
+def add_layer_norm(x: np.ndarray, residual: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    """Residual add then LayerNorm in one pass: ``s = x + residual``, ``y = layer_norm(s)``.
+
+    x, residual: (..., d), same shape and dtype; gamma, beta: (d,).
+    Returns ``(y, s, mean, rstd)``; backward: ``layer_norm_backward(dy, s, gamma, mean, rstd)``.
+    """
+    x = _ref._float_array("x", x)
+    residual = _ref._float_array("residual", residual)
+    _ref._same_shape("residual", residual, "x", x)
+    _ref._same_dtype("residual", residual, "x", x)
+    x, gamma, beta, eps = _ref._check_layer_norm_params(x, gamma, beta, eps)
+    x2 = _rows(x)  # (N, d)
+    y = np.empty_like(x2)
+    s = np.empty_like(x2)
+    mean = np.empty(x2.shape[0])  # (N,) float64
+    rstd = np.empty(x2.shape[0])  # (N,) float64
+    _layer_norm_loop(x2, _rows(residual), True, gamma, beta, eps, y, s, mean, rstd)
+    lead = x.shape[:-1]
+    return y.reshape(x.shape), s.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray, rstd: np.ndarray):
+    """Gradients of :func:`layer_norm`: ``dx = rstd (g - mean(g) - x_hat mean(g x_hat))``,
+    ``g = dy gamma``; ``dgamma = sum dy x_hat`` and ``dbeta = sum dy`` over all rows.
+
+    Returns ``(dx, dgamma, dbeta)`` in x's dtype: dx (..., d), dgamma and dbeta (d,).
+    """
+    dy, x, gamma, mean, rstd = _ref._check_layer_norm_backward(dy, x, gamma, mean, rstd)
+    x2 = _rows(x)  # (N, d)
+    n_rows, d = x2.shape
+    n_chunks = max(1, min(n_rows, numba.get_num_threads()))
+    dgamma_parts = np.zeros((n_chunks, d))  # float64 partial sums, one row per chunk
+    dbeta_parts = np.zeros((n_chunks, d))
+    dx = np.empty_like(x2)
+    _layer_norm_backward_loop(
+        _rows(dy),
+        x2,
+        gamma,
+        np.ascontiguousarray(mean, dtype=np.float64).reshape(-1),
+        np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1),
+        dx,
+        dgamma_parts,
+        dbeta_parts,
+    )
+    dtype = x.dtype
+    return dx.reshape(x.shape), dgamma_parts.sum(axis=0).astype(dtype), dbeta_parts.sum(axis=0).astype(dtype)
+
+
+def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray:
+    """Inverted-dropout multiplier: 0 with probability p, else ``1 / (1 - p)``.
+
+    Draws exactly what the reference draws (``rng.random(shape, dtype)``), so the same
+    generator state gives the same mask; the threshold and scale are applied in place.
+    """
+    shape, p, dtype = _ref._check_dropout_args(rng, shape, p, dtype)
+    if p == 0.0:
+        return np.ones(shape, dtype=dtype)
+    u = rng.random(shape, dtype=dtype)  # (shape) uniform [0, 1), overwritten by the mask
+    _dropout_loop(u.reshape(-1), dtype.type(p), dtype.type(1.0 / (1.0 - p)))
+    return u
