@@ -109,9 +109,9 @@ def evaluate(model: CostEffModel, encoded, task, batch_size=64) -> dict:
     key = main_metric(task)
     exits = {}
     for k, layer_index in enumerate(model.config.exit_layers):
-        z = np.concatenate(logits[k])
-        preds = np.empty_like(predictions_from_logits(z, model.config.is_regression))
-        preds[order] = predictions_from_logits(z, model.config.is_regression)
+        sorted_preds = predictions_from_logits(np.concatenate(logits[k]), model.config.is_regression)
+        preds = np.empty_like(sorted_preds)
+        preds[order] = sorted_preds                    # back to the split's order
         exits[layer_index + 1] = compute_metrics(task, preds, encoded.labels)
     scores = [m[key] for m in exits.values()]
     return {"exits": exits, "average": float(np.mean(scores)), "final": float(scores[-1]), "main_metric": key}
