@@ -1,0 +1,517 @@
+"""Recipes: every setting of a COST-EFF run (SPEC 5) in one dataclass, with presets.
+
+A :class:`Recipe` says which task to learn, how much of it to read, and the hyperparameters
+of the five stages:
+
+1. fine-tune the pretrained model (the teacher)            ``finetune_*``
+2. train the multi-exit teacher-assistant (TA)             ``ta_*``
+3. slenderize the TA to the target widths                  ``heads``, ``ffn``, ``rank``, ``prune_*`` ...
+4. recover the slender student by distillation             ``recover_*``
+5. evaluate every exit and sweep early-exit thresholds     ``criterion``, ``thresholds``
+
+plus the ablations of the paper as switches (``use_ta``, ``use_exits``, ``use_slenderize``,
+``last_exit_only``).
+
+Presets (:data:`PRESETS`, :func:`get_preset`):
+
+* ``quick``  -- a few minutes on a 2-core CPU: SST-2 capped to 512 training and 128 dev
+  examples, at most one epoch per stage. For demos and smoke tests; the numbers it
+  prints show the shape of the trade-off, not the paper's scores.
+* ``mrpc``   -- the paper's recipe scaled to the packaged MiniLM, on MRPC;
+* ``sst2``   -- the same on SST-2, with the training set capped for CPU time;
+* ``bert-base`` -- the paper's BERT-base settings (needs a BERT-base checkpoint folder).
+
+Recipes are read from JSON or TOML files with the field names below as keys; an optional
+``preset`` key names the preset the file starts from::
+
+    # recipe.toml
+    preset = "quick"
+    task = "mrpc"
+    max_train = 1000
+    thresholds = [0.0, 0.1, 0.2, 0.4]
+
+Unknown keys are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+from .data.glue import get_task
+from .early_exit import CRITERIA
+
+# The same values as npcosteff.sweep.DEFAULT_ENTROPY_THRESHOLDS (a test keeps them equal); repeated
+# here so that reading a recipe does not import the metrics stack (scikit-learn, SciPy).
+DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+__all__ = ["Recipe", "RecipeError", "PRESETS", "PRESETS_NEEDING_MODEL", "get_preset", "load_recipe",
+           "parse_override", "default_thresholds"]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run: unknown key or preset, wrong type, value out of range."""
+
+
+def default_thresholds(criterion: str) -> tuple:
+    """The sweep's default thresholds for an early-exit criterion.
+
+    entropy: ``DEFAULT_ENTROPY_THRESHOLDS`` (0 never exits early; ln 2 = 0.69 is the largest
+    entropy of two classes); max_prob: from 1 (never exits early) down to 0.5; patience: the
+    number of consecutive exits that must agree (PABEE).
+    """
+    if criterion == "entropy":
+        return tuple(DEFAULT_ENTROPY_THRESHOLDS)
+    if criterion == "max_prob":
+        return (1.0, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+    if criterion == "patience":
+        return (1, 2, 3, 4, 5)
+    raise RecipeError(f"unknown early-exit criterion {criterion!r}; choose one of {CRITERIA}")
+
+
+@dataclass
+class Recipe:
+    """All settings of a COST-EFF run. Defaults: the authors' BERT-base scripts (SPEC 5)."""
+
+    name: str = "custom"                     # preset (or file) the recipe came from, for reports
+    task: str = "sst2"                       # GLUE task (any alias: "SST-2", "sst2", ...)
+    model: Optional[str] = None              # pretrained BERT folder; None: the packaged MiniLM
+    max_length: int = 128                    # tokens per example, special tokens included
+    max_train: Optional[int] = None          # keep the first N training examples (None: all)
+    max_eval: Optional[int] = None           # keep the first N dev examples (None: all)
+    dtype: str = "float32"                   # float32 | float64
+    seed: int = 42
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01               # AdamW; none on biases and LayerNorm
+    warmup_proportion: float = 0.1           # linear warmup, then linear decay
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0                 # prediction distillation T
+    eval_every: Optional[int] = None         # steps between dev evaluations (None: once per epoch)
+    log_every: int = 20                      # steps per metrics.jsonl training record
+
+    # 1. fine-tuning: the teacher (one classifier after the last layer, hard loss)
+    finetune_epochs: float = 3.0
+    finetune_learning_rate: float = 2e-5
+    finetune_batch_size: int = 32
+    finetune_max_steps: Optional[int] = None  # overrides the epochs when set
+
+    # 2. the teacher-assistant: exits after every layer, `hidden` then `pred_ta` distillation
+    ta_epochs: float = 3.0
+    ta_learning_rate: float = 2e-5
+    ta_batch_size: int = 32
+    ta_max_steps: Optional[int] = None
+    ta_hidden_fraction: float = 1 / 3        # share of the TA's epochs on `hidden` distillation
+
+    # 3. slenderization (SPEC 4)
+    heads: int = 2                           # target heads per layer H'
+    ffn: Optional[int] = 512                 # target FFN width F' (None: not pruned)
+    rank: Optional[int] = 128                # target word-embedding rank r (None: not factorized)
+    prune_period: float = 1.0                # epochs of training after each prune
+    repr_proportion: float = 0.6             # share of a period on `hidden`, the rest on `pred`
+    prune_learning_rate: float = 1e-5
+    lr_restore: float = 0.12                 # period t peaks at lr * (1 + lr_restore)^t
+    prune_batch_size: int = 32
+    importance_examples: Optional[int] = 2048  # training examples scored before each prune
+
+    # 4. recovery: `hidden` then `pred` distillation from the TA
+    recover_hidden_epochs: float = 3.0
+    recover_pred_epochs: float = 3.0
+    recover_hidden_learning_rate: float = 3e-5
+    recover_pred_learning_rate: float = 2e-5
+    recover_batch_size: int = 32
+    recover_hidden_max_steps: Optional[int] = None
+    recover_pred_max_steps: Optional[int] = None
+
+    # 5. early exit
+    criterion: str = "entropy"               # entropy | max_prob | patience
+    thresholds: tuple = DEFAULT_ENTROPY_THRESHOLDS   # the sweep (patience: integers)
+    summary_thresholds: tuple = ()                   # the summary's columns (empty: three spread over thresholds)
+
+    # ablations (SPEC 3-5); all on / off as in the paper's own method
+    use_ta: bool = True            # False: no TA; the student starts from, and learns from, the teacher
+    use_exits: bool = True         # False: the slender student keeps only the final exit
+    use_slenderize: bool = True    # False: no slenderization; the TA is the final model
+    last_exit_only: bool = False   # True: importance from the last exit's loss only
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _field_types()[f.name]))
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`RecipeError` naming the first setting that cannot be run."""
+        try:
+            self.task = get_task(self.task).name
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
+        if self.dtype not in ("float32", "float64"):
+            raise RecipeError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        positive = ["max_length", "eval_batch_size", "log_every", "finetune_batch_size", "ta_batch_size",
+                    "heads", "prune_batch_size", "recover_batch_size"]
+        optional_positive = ["max_train", "max_eval", "eval_every", "finetune_max_steps", "ta_max_steps", "ffn",
+                             "rank", "importance_examples", "recover_hidden_max_steps", "recover_pred_max_steps"]
+        for key in positive + optional_positive:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise RecipeError(f"{key} must be >= 1, got {value}")
+        if self.max_length < 3:        # [CLS] A [SEP] B [SEP]: a pair needs room for three special tokens
+            raise RecipeError(f"max_length must be >= 3, got {self.max_length}")
+        for key in ("finetune_epochs", "ta_epochs", "prune_period", "recover_hidden_epochs",
+                    "recover_pred_epochs", "temperature"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise RecipeError(f"{key} must be a number > 0, got {value}")
+        for key in ("finetune_learning_rate", "ta_learning_rate", "prune_learning_rate",
+                    "recover_hidden_learning_rate", "recover_pred_learning_rate", "weight_decay", "lr_restore",
+                    "max_grad_norm"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise RecipeError(f"{key} must be a number >= 0, got {value}")
+        for key in ("warmup_proportion", "repr_proportion"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise RecipeError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+        if not 0.0 < self.ta_hidden_fraction < 1.0:
+            raise RecipeError(f"ta_hidden_fraction must lie strictly between 0 and 1 (the TA trains "
+                              f"`hidden`, then `pred_ta`), got {self.ta_hidden_fraction}")
+        if self.criterion not in CRITERIA:
+            raise RecipeError(f"unknown early-exit criterion {self.criterion!r}; choose one of {CRITERIA}")
+        if not self.thresholds:
+            raise RecipeError("thresholds is empty: the sweep needs at least one threshold")
+        for t in self.thresholds:
+            if self.criterion == "patience":
+                if t != int(t) or t < 1:
+                    raise RecipeError(f"patience thresholds must be integers >= 1, got {t}")
+            elif not (math.isfinite(t) and t >= 0):
+                raise RecipeError(f"thresholds must be finite and >= 0, got {t}")
+            elif self.criterion == "max_prob" and t > 1:
+                raise RecipeError(f"max_prob thresholds are probabilities in [0, 1], got {t}")
+        missing = [t for t in self.summary_thresholds if not any(math.isclose(t, s) for s in self.thresholds)]
+        if missing:
+            raise RecipeError(f"summary_thresholds {missing} are not among the sweep's thresholds "
+                              f"{list(self.thresholds)}")
+        if self.criterion != "patience" and get_task(self.task).is_regression:
+            raise RecipeError(f"task {self.task} is a regression task: early exit needs criterion = 'patience' "
+                              f"(entropy and max_prob need class probabilities)")
+
+    def summary_threshold_values(self) -> tuple:
+        """The thresholds the summary reports: `summary_thresholds`, or when empty the ones at
+        a quarter, half and three quarters of `thresholds` (0.1, 0.3, 0.5 for the default sweep)."""
+        if self.summary_thresholds:
+            return tuple(self.summary_thresholds)
+        n = len(self.thresholds)
+        picked = []
+        for k in (n // 4, n // 2, (3 * n) // 4):
+            if self.thresholds[k] not in picked:
+                picked.append(self.thresholds[k])
+        return tuple(picked)
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict:
+        """The recipe as plain JSON types (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with `changes` applied and checked (unknown keys are an error)."""
+        _check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Optional["Recipe"] = None) -> "Recipe":
+        """A recipe from a dictionary; a ``preset`` key (or `base`) gives the starting values."""
+        d = dict(d)
+        preset = d.pop("preset", None)
+        if preset is not None:
+            if not isinstance(preset, str):
+                raise RecipeError(f"preset must be a preset name, got {preset!r}")
+            base = get_preset(preset)
+        base = base or cls()
+        return base.replace(**d)
+
+    # ------------------------------------------------------------------ stage arguments
+    def finetune_arguments(self, progress=True):
+        """TrainingArguments of stage 1 (the pipeline sets stage `hard`, final exit only)."""
+        from .train import TrainingArguments
+
+        return TrainingArguments(task=self.task, stage="hard", final_only=True, epochs=self.finetune_epochs,
+                                 max_steps=self.finetune_max_steps, batch_size=self.finetune_batch_size,
+                                 learning_rate=self.finetune_learning_rate, **self._common(progress))
+
+    def ta_arguments(self, progress=True):
+        """TrainingArguments of stage 2 (the pipeline splits them into `hidden` and `pred_ta`)."""
+        from .train import TrainingArguments
+
+        return TrainingArguments(task=self.task, stage="hard", final_only=False, epochs=self.ta_epochs,
+                                 max_steps=self.ta_max_steps, batch_size=self.ta_batch_size,
+                                 learning_rate=self.ta_learning_rate, **self._common(progress))
+
+    def slenderize_arguments(self, progress=True):
+        """SlenderizeArguments of stage 3."""
+        from .slenderize import SlenderizeArguments
+
+        return SlenderizeArguments(
+            task=self.task, heads=self.heads, ffn=self.ffn, embedding_rank=self.rank,
+            prune_period=self.prune_period, repr_proportion=self.repr_proportion,
+            learning_rate=self.prune_learning_rate, lr_restore=self.lr_restore,
+            importance_examples=self.importance_examples, last_exit_only=self.last_exit_only,
+            temperature=self.temperature, batch_size=self.prune_batch_size, eval_batch_size=self.eval_batch_size,
+            weight_decay=self.weight_decay, warmup_proportion=self.warmup_proportion,
+            max_grad_norm=self.max_grad_norm, flops_tokens=self.max_length, log_every=self.log_every,
+            seed=self.seed, progress=progress)
+
+    def recover_arguments(self, progress=True):
+        """RecoverArguments of stage 4."""
+        from .slenderize import RecoverArguments
+
+        return RecoverArguments(
+            task=self.task, hidden_epochs=self.recover_hidden_epochs, pred_epochs=self.recover_pred_epochs,
+            hidden_learning_rate=self.recover_hidden_learning_rate,
+            pred_learning_rate=self.recover_pred_learning_rate, hidden_max_steps=self.recover_hidden_max_steps,
+            pred_max_steps=self.recover_pred_max_steps, batch_size=self.recover_batch_size,
+            eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
+            warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
+            temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every, seed=self.seed,
+            progress=progress)
+
+    def _common(self, progress):
+        return dict(eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
+                    warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
+                    temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every,
+                    seed=self.seed, progress=progress)
+
+
+# --------------------------------------------------------------------------- field types
+_TYPES = None
+
+
+def _field_types() -> dict:
+    """Field name -> its annotation, resolved once (the module uses postponed annotations)."""
+    global _TYPES
+    if _TYPES is None:
+        _TYPES = typing.get_type_hints(Recipe)
+    return _TYPES
+
+
+def _check_keys(d: dict) -> None:
+    known = [f.name for f in dataclasses.fields(Recipe)]
+    for key in d:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"unknown recipe key {key!r}{hint}")
+
+
+def _coerce(key, value, annotation):
+    """`value` as the type of field `key`, or a RecipeError naming the key."""
+    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+    if optional:
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    elif value is None:
+        raise RecipeError(f"{key} cannot be null/None")
+
+    def wrong(expected):
+        return RecipeError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise wrong("an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if annotation is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                       for v in value):
+            raise wrong("a list of numbers")
+        return tuple(float(v) for v in value)
+    raise TypeError(f"no coercion for field {key} of type {annotation}")   # a new field type: extend _coerce
+
+
+def parse_override(text: str) -> tuple:
+    """``"key=value"`` from the command line -> (key, value of the field's type).
+
+    Values: numbers, ``true``/``false``, ``none``/``null`` for optional fields, and
+    comma-separated numbers for lists (``thresholds=0,0.1,0.3``).
+    """
+    if "=" not in text:
+        raise RecipeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    _check_keys({key: None})
+    annotation = _field_types()[key]
+    optional = typing.get_origin(annotation) is typing.Union
+    base = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional else annotation
+    if raw.lower() in ("none", "null") and optional:
+        return key, None
+    try:
+        if base is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if base is int:
+            return key, int(raw)
+        if base is float:
+            return key, float(raw)
+        if base is tuple:
+            return key, tuple(float(v) for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise RecipeError(f"{key}={raw!r}: not a valid {base.__name__}") from None
+    return key, raw
+
+
+# --------------------------------------------------------------------------- presets
+def _quick() -> Recipe:
+    """A few minutes on a 2-core CPU: the whole pipeline on a sliver of SST-2.
+
+    512 training and 128 dev examples of at most 48 tokens, batch 16 (32 steps per epoch:
+    small batches give more updates for the same arithmetic). So few steps learn something
+    only at learning rates well above the paper's: 2e-4 for fine-tuning (one epoch), 1e-3 for
+    the TA (one epoch, a fifth of it on `hidden` distillation: its exits must become
+    confident for early exit to happen at all), 2e-4 while pruning and 5e-4 for recovery
+    (a quarter epoch of `hidden`, half an epoch of `pred`). Six prunes (12 -> 6 heads) of two
+    steps each, importance scored on 32 examples. Targets are the paper's "2x" widths scaled
+    to MiniLM (d = 384, FFN 1536): 6 heads, FFN 768, embedding rank 192. The sweep's
+    thresholds crowd below ln 2 = 0.69, where exits this briefly trained still hesitate.
+    Dev scores on 128 examples move by 0.8 points per example: read them as a demonstration
+    of the pipeline and of the shape of the trade-off, not as the paper's numbers.
+    """
+    return Recipe(
+        name="quick", task="sst2", max_length=48, max_train=512, max_eval=128, eval_batch_size=64,
+        finetune_epochs=1.0, finetune_learning_rate=2e-4, finetune_batch_size=16,
+        ta_epochs=1.0, ta_learning_rate=1e-3, ta_batch_size=16, ta_hidden_fraction=0.2,
+        heads=6, ffn=768, rank=192, prune_period=0.0625, repr_proportion=0.5, prune_learning_rate=2e-4,
+        prune_batch_size=16, importance_examples=32,
+        recover_hidden_epochs=0.25, recover_pred_epochs=0.5, recover_batch_size=16,
+        recover_hidden_learning_rate=5e-4, recover_pred_learning_rate=5e-4,
+        thresholds=(0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7))
+
+
+def _scaled_minilm(**changes) -> Recipe:
+    """The paper's recipe (SPEC 5) with its widths scaled to MiniLM; see `_mrpc`, `_sst2`."""
+    base = dict(
+        max_length=128, finetune_epochs=3.0, finetune_learning_rate=2e-5, ta_epochs=3.0, ta_learning_rate=2e-5,
+        heads=2, ffn=256, rank=64, prune_learning_rate=1e-5, lr_restore=0.12, repr_proportion=0.6,
+        recover_hidden_epochs=3.0, recover_pred_epochs=3.0, recover_hidden_learning_rate=3e-5,
+        recover_pred_learning_rate=2e-5)
+    base.update(changes)
+    return Recipe(**base)
+
+
+def _mrpc() -> Recipe:
+    """The paper's recipe scaled to the packaged MiniLM, on MRPC (3,668 training pairs).
+
+    Kept from the paper: AdamW, batch 32, 128 tokens, 10% warmup, clipping 1.0, learning
+    rates 2e-5 (fine-tuning, TA), 1e-5 with lr_restore 0.12 (pruning), 3e-5 / 2e-5 (hidden /
+    pred recovery), repr_proportion 0.6, 3 epochs per stage.
+
+    Scaled: the target widths. MiniLM has 12 heads like BERT-base but half its widths
+    (d = 384, FFN 1536), so the paper's strongest targets (2 heads, FFN 512, rank 128: 1/6 of
+    each BERT-base width) become 2 heads, FFN 256, rank 64 -- the same fraction of each
+    MiniLM width. Pruning 12 -> 2 heads takes 10 prunes; on a small data set one epoch per
+    period (prune_period 1.0) gives each prune about 115 steps to recover.
+    """
+    return _scaled_minilm(name="mrpc", task="mrpc", prune_period=1.0)
+
+
+def _sst2() -> Recipe:
+    """The paper's recipe scaled to the packaged MiniLM, on SST-2.
+
+    The same settings and scaled targets as the ``mrpc`` preset (2 heads, FFN 256, rank 64),
+    with two changes for CPU time. The training set is capped at its first 16,000 of 67,349
+    examples (500 steps per epoch), which keeps the whole pipeline -- about 15 epochs over
+    fine-tuning, TA, ten prunes and recovery -- to a few CPU-hours; set ``max_train = none``
+    for the full set. Each pruning period is half an epoch (prune_period 0.5, within the
+    paper's 0.3-2.0), as SST-2's periods are long in steps already. The dev set (872) is whole.
+    """
+    return _scaled_minilm(name="sst2", task="sst2", max_length=64, max_train=16000, prune_period=0.5)
+
+
+def _bert_base() -> Recipe:
+    """The paper's BERT-base settings (SPEC 5): needs ``model`` = a BERT-base checkpoint folder.
+
+    Batch 32, 128 tokens, AdamW with weight decay 0.01, 10% warmup, clipping 1.0; learning
+    rate 2e-5 for fine-tuning and the TA (3 epochs each, a third of the TA's on `hidden`),
+    1e-5 while pruning with lr_restore 0.12, one epoch per pruning period with
+    repr_proportion 0.6, recovery 3 epochs of `hidden` at 3e-5 and 3 of `pred` at 2e-5;
+    targets 2 heads, FFN 512, embedding rank 128 (the paper's 1/8-of-the-parameters model).
+    """
+    return Recipe(name="bert-base", task="sst2", max_length=128, finetune_epochs=3.0, finetune_learning_rate=2e-5,
+                  finetune_batch_size=32, ta_epochs=3.0, ta_learning_rate=2e-5, ta_batch_size=32,
+                  heads=2, ffn=512, rank=128, prune_period=1.0, repr_proportion=0.6, prune_learning_rate=1e-5,
+                  lr_restore=0.12, prune_batch_size=32, recover_hidden_epochs=3.0, recover_pred_epochs=3.0,
+                  recover_hidden_learning_rate=3e-5, recover_pred_learning_rate=2e-5, recover_batch_size=32)
+
+
+PRESETS = {"quick": _quick, "mrpc": _mrpc, "sst2": _sst2, "bert-base": _bert_base}
+PRESETS_NEEDING_MODEL = ("bert-base",)      # presets that do not fit the packaged MiniLM
+
+
+def get_preset(name: str) -> Recipe:
+    """A fresh copy of a preset recipe."""
+    if name not in PRESETS:
+        raise RecipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def load_recipe(path) -> Recipe:
+    """A recipe from a ``.json`` or ``.toml`` file (keys: Recipe fields, and ``preset``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{path} is not valid JSON: {e}") from None
+    elif ext == ".toml":
+        toml = _toml_module()
+        with open(path, "rb") as f:
+            try:
+                d = toml.load(f)
+            except toml.TOMLDecodeError as e:
+                raise RecipeError(f"{path} is not valid TOML: {e}") from None
+    else:
+        raise RecipeError(f"recipe file {path!r} must end in .json or .toml")
+    if not isinstance(d, dict):
+        raise RecipeError(f"{path} must hold a table/object of recipe keys, got {type(d).__name__}")
+    recipe = Recipe.from_dict(d)
+    if "name" not in d:
+        recipe = recipe.replace(name=os.path.splitext(os.path.basename(path))[0])
+    return recipe
+
+
+def _toml_module():
+    """tomllib (Python >= 3.11), else tomli, else a clear error."""
+    try:
+        import tomllib
+        return tomllib
+    except ModuleNotFoundError:
+        pass
+    try:
+        import tomli
+        return tomli
+    except ModuleNotFoundError:
+        raise RecipeError("reading a TOML recipe needs Python >= 3.11 (tomllib) or the package tomli: "
+                          "pip install tomli, or write the recipe as JSON") from None

@@ -1,0 +1,393 @@
+"""The npcosteff command line: every subcommand parses, user errors end with exit code 2 and
+one line, the demo says how to get GLUE when it has none, and `run --preset quick` goes end
+to end on SST-2 (capped to a few examples) and writes the summary, the sweep and the plot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from npcosteff import cli
+from npcosteff.cli import DONE_FILE, STAGE_FILE, build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+needs_glue = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(),
+                                reason=f"the GLUE TSV folder {GLUE_DIR} (with SST-2) is not there")
+
+
+def _parse(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+# --------------------------------------------------------------------------- parsing
+def test_finetune_arguments():
+    a = _parse("finetune", "--task", "sst2", "--output", "o", "--glue-dir", "g", "--model", "m", "--epochs", "2",
+               "--lr", "3e-5", "--batch-size", "16", "--max-steps", "5", "--max-length", "64", "--max-train", "100",
+               "--max-eval", "50", "--seed", "3", "--dtype", "float64", "--preset", "quick", "--set", "log_every=5",
+               "--no-progress")
+    assert (a.func, a.task, a.output, a.glue_dir, a.pretrained) == (cli.cmd_finetune, "sst2", "o", "g", "m")
+    assert (a.epochs, a.learning_rate, a.batch_size, a.max_steps) == (2.0, 3e-5, 16, 5)
+    assert (a.max_length, a.max_train, a.max_eval, a.seed, a.dtype) == (64, 100, 50, 3, "float64")
+    assert (a.preset, a.set, a.no_progress) == ("quick", ["log_every=5"], True)
+
+
+def test_finetune_options_become_recipe_fields():
+    a = _parse("finetune", "--task", "SST-2", "--output", "o", "--epochs", "2", "--lr", "3e-5", "--max-train", "9",
+               "--set", "warmup_proportion=0.06")
+    r = cli._apply(cli._recipe_from_args(a), a, cli._stage_map("finetune"))
+    assert (r.task, r.finetune_epochs, r.finetune_learning_rate, r.max_train, r.warmup_proportion) == \
+        ("sst2", 2.0, 3e-5, 9, 0.06)
+
+
+def test_train_ta_arguments():
+    a = _parse("train-ta", "--task", "mrpc", "--teacher", "t", "--output", "o", "--hidden-fraction", "0.25")
+    assert (a.func, a.teacher, a.hidden_fraction, a.pretrained) == (cli.cmd_train_ta, "t", 0.25, None)
+    r = cli._apply(cli._recipe_from_args(a), a, {**cli._stage_map("ta"), "hidden_fraction": "ta_hidden_fraction"})
+    assert r.ta_hidden_fraction == 0.25 and r.task == "mrpc"
+
+
+def test_slenderize_arguments():
+    a = _parse("slenderize", "--task", "sst2", "--ta", "ta", "--output", "o", "--heads", "4", "--ffn", "384",
+               "--rank", "96", "--last-exit-only", "--prune-period", "0.5", "--repr-proportion", "0.7",
+               "--lr-restore", "0.2", "--importance-examples", "256", "--teacher", "t")
+    assert (a.func, a.ta, a.teacher, a.last_exit_only) == (cli.cmd_slenderize, "ta", "t", True)
+    r = cli._apply(cli._recipe_from_args(a), a, cli._SLENDER_MAP)
+    assert (r.heads, r.ffn, r.rank, r.prune_period, r.repr_proportion, r.lr_restore, r.importance_examples) == \
+        (4, 384, 96, 0.5, 0.7, 0.2, 256)
+
+
+def test_recover_arguments():
+    a = _parse("recover", "--task", "sst2", "--student", "s", "--teacher", "t", "--output", "o",
+               "--hidden-epochs", "1", "--pred-epochs", "2", "--hidden-learning-rate", "1e-4",
+               "--pred-learning-rate", "5e-5", "--hidden-max-steps", "3", "--pred-max-steps", "4")
+    assert (a.func, a.student, a.teacher) == (cli.cmd_recover, "s", "t")
+    r = cli._apply(cli._recipe_from_args(a), a, cli._RECOVER_MAP)
+    assert (r.recover_hidden_epochs, r.recover_pred_epochs, r.recover_hidden_learning_rate,
+            r.recover_pred_learning_rate, r.recover_hidden_max_steps, r.recover_pred_max_steps) == \
+        (1.0, 2.0, 1e-4, 5e-5, 3, 4)
+
+
+def test_evaluate_and_sweep_arguments():
+    a = _parse("evaluate", "--task", "sst2", "--model", "m", "--json", "out.json")
+    assert (a.func, a.model, a.json) == (cli.cmd_evaluate, "m", "out.json")
+    a = _parse("sweep", "--task", "sst2", "--model", "ta=a", "--model", "b", "--output", "o",
+               "--thresholds", "0", "0.2", "--criterion", "max_prob")
+    assert (a.func, a.model, a.thresholds, a.criterion) == (cli.cmd_sweep, ["ta=a", "b"], [0.0, 0.2], "max_prob")
+    assert cli._named_models(a.model) == {"ta": "a", "b": "b"}
+
+
+def test_run_and_demo_arguments():
+    a = _parse("run", "--preset", "quick", "--output", "o", "--no-ta", "--last-exit-only", "--no-exits",
+               "--task", "mrpc", "--model", "m", "--set", "heads=8")
+    assert (a.func, a.preset, a.no_ta, a.last_exit_only, a.no_exits, a.no_slenderize) == \
+        (cli.cmd_run, "quick", True, True, True, False)
+    r = cli._recipe_from_args(a)
+    assert (r.task, r.model, r.heads) == ("mrpc", "m", 8)
+    a = _parse("run", "--config", "r.toml", "--no-slenderize")
+    assert (a.config, a.no_slenderize, a.output) == ("r.toml", True, None)
+    a = _parse("demo")
+    assert (a.func, a.output, a.glue_dir) == (cli.cmd_demo, cli.DEMO_OUTPUT, None)
+
+
+def test_required_options_and_unknown_commands_exit_2(capsys):
+    for argv in (["finetune", "--output", "o"], ["train-ta", "--task", "sst2", "--output", "o"],
+                 ["frobnicate"], [], ["sweep", "--task", "sst2", "--output", "o"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2, argv
+    assert "error:" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    out = subprocess.run([sys.executable, "-m", "npcosteff", "--help"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0
+    for command in ("finetune", "train-ta", "slenderize", "recover", "evaluate", "sweep", "run", "demo"):
+        assert command in out.stdout
+
+
+# --------------------------------------------------------------------------- user errors
+def _error(capsys, *argv):
+    """Run the command; it must fail with exit code 2 and one line on stderr, no traceback."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_unknown_task(capsys):
+    line = _error(capsys, "finetune", "--task", "imdb", "--output", "o")
+    assert "unknown GLUE task 'imdb'" in line and "sst2" in line
+
+
+def test_unknown_preset(capsys):
+    line = _error(capsys, "run", "--preset", "huge")
+    assert "unknown preset 'huge'" in line and "quick" in line
+
+
+def test_run_needs_a_recipe(capsys):
+    assert "--preset NAME" in _error(capsys, "run")
+
+
+def test_preset_and_config_exclude_each_other(capsys):
+    assert "either --preset or --config" in _error(capsys, "run", "--preset", "quick", "--config", "x.json")
+
+
+def test_missing_recipe_file(capsys, tmp_path):
+    assert "does not exist" in _error(capsys, "run", "--config", str(tmp_path / "nope.toml"))
+
+
+def test_bad_set_key(capsys):
+    assert "unknown recipe key 'hedas'" in _error(capsys, "run", "--preset", "quick", "--set", "hedas=2")
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(tmp_path / "nowhere"))
+    assert "does not exist" in line and "nowhere" in line
+
+
+def test_model_folder_without_config(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(tmp_path / "empty"))
+    assert "has no config.json" in line
+
+
+def test_unfinished_stage_folder_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / STAGE_FILE).write_text("{}")
+    line = _error(capsys, "recover", "--task", "sst2", "--student", str(tmp_path / "stage"), "--teacher", "x",
+                  "--output", str(tmp_path / "o"))
+    assert "has not finished" in line
+
+
+def test_pretrained_encoder_is_not_a_teacher(capsys, tmp_path):
+    from npcosteff.pretrained import default_model_dir
+
+    line = _error(capsys, "train-ta", "--task", "sst2", "--teacher", default_model_dir(), "--output",
+                  str(tmp_path / "o"))
+    assert "no classifier" in line
+
+
+def test_targets_that_do_not_fit(capsys, tmp_path):
+    line = _error(capsys, "run", "--preset", "quick", "--set", "heads=12", "--output", str(tmp_path / "o"))
+    assert "targets" in line and "heads" in line
+    assert not (tmp_path / "o").exists()                 # refused before anything was written
+
+
+def test_bert_base_needs_a_model(capsys):
+    assert "--model" in _error(capsys, "run", "--preset", "bert-base")
+
+
+@pytest.mark.parametrize("flags,word", [(("--no-slenderize", "--no-exits"), "--no-exits"),
+                                        (("--no-slenderize", "--last-exit-only"), "--last-exit-only"),
+                                        (("--no-slenderize", "--no-ta"), "--no-ta")])
+def test_contradictory_ablations(capsys, flags, word):
+    assert word in _error(capsys, "run", "--preset", "quick", *flags)
+
+
+def test_missing_glue_folder_is_one_line(capsys, tmp_path):
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_teacher_stub(tmp_path)), "--glue-dir",
+                  str(tmp_path / "no-glue"))
+    assert "could not load GLUE task sst2" in line and "NPCOSTEFF_GLUE_DIR" in line
+
+
+def _teacher_stub(tmp_path):
+    """A model folder with a classifier: the packaged MiniLM with a fresh 2-way exit."""
+    import numpy as np
+
+    from npcosteff.model import CostEffModel
+    from npcosteff.pretrained import default_model_dir
+
+    folder = tmp_path / "stub"
+    model = CostEffModel.from_pretrained(None, dtype=np.float32, num_labels=2,
+                                         exit_start=6)
+    model.save_pretrained(folder, os.path.join(default_model_dir(), "tokenizer.json"))
+    return folder
+
+
+# --------------------------------------------------------------------------- demo without data
+def _assert_how_to(err):
+    assert "NPCOSTEFF_GLUE_DIR" in err
+    assert "../shared/data/glue" in err
+    assert "--glue-dir" in err
+    assert "datasets.load_dataset('nyu-mll/glue','sst2')" in err
+    assert "Traceback" not in err
+
+
+def test_demo_without_a_glue_folder_says_how_to_get_one(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(tmp_path / "no-such-folder"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["demo", "--output", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert code == 2
+    _assert_how_to(err)
+    assert "no-such-folder" in err                       # the reason: the folder it was told to use
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_offline_without_a_cache_says_how_to_get_data(tmp_path):
+    # The hub path: no folder anywhere, datasets offline with an empty cache. In a fresh process,
+    # because `datasets` reads HF_DATASETS_OFFLINE when it is first imported.
+    env = {k: v for k, v in os.environ.items() if k != "NPCOSTEFF_GLUE_DIR"}
+    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               HF_DATASETS_CACHE=str(tmp_path / "hf" / "datasets"))
+    out = subprocess.run([sys.executable, "-m", "npcosteff", "demo", "--output", str(tmp_path / "demo")],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    _assert_how_to(out.stderr)
+    assert "hub" in out.stderr
+
+
+# --------------------------------------------------------------------------- end to end
+# The quick preset, capped so that it takes well under a minute on 2 cores: 16 training and
+# 16 dev examples, one prune (12 -> 11 heads) and one or two steps per stage.
+CAPS = ["--max-train", "16", "--max-eval", "16", "--max-length", "24",
+        "--set", "heads=11", "--set", "ffn=1024", "--set", "rank=256", "--set", "importance_examples=16",
+        "--set", "finetune_max_steps=1", "--set", "ta_max_steps=2", "--set", "recover_hidden_max_steps=1",
+        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    if not (GLUE_DIR / "SST-2" / "dev.tsv").is_file():
+        pytest.skip(f"the GLUE TSV folder {GLUE_DIR} (with SST-2) is not there")
+    out = tmp_path_factory.mktemp("quick") / "run"
+    argv = ["run", "--preset", "quick", "--glue-dir", str(GLUE_DIR), "--output", str(out), "--no-progress", *CAPS]
+    return out, argv
+
+
+@needs_glue
+def test_run_quick_end_to_end(quick_run, capsys):
+    out, argv = quick_run
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+
+    for stage in ("teacher", "ta", "slenderize", "recover"):
+        done = json.loads((out / stage / DONE_FILE).read_text())
+        assert (out / stage / done["model_dir"] / "config.json").is_file()
+        assert (out / stage / done["model_dir"] / "tokenizer.json").is_file()
+        assert (out / stage / "log.txt").stat().st_size > 0
+        assert (out / stage / "metrics.jsonl").is_file()
+    for name in ("teacher", "ta", "student"):
+        rows = json.loads((out / "sweep" / f"{name}.json").read_text())
+        assert [r["threshold"] for r in rows] == [0.0, 0.3, 0.6, 0.7]
+        assert (out / "sweep" / f"{name}.csv").is_file()
+    assert (out / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    summary = json.loads((out / "summary.json").read_text())
+    models = {m["name"]: m for m in summary["models"]}
+    assert list(models) == ["teacher", "ta", "student"]
+    assert list(models["teacher"]["dev"]["exits"]) == ["6"]                 # one classifier
+    assert list(models["ta"]["dev"]["exits"]) == ["1", "2", "3", "4", "5", "6"]
+    widths = models["student"]["widths"]
+    assert widths["heads_per_layer"] == [11] * 6 and widths["intermediate_per_layer"] == [1024] * 6
+    assert widths["embedding_rank"] == 256
+    assert models["student"]["parameters"] < models["ta"]["parameters"]
+    assert models["student"]["flops_reduction_vs_teacher"] > 1.0
+    assert models["teacher"]["flops_reduction_vs_teacher"] == 1.0
+    # Threshold 0.7 > ln 2, the largest entropy of two classes: every sample leaves at exit 1.
+    ta_rows = json.loads((out / "sweep" / "ta.json").read_text())
+    assert ta_rows[-1]["mean_exit_layer"] == 1.0 and ta_rows[-1]["expected_speedup"] == 6.0
+    assert ta_rows[0]["mean_exit_layer"] == 6.0                             # threshold 0 never exits early
+
+    table = (out / "summary.md").read_text()
+    assert "| teacher |" in table and "| ta |" in table and "| student |" in table
+    assert "| teacher |" in printed and str(out / "sweep" / "sweep.png") in printed
+
+    # A second run finds every stage done and only redoes the sweep and the summary.
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.count("already done") == 4
+    assert json.loads((out / "summary.json").read_text())["models"] == summary["models"]
+
+
+@needs_glue
+def test_rerun_with_other_settings_is_refused(quick_run, capsys):
+    out, argv = quick_run
+    if not (out / "teacher" / DONE_FILE).is_file():
+        pytest.skip("needs the run of test_run_quick_end_to_end")
+    line = _error(capsys, *argv, "--set", "finetune_learning_rate=0.001")
+    assert "finetune_learning_rate" in line and "other settings" in line
+
+
+@needs_glue
+def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
+    out, _ = quick_run
+    if not (out / "recover" / DONE_FILE).is_file():
+        pytest.skip("needs the run of test_run_quick_end_to_end")
+    common = ["--task", "sst2", "--glue-dir", str(GLUE_DIR), "--max-eval", "16", "--max-length", "24"]
+    assert main(["evaluate", "--model", str(out / "recover"), "--json", str(tmp_path / "e.json"), *common]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "e.json").read_text())
+    recorded = json.loads((out / "recover" / DONE_FILE).read_text())
+    assert result["dev"] == recorded["dev"]                 # the same model, the same dev examples
+    assert "| 6 |" in printed and "parameters" in printed
+
+    assert main(["sweep", "--model", f"ta={out / 'ta'}", "--model", f"student={out / 'recover'}", "--output",
+                 str(tmp_path / "sw"), "--thresholds", "0", "0.7", "--no-progress", *common]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "sw" / "sweep.png").is_file() and (tmp_path / "sw" / "student.csv").is_file()
+    assert f"plot: {tmp_path / 'sw' / 'sweep.png'}" in printed
+
+
+# --------------------------------------------------------------------------- stage folders
+def test_stage_folder_records_settings_and_refuses_others(tmp_path):
+    from npcosteff.recipe import get_preset
+
+    run = tmp_path / "run"
+    recipe = get_preset("quick")
+    stage = cli.StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"})
+    assert stage.finished() is None
+    stage.begin()                                                  # writes stage.json
+    assert json.loads((run / "teacher" / STAGE_FILE).read_text()) == stage.settings
+    # An interrupted stage resumes with the same settings only.
+    cli.StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"}).begin()
+    other = cli.StageFolder("finetune", run / "teacher", recipe.replace(finetune_epochs=2.0),
+                            {"pretrained": "/models/minilm"})
+    with pytest.raises(cli.UserError, match=r"unfinished finetune run with other settings "
+                                            r"\(finetune_epochs: 1\.0 there, 2\.0 now\)"):
+        other.begin()
+    # Settings of other stages do not matter to this one.
+    cli.StageFolder("finetune", run / "teacher", recipe.replace(heads=4), {"pretrained": "/models/minilm"}).begin()
+
+    model_dir = run / "teacher" / "best"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"")
+    record = stage.finish(str(model_dir), {"dev": {}}, {"result": {"steps": 3}})
+    assert record["model_dir"] == "best" and record["result"] == {"steps": 3}
+    assert stage.finished()["settings"] == stage.settings
+    assert cli.resolve_model_dir(run / "teacher") == str(model_dir)     # a stage folder names its model
+
+
+def test_stage_inputs_inside_the_run_are_relative(tmp_path):
+    from npcosteff.recipe import get_preset
+
+    stage = cli.StageFolder("recover", tmp_path / "run" / "recover", get_preset("quick"),
+                            {"student": tmp_path / "run" / "slenderize" / "student", "teacher": "/elsewhere/ta"})
+    assert stage.settings["inputs"] == {"student": os.path.join("..", "slenderize", "student"),
+                                        "teacher": "/elsewhere/ta"}
+
+
+def test_only_final_exit_keeps_the_last_classifier():
+    import numpy as np
+
+    from npcosteff.config import CostEffConfig
+    from npcosteff.model import CostEffModel
+
+    config = CostEffConfig(vocab_size=30, hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
+                           intermediate_size=12, max_position_embeddings=16, num_labels=2, exit_start=1)
+    model = CostEffModel(config, dtype=np.float64, seed=1)
+    single = cli.only_final_exit(model)
+    assert single.config.exit_layers == [2]
+    ids = np.random.default_rng(0).integers(0, 30, (3, 5))
+    # Same weights, same final exit: the logits agree to rounding (float64, identical arithmetic).
+    np.testing.assert_allclose(single(ids).logits[0], model(ids).logits[-1], rtol=0, atol=1e-12)
+    assert all(n.startswith("exits.2.") for n in single.param_names if n.startswith("exits."))
