@@ -11,6 +11,14 @@ is smaller than d, while the residual width d never changes.
 Parameters (local names under ``encoder.layer.{i}.attention.``): ``self.query.weight``
 (A, d) and ``.bias`` (A,), the same for ``self.key`` and ``self.value``;
 ``output.dense.weight`` (d, A), ``output.dense.bias`` (d,), ``output.LayerNorm.weight``/``.bias`` (d,).
+
+Layout. Q, K and V are the column blocks of one (N, 3A) array: each projection writes its
+product straight into its block, and in the backward pass the gradients of the three
+blocks go through one product with the stacked weight ``[Wq; Wk; Wv]`` (3A, d), which gives
+dx for all three at once (no two extra (N, d) sums), and one for their weight gradients.
+Each head is a strided (T, d_h) view of that array that BLAS reads directly; the head products write their results through such views too, so no heads are
+ever split or merged by copying. The per-head products run in parallel over the batch
+(:mod:`npcosteff.nn.batched`).
 """
 
 from __future__ import annotations
@@ -20,19 +28,17 @@ import math
 import numpy as np
 
 from .. import kernels
-from .linear import linear_backward, linear_forward
+from . import fused
+from .batched import batched_matmul
+from .linear import linear_backward, linear_forward, linear_input_grad
 from .prefixed import Prefixed
 
-
-def _split_heads(x2, B, T, H, dh):
-    """(B*T, A) -> (B, H, T, d_h) view (no copy): BLAS reads the strided slices directly."""
-    return x2.reshape(B, T, H, dh).transpose(0, 2, 1, 3)
+_PROJECTIONS = ("query", "key", "value")
 
 
-def _merge_heads(x4):
-    """(B, H, T, d_h) -> (B*T, A) contiguous copy."""
-    B, H, T, dh = x4.shape
-    return x4.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
+def _heads(x2, B, T, H, dh, block=0, blocks=1):
+    """Column block `block` of x2 (B*T, blocks*A) as a (B, H, T, d_h) view (no copy)."""
+    return x2.reshape(B, T, blocks, H, dh)[:, :, block].transpose(0, 2, 1, 3)
 
 
 def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
@@ -43,32 +49,31 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     """
     B, T, d = x.shape
     H, dh = num_heads, head_size
+    A = H * dh
     x2 = x.reshape(B * T, d)                                       # (N, d)
+    qkv = np.empty((B * T, 3 * A), x.dtype)                        # (N, 3A) = [Q | K | V]
+    for j, name in enumerate(_PROJECTIONS):                        # x W^T straight into its column block
+        np.matmul(x2, p[f"self.{name}.weight"].T, out=qkv[:, j * A:(j + 1) * A])
+    qkv += np.concatenate([p[f"self.{name}.bias"] for name in _PROJECTIONS])   # + [bq | bk | bv]
     scale = 1.0 / math.sqrt(dh)
-    q2, q_cache = linear_forward(x2, p["self.query.weight"], p["self.query.bias"])   # (N, A)
-    q2 *= scale                              # fold 1/sqrt(d_h) into Q: cheaper than scaling (B,H,T,T)
-    k2, k_cache = linear_forward(x2, p["self.key.weight"], p["self.key.bias"])       # (N, A)
-    v2, v_cache = linear_forward(x2, p["self.value.weight"], p["self.value.bias"])   # (N, A)
-    q, k, v = (_split_heads(t, B, T, H, dh) for t in (q2, k2, v2))                 # (B, H, T, dh)
+    qkv[:, :A] *= scale                      # fold 1/sqrt(d_h) into Q: cheaper than scaling (B,H,T,T)
+    q, k, v = (_heads(qkv, B, T, H, dh, j, 3) for j in range(3))   # (B, H, T, dh) views
 
-    scores = q @ k.transpose(0, 1, 3, 2)                           # (B, H, T, T)
+    scores = batched_matmul(q, k.transpose(0, 1, 3, 2))            # (B, H, T, T)
     probs = kernels.softmax(scores, additive_mask)                 # (B, H, T, T)
-    weights = probs
-    if probs_dropout is not None:
-        weights = weights * probs_dropout                          # (B, H, T, T) new array
-    if head_mask is not None:
-        hm = head_mask.reshape(1, H, 1, 1)
-        weights = weights * hm if weights is probs else np.multiply(weights, hm, out=weights)
-    context = weights @ v                                          # (B, H, T, dh)
-    context2 = _merge_heads(context)                               # (N, A)
+    del scores
+    # weights = probs * probs_dropout * head_mask: a new array (probs are returned and kept).
+    weights = fused.attention_weights(probs, probs_dropout, head_mask)   # (B, H, T, T)
+    context2 = np.empty((B * T, A), x.dtype)                       # (N, A): heads side by side
+    batched_matmul(weights, v, out=_heads(context2, B, T, H, dh))  # (B, H, T, dh) written in place
 
     out2, o_cache = linear_forward(context2, p["output.dense.weight"], p["output.dense.bias"])  # (N, d)
     if output_dropout is not None:
         out2 *= output_dropout.reshape(B * T, d)
-    out2 += x2                                                     # residual
-    y, mean, rstd = kernels.layer_norm(out2, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)
-    cache = (x2, q, k, v, probs, weights, q_cache, k_cache, v_cache, o_cache,
-             out2, mean, rstd, head_mask, probs_dropout, output_dropout, (B, T, d, H, dh), scale)
+    y, s2, mean, rstd = kernels.add_layer_norm(out2, x2, p["output.LayerNorm.weight"],
+                                               p["output.LayerNorm.bias"], eps)   # s2 = out2 + x2
+    cache = (x2, qkv, probs, weights, o_cache, s2, mean, rstd,
+             head_mask, probs_dropout, output_dropout, (B, T, d, H, dh), scale)
     return y.reshape(B, T, d), probs, cache
 
 
@@ -78,35 +83,36 @@ def attention_backward(dy, cache, p, grads, dprobs_extra=None):
     dprobs_extra (B, H, T, T): a gradient put directly on the returned probs (attention
     distillation), added before the softmax backward.
     """
-    (x2, q, k, v, probs, weights, q_cache, k_cache, v_cache, o_cache,
-     s2, mean, rstd, head_mask, probs_dropout, output_dropout, (B, T, d, H, dh), scale) = cache
+    (x2, qkv, probs, weights, o_cache, s2, mean, rstd,
+     head_mask, probs_dropout, output_dropout, (B, T, d, H, dh), scale) = cache
+    A = H * dh
     dy2 = dy.reshape(B * T, d)
     ds2, dgamma, dbeta = kernels.layer_norm_backward(dy2, s2, p["output.LayerNorm.weight"], mean, rstd)
     grads["output.LayerNorm.weight"] += dgamma
     grads["output.LayerNorm.bias"] += dbeta
-    dx2 = ds2.copy()                                               # residual branch: (N, d)
     dout2 = ds2 * output_dropout.reshape(B * T, d) if output_dropout is not None else ds2
     dcontext2, _ = linear_backward(dout2, o_cache, Prefixed(grads, "output.dense."))          # (N, A)
 
-    dcontext = _split_heads(dcontext2, B, T, H, dh)                # (B, H, T, dh)
-    dweights = dcontext @ v.transpose(0, 1, 3, 2)                  # (B, H, T, T)
-    dv = weights.transpose(0, 1, 3, 2) @ dcontext                  # (B, H, T, dh)
-    dprobs = dweights
-    if head_mask is not None:
-        dprobs *= head_mask.reshape(1, H, 1, 1)
-    if probs_dropout is not None:
-        dprobs *= probs_dropout
-    if dprobs_extra is not None:
-        dprobs += dprobs_extra
-    dscores = kernels.softmax_backward(dprobs, probs)              # (B, H, T, T)
-    dq = dscores @ k                                               # (B, H, T, dh) (already scaled Q)
-    dk = dscores.transpose(0, 1, 3, 2) @ q                         # (B, H, T, dh)
+    q, k, v = (_heads(qkv, B, T, H, dh, j, 3) for j in range(3))   # (B, H, T, dh) views
+    dcontext = _heads(dcontext2, B, T, H, dh)                      # (B, H, T, dh)
+    dqkv = np.empty((B * T, 3 * A), x2.dtype)                      # (N, 3A) = [dQ | dK | dV]
+    dq, dk, dv = (_heads(dqkv, B, T, H, dh, j, 3) for j in range(3))
+    dweights = batched_matmul(dcontext, v.transpose(0, 1, 3, 2))   # (B, H, T, T)
+    batched_matmul(weights.transpose(0, 1, 3, 2), dcontext, out=dv)  # (B, H, T, dh)
+    # dprobs = dweights * head_mask * probs_dropout (+ dprobs_extra), then the softmax backward
+    # dscores = probs * (dprobs - sum(dprobs * probs)): one pass per row, in place.
+    dscores = fused.attention_probs_backward(dweights, probs, head_mask, probs_dropout, dprobs_extra)
+    batched_matmul(dscores, k, out=dq)                             # (B, H, T, dh) (Q already scaled)
+    batched_matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)       # (B, H, T, dh)
+    del dscores
+    dqkv[:, :A] *= scale                                           # chain rule through Q *= scale
 
-    dq2 = _merge_heads(dq)                                         # (N, A)
-    dq2 *= scale                                                   # chain rule through q2 *= scale
-    for d_lin, lin_cache, name in ((dq2, q_cache, "self.query."),
-                                   (_merge_heads(dk), k_cache, "self.key."),
-                                   (_merge_heads(dv), v_cache, "self.value.")):
-        dxi, _ = linear_backward(d_lin, lin_cache, Prefixed(grads, name))
-        dx2 += dxi
+    dw_qkv = dqkv.T @ x2                                           # (3A, d) all three weights at once
+    db_qkv = dqkv.sum(axis=0)                                      # (3A,)
+    for j, name in enumerate(_PROJECTIONS):
+        grads[f"self.{name}.weight"] += dw_qkv[j * A:(j + 1) * A]
+        grads[f"self.{name}.bias"] += db_qkv[j * A:(j + 1) * A]
+    w_qkv = np.concatenate([p[f"self.{name}.weight"] for name in _PROJECTIONS])   # (3A, d)
+    dx2 = linear_input_grad(dqkv, w_qkv)                           # (N, d) through Q, K and V at once
+    dx2 += ds2                                                     # residual branch
     return dx2.reshape(B, T, d)

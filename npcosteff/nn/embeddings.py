@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from . import fused
 
 
 def word_embeddings_forward(input_ids, p):
@@ -34,8 +35,9 @@ def word_embeddings_backward(dword, cache, p, grads):
         proj = p["word_embeddings.projection"]                     # (r, d)
         grads["word_embeddings.projection"] += rows.reshape(ids.size, -1).T @ d2   # (r, d)
         d2 = d2 @ proj.T                                           # (N, r): gradient of E[ids]
-    # Scatter-add: one row of dE per token; repeated ids must add up, hence add.at, not fancy +=.
-    np.add.at(grads["word_embeddings.weight"], ids, d2)
+    # Scatter-add: one row of dE per token; repeated ids must add up (fancy `+=` would keep only
+    # one of them). This is np.add.at(dE, ids, d2) in the same order, as one compiled loop.
+    fused.scatter_add_rows(grads["word_embeddings.weight"], ids, d2)
 
 
 def embeddings_forward(inputs_embeds, token_type_ids, p, eps, dropout_mask=None):

@@ -13,39 +13,50 @@ Parameters (local names under ``encoder.layer.{i}.``): ``intermediate.dense.weig
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
-from .linear import linear_backward, linear_forward
+from . import fused
+from .linear import linear_backward, linear_forward, linear_input_grad, linear_param_grads
 from .prefixed import Prefixed
 
 
 def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None):
-    """x (B, T, d) -> (y (B, T, d), cache)."""
+    """x (B, T, d) -> (y (B, T, d), cache).
+
+    The cache keeps the GELU input ``pre`` but not its output ``act``: the backward pass
+    recomputes ``act`` in the same loop that takes GELU's derivative, which costs less than
+    holding (B*T, F) activations per layer from the forward to the backward pass.
+    """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
-    pre, i_cache = linear_forward(x2, p["intermediate.dense.weight"], p["intermediate.dense.bias"])  # (N, F)
-    act = kernels.gelu(pre)                                                      # (N, F)
-    if ffn_mask is not None:
-        act *= ffn_mask                                                          # (N, F) * (F,)
-    out2, o_cache = linear_forward(act, p["output.dense.weight"], p["output.dense.bias"])          # (N, d)
+    pre = x2 @ p["intermediate.dense.weight"].T                                  # (N, F)
+    # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
+    act = fused.bias_gelu(pre, p["intermediate.dense.bias"], ffn_mask)           # (N, F)
+    out2, _ = linear_forward(act, p["output.dense.weight"], p["output.dense.bias"])  # (N, d)
+    del act
     if output_dropout is not None:
         out2 *= output_dropout.reshape(B * T, d)
-    out2 += x2                                                                   # residual
-    y, mean, rstd = kernels.layer_norm(out2, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)
-    return y.reshape(B, T, d), (pre, i_cache, o_cache, out2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
+    y, s2, mean, rstd = kernels.add_layer_norm(out2, x2, p["output.LayerNorm.weight"],
+                                               p["output.LayerNorm.bias"], eps)   # s2 = out2 + x2
+    return y.reshape(B, T, d), (x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
 
 
 def ffn_backward(dy, cache, p, grads):
     """dy (B, T, d) -> dx (B, T, d); adds parameter gradients into `grads`."""
-    pre, i_cache, o_cache, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d) = cache
+    x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d) = cache
     ds2, dgamma, dbeta = kernels.layer_norm_backward(dy.reshape(B * T, d), s2,
                                                      p["output.LayerNorm.weight"], mean, rstd)  # (N, d)
     grads["output.LayerNorm.weight"] += dgamma
     grads["output.LayerNorm.bias"] += dbeta
     dout2 = ds2 * output_dropout.reshape(B * T, d) if output_dropout is not None else ds2
-    dact, _ = linear_backward(dout2, o_cache, Prefixed(grads, "output.dense."))   # (N, F)
-    if ffn_mask is not None:
-        dact *= ffn_mask
-    dpre = kernels.gelu_backward(dact, pre)                                       # (N, F)
-    dx2, _ = linear_backward(dpre, i_cache, Prefixed(grads, "intermediate.dense."))  # (N, d)
+    dact = linear_input_grad(dout2, p["output.dense.weight"])                     # (N, F)
+    # One pass: dact -> dpre = gelu'(pre) * (dact * ffn_mask) in place, and act recomputed.
+    act = np.empty_like(pre)                                                      # (N, F)
+    dpre = fused.bias_gelu_backward(dact, pre, ffn_mask, act_out=act)            # (N, F), the dact array
+    linear_param_grads(dout2, act, Prefixed(grads, "output.dense."))
+    del act
+    dx2, _ = linear_backward(dpre, (x2, p["intermediate.dense.weight"], x2.shape),
+                             Prefixed(grads, "intermediate.dense."))              # (N, d)
     dx2 += ds2                                                                    # residual branch
     return dx2.reshape(B, T, d)

@@ -28,8 +28,22 @@ def linear_backward(dy, cache, grads=None):
     dy2 = dy.reshape(-1, weight.shape[0])    # (N, out)
     if grads is None:
         grads = {"weight": np.zeros_like(weight), "bias": np.zeros(weight.shape[0], weight.dtype)}
+    linear_param_grads(dy2, x2, grads)
+    dx = linear_input_grad(dy2, weight)      # (N, in)
+    return dx.reshape(x_shape), grads
+
+
+def linear_param_grads(dy2, x2, grads):
+    """The parameter half of the backward: ``dW += dy2^T x2`` (out, in), ``db += sum_n dy2`` (out,).
+
+    dy2 (N, out), x2 (N, in). Split from :func:`linear_input_grad` so that a layer can take
+    the input gradient first (the FFN recomputes its GELU output from it, see ffn.py).
+    """
     grads["weight"] += dy2.T @ x2            # (out, in) = (out, N) @ (N, in)
     if "bias" in grads:
         grads["bias"] += dy2.sum(axis=0)     # (out,)
-    dx = dy2 @ weight                        # (N, in)
-    return dx.reshape(x_shape), grads
+
+
+def linear_input_grad(dy2, weight):
+    """The input half of the backward: ``dx = dy2 W``, (N, out) @ (out, in) -> (N, in)."""
+    return dy2 @ weight

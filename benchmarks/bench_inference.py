@@ -1,0 +1,101 @@
+"""Inference with the full MiniLM-L6 (all 6 layers, one classifier): npcosteff vs PyTorch, batch 1 and 32.
+
+One forward pass in evaluation mode (no dropout, no caches kept; torch under
+``torch.inference_mode()``) on a random batch of ``--seq`` tokens without padding, from the
+packaged MiniLM in float32. Each side runs in its own child process with ``--threads``
+threads in every pool; printed are the median time of ``--repeat`` passes (after two
+warm-up passes), the time per sample and the npcosteff / torch ratio.
+
+    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--sdpa]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from benchmarks.common import (blas_summary, default_threads, limit_threads, machine_summary, report, run_child,
+                               time_calls, torch_summary)
+
+SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
+
+
+def make_batch(batch: int, seq: int):
+    rng = np.random.default_rng(0)
+    return rng.integers(1000, 30000, (batch, seq)), np.ones((batch, seq), np.int64), np.zeros((batch, seq), np.int64)
+
+
+def child(args) -> dict:
+    results = {}
+    if args.child == "npcosteff":
+        from npcosteff.model import CostEffModel
+
+        limit_threads(args.threads)
+        model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
+        for b in args.batches:
+            ids, mask, types = make_batch(b, args.seq)
+            results[b] = time_calls(lambda: model(ids, mask, types), args.repeat, warmup=2)
+    else:
+        import torch
+        from transformers import BertForSequenceClassification
+        from transformers.utils import logging
+
+        from npcosteff.pretrained import default_model_dir
+
+        logging.set_verbosity_error()
+        limit_threads(args.threads)
+        torch.set_num_threads(args.threads)
+        model = BertForSequenceClassification.from_pretrained(
+            default_model_dir(), num_labels=2, attn_implementation=args.child.split("-")[1]).eval()
+        for b in args.batches:
+            ids, mask, types = (torch.from_numpy(a) for a in make_batch(b, args.seq))
+
+            def run():
+                with torch.inference_mode():
+                    model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            results[b] = time_calls(run, args.repeat, warmup=2)
+    return {str(b): v for b, v in results.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        report(child(args))
+        return
+
+    limit_threads(args.threads)
+    print(__doc__.splitlines()[0])
+    print(machine_summary())
+    print(f"threads per side: {args.threads}; NumPy BLAS pools:\n  " + blas_summary().replace("\n", "\n  "))
+    print(torch_summary())
+    sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
+    res = {s: run_child("benchmarks.bench_inference",
+                        ["--child", s, "--threads", args.threads, "--seq", args.seq, "--repeat", args.repeat,
+                         "--batches", *args.batches], args.threads) for s in sides}
+    print(f"\nsequence length {args.seq}, median of {args.repeat} passes (wall clock)")
+    print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>16s} {'ms/sample':>9s}" for s in sides) +
+          " " + " ".join(f"{'npcosteff/' + s.split('-')[1]:>16s}" for s in sides[1:]))
+    for b in args.batches:
+        row = f"{b:5d} "
+        for s in sides:
+            wall = res[s][str(b)][0]
+            row += f"{1e3 * wall:16.2f} {1e3 * wall / b:9.2f} "
+        row += " ".join(f"{res['npcosteff'][str(b)][0] / res[s][str(b)][0]:16.2f}" for s in sides[1:])
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

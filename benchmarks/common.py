@@ -1,0 +1,164 @@
+"""Shared helpers of the benchmarks: threads, BLAS, the machine's sgemm rate, timing, memory.
+
+Every benchmark runs each side (npcosteff, PyTorch) in a child process of its own, so that
+the two never share thread pools or memory, and prints the measurements side by side with
+the thread count, the BLAS libraries and the load average of the machine. Children report
+one JSON object on their last line of output (:func:`run_child`).
+
+Timing: :func:`time_calls` takes the median of several runs (wall clock and process CPU
+time). Memory: :func:`peak_rss_mb` is the high-water mark of the resident set
+(``ru_maxrss``); a child reports it after imports (its baseline) and after the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_PREFIX = "RESULT "                      # the child's JSON line starts with this
+
+
+# ---------------------------------------------------------------------------- threads
+def thread_env(threads: int) -> dict:
+    """Environment for a child process limited to `threads` threads in every pool
+    (OpenBLAS, MKL, OpenMP, Numba), so that both sides of a comparison get the same."""
+    n = str(int(threads))
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = n
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def limit_threads(threads: int) -> None:
+    """Limit this process's BLAS/OpenMP pools and Numba to `threads` (call after imports)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(threads))
+    try:
+        import numba
+
+        numba.set_num_threads(int(threads))
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+
+
+def default_threads() -> int:
+    """The number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- machine
+def blas_summary() -> str:
+    """One line per thread pool of this process (threadpoolctl): library, version, threads."""
+    from threadpoolctl import threadpool_info
+
+    lines = []
+    for pool in threadpool_info():
+        name = pool.get("internal_api", "?")
+        extra = pool.get("architecture") or pool.get("threading_layer") or ""
+        lines.append(f"{pool['user_api']}: {name} {pool.get('version') or ''} {extra} "
+                     f"threads={pool['num_threads']} ({os.path.basename(pool['filepath'])})")
+    return "\n".join(lines)
+
+
+def machine_summary() -> str:
+    """CPU model, core count, load average and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    import numba
+
+    return (f"CPU: {cpu}, {os.cpu_count()} cores; load average (1/5/15 min): "
+            f"{' '.join(f'{x:.2f}' for x in load)}\n"
+            f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}")
+
+
+def torch_summary() -> str:
+    """PyTorch version and its math backends (one line), or why it is unavailable."""
+    try:
+        import torch
+    except ImportError as e:
+        return f"torch unavailable: {e}"
+    mkl = "MKL" if torch.backends.mkl.is_available() else "no MKL"
+    dnn = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
+    return f"torch {torch.__version__} ({mkl}, {dnn}, parallel backend {torch.__config__.parallel_info().splitlines()[0]})"
+
+
+def sgemm_rate(threads: int, n: int = 2048, repeat: int = 7) -> float:
+    """The machine's float32 matrix-product rate in GFLOP/s: median over `repeat` products of
+    two (n, n) matrices with NumPy's BLAS limited to `threads` threads."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    with threadpool_limits(int(threads)):
+        np.matmul(a, b, out=out)                      # warm-up: thread pool start, page faults
+        wall, _ = time_calls(lambda: np.matmul(a, b, out=out), repeat)
+    return 2.0 * n ** 3 / wall / 1e9
+
+
+# ---------------------------------------------------------------------------- timing, memory
+def time_calls(fn, repeat: int, warmup: int = 0):
+    """Median wall-clock and process-CPU seconds of `repeat` calls of fn() (after `warmup`)."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def report(result: dict) -> None:
+    """Print a child's result as the JSON line that :func:`run_child` reads."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_child(module: str, args: list, threads: int, env_extra: dict | None = None, timeout: float = 1800) -> dict:
+    """Run ``python -m <module> <args>`` with `threads` threads; return the JSON it reported.
+
+    The child's other output is passed through (indented) only when it fails.
+    """
+    env = thread_env(threads)
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    results = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not results:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise RuntimeError(f"child {module} {args} failed with exit code {proc.returncode}")
+    return json.loads(results[-1])
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{1e3 * seconds:9.1f}"

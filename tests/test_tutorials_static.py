@@ -1,0 +1,196 @@
+"""Static checks of the tutorial notebooks, and of `find_glue_dir`, which they use to find data.
+
+The notebooks themselves run under ``pytest --nbmake tutorials`` (their ``small`` size, set
+by the root conftest.py). These tests only read the committed ``.ipynb`` files, so they are
+fast: each notebook
+
+* imports npcosteff and defines no function or class under the name of a public function of
+  the package (a notebook teaches with the library's own code, it does not re-implement it);
+* has the size switch ``SIZE = os.environ.get("NPCOSTEFF_TUTORIAL_SIZE", "full")`` in one of
+  its first code cells;
+* is committed with the outputs of a complete run: every code cell executed, no error
+  output, at least one image, and no absolute path of the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import npcosteff
+from npcosteff.data import locate
+from npcosteff.data.locate import GLUE_SUBDIR, find_glue_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TUTORIALS = REPO / "tutorials"
+NOTEBOOKS = ["01_bert_forward.ipynb", "02_backprop_by_hand.ipynb", "03_multi_exit.ipynb",
+             "04_slenderization.ipynb", "05_distillation.ipynb", "06_early_exit.ipynb"]
+SIZE_SWITCH = re.compile(r"""^SIZE\s*=\s*os\.environ\.get\(\s*["']NPCOSTEFF_TUTORIAL_SIZE["']\s*,\s*["']full["']\s*\)""",
+                         re.MULTILINE)
+# The kernels every tutorial must take from the package; also caught by the package scan below,
+# listed here so that the check holds even if a kernel moves to a private name.
+KERNEL_NAMES = {"gelu", "gelu_backward", "softmax", "softmax_backward", "layer_norm", "layer_norm_backward",
+                "log_softmax", "cross_entropy", "attention", "linear", "dropout_mask"}
+# Absolute paths that would reveal where a notebook was run (user folders, scratch space).
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|root|Users|work|tmp|private|var/folders)/")
+
+
+def _load(name: str) -> dict:
+    with open(TUTORIALS / name, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _code_cells(nb: dict) -> list[str]:
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _python(source: str) -> str:
+    """Cell source without IPython magics and shell escapes (``%matplotlib inline``, ``!ls``)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+def _package_function_names() -> set[str]:
+    """Public top-level functions and classes of every module of the npcosteff package."""
+    names = set()
+    for path in Path(npcosteff.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                names.add(node.name)
+    return names
+
+
+def _output_texts(nb: dict):
+    """Every text an output of the notebook holds (streams, results, displays, errors)."""
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                yield "".join(out["text"])
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/") or mime == "application/json":
+                    yield value if isinstance(value, str) else json.dumps(value)
+            if out.get("output_type") == "error":
+                yield "\n".join(out.get("traceback", []))
+
+
+def test_every_tutorial_is_there():
+    found = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
+    assert found == NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_imports_the_package_and_reimplements_nothing(name):
+    sources = [_python(s) for s in _code_cells(_load(name))]
+    trees = [ast.parse(s) for s in sources]      # a syntax error in a cell fails here, naming the notebook
+    imported = set()
+    defined = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+    assert "npcosteff" in imported, f"{name} does not import npcosteff"
+    copies = defined & (_package_function_names() | KERNEL_NAMES)
+    assert not copies, f"{name} defines {sorted(copies)}, which the package already provides: use the package's"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_has_the_size_switch_at_the_top(name):
+    cells = _code_cells(_load(name))
+    assert any(SIZE_SWITCH.search(c) for c in cells[:2]), (
+        f'{name} needs SIZE = os.environ.get("NPCOSTEFF_TUTORIAL_SIZE", "full") in its first two code cells')
+    assert any("small" in c for c in cells), f"{name} has no 'small' setting for the size switch"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_with_the_outputs_of_a_full_run(name):
+    nb = _load(name)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    unexecuted = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+    assert not unexecuted, f"{name}: code cells {unexecuted} were not executed before committing"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    errors = [o.get("ename") for o in outputs if o.get("output_type") == "error"]
+    assert not errors, f"{name} was committed with errors: {errors}"
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, f"{name} has no plot in its committed outputs"
+    texts = "\n".join(_output_texts(nb))
+    assert "size: full" in texts, f"{name} was not committed from a full run (no 'size: full' in its outputs)"
+    leaks = sorted(set(m.group(0) for m in MACHINE_PATH.finditer(texts)))
+    assert not leaks, f"{name} outputs show absolute paths of the machine that ran it: {leaks}"
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not widgets, f"{name} has progress-bar widgets in its outputs (they do not render outside Jupyter)"
+
+
+# --------------------------------------------------------------------------- find_glue_dir
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
+
+
+def test_find_glue_dir_prefers_the_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(tmp_path))
+    assert find_glue_dir() == str(tmp_path)
+
+
+def test_find_glue_dir_rejects_an_environment_variable_that_is_not_a_folder(monkeypatch, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(missing))
+    with pytest.raises(FileNotFoundError, match="NPCOSTEFF_GLUE_DIR"):
+        find_glue_dir()
+
+
+def test_find_glue_dir_walks_up_from_the_start_folder(no_env, monkeypatch, tmp_path):
+    # A checkout <tmp>/main beside <tmp>/shared/data/glue, searched from deep inside the checkout;
+    # the package's own location is moved away so that only the start folder can find it.
+    glue = tmp_path / GLUE_SUBDIR
+    glue.mkdir(parents=True)
+    deep = tmp_path / "main" / "tutorials" / "sub"
+    deep.mkdir(parents=True)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-package" / "npcosteff" / "data"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setattr(locate, "__file__", str(elsewhere / "locate.py"))
+    assert Path(find_glue_dir(deep)) == glue.resolve()
+    monkeypatch.chdir(deep)
+    assert Path(find_glue_dir()) == glue.resolve()           # start=None: the current folder
+
+
+def test_find_glue_dir_walks_up_from_the_package(no_env, monkeypatch, tmp_path):
+    glue = tmp_path / "site" / GLUE_SUBDIR
+    glue.mkdir(parents=True)
+    package = tmp_path / "site" / "main" / "npcosteff" / "data"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
+    nowhere = tmp_path / "empty"
+    nowhere.mkdir()
+    assert Path(find_glue_dir(nowhere)) == glue.resolve()
+
+
+def test_find_glue_dir_returns_none_when_there_is_no_copy(no_env, monkeypatch, tmp_path):
+    package = tmp_path / "pkg" / "npcosteff" / "data"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
+    start = tmp_path / "start"
+    start.mkdir()
+    if any((p / GLUE_SUBDIR).is_dir() for p in [tmp_path, *tmp_path.parents]):
+        pytest.skip("a shared/data/glue folder exists above the temporary folder")
+    assert find_glue_dir(start) is None
+
+
+def test_find_glue_dir_ignores_a_file_named_like_the_folder(no_env, monkeypatch, tmp_path):
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / GLUE_SUBDIR).write_text("not a folder")
+    package = tmp_path / "pkg" / "npcosteff" / "data"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
+    if any((p / GLUE_SUBDIR).is_dir() for p in tmp_path.parents):
+        pytest.skip("a shared/data/glue folder exists above the temporary folder")
+    assert find_glue_dir(tmp_path) is None
