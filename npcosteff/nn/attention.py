@@ -51,7 +51,9 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     H, dh = num_heads, head_size
     A = H * dh
     x2 = x.reshape(B * T, d)                                       # (N, d)
-    qkv = np.empty((B * T, 3 * A), x.dtype)                        # (N, 3A) = [Q | K | V]
+    # (N, 3A) = [Q | K | V], allocated like the weights: the array type that `x2 @ W.T` would
+    # have (an ndarray subclass of the parameters, e.g. an instrumented one, carries over).
+    qkv = np.empty_like(p["self.query.weight"], shape=(B * T, 3 * A))
     for j, name in enumerate(_PROJECTIONS):                        # x W^T straight into its column block
         np.matmul(x2, p[f"self.{name}.weight"].T, out=qkv[:, j * A:(j + 1) * A])
     qkv += np.concatenate([p[f"self.{name}.bias"] for name in _PROJECTIONS])   # + [bq | bk | bv]
@@ -64,7 +66,7 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     del scores
     # weights = probs * probs_dropout * head_mask: a new array (probs are returned and kept).
     weights = fused.attention_weights(probs, probs_dropout, head_mask)   # (B, H, T, T)
-    context2 = np.empty((B * T, A), x.dtype)                       # (N, A): heads side by side
+    context2 = np.empty_like(x2, shape=(B * T, A))                 # (N, A): heads side by side
     batched_matmul(weights, v, out=_heads(context2, B, T, H, dh))  # (B, H, T, dh) written in place
 
     out2, o_cache = linear_forward(context2, p["output.dense.weight"], p["output.dense.bias"])  # (N, d)
@@ -95,7 +97,7 @@ def attention_backward(dy, cache, p, grads, dprobs_extra=None):
 
     q, k, v = (_heads(qkv, B, T, H, dh, j, 3) for j in range(3))   # (B, H, T, dh) views
     dcontext = _heads(dcontext2, B, T, H, dh)                      # (B, H, T, dh)
-    dqkv = np.empty((B * T, 3 * A), x2.dtype)                      # (N, 3A) = [dQ | dK | dV]
+    dqkv = np.empty_like(dy2, shape=(B * T, 3 * A))                # (N, 3A) = [dQ | dK | dV]
     dq, dk, dv = (_heads(dqkv, B, T, H, dh, j, 3) for j in range(3))
     dweights = batched_matmul(dcontext, v.transpose(0, 1, 3, 2))   # (B, H, T, T)
     batched_matmul(weights.transpose(0, 1, 3, 2), dcontext, out=dv)  # (B, H, T, dh)

@@ -16,6 +16,10 @@ The loops below do the same steps in one pass each, row-parallel:
 * :func:`scatter_add_rows`: ``table[ids] += rows`` with repeated ids adding up, in the order of
   ``np.add.at`` (so the sums are the same to the last bit), without its per-element overhead.
 
+When the reference kernels are selected (``NPCOSTEFF_KERNELS=reference`` or
+``kernels.use("reference")``) or Numba is missing, every function here runs the unfused NumPy
+steps through :mod:`npcosteff.kernels` instead, so the whole model stays plain NumPy.
+
 Every step rounds to the array's dtype where the unfused code does, so the results are
 those of the unfused code, with one exception on purpose:
 
@@ -44,7 +48,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+
+from .. import kernels
+
+try:
+    from numba import njit, prange
+    _HAVE_NUMBA = True
+except ImportError:                            # the package then runs on the NumPy reference kernels
+    _HAVE_NUMBA = False
+    prange = range
+
+    def njit(*args, **kwargs):                 # keeps the module importable; the loops are not called
+        return args[0] if args and callable(args[0]) else (lambda f: f)
 
 __all__ = ["bias_gelu", "bias_gelu_backward", "attention_weights", "attention_probs_backward", "scatter_add_rows",
            "fit_coefficients"]
@@ -151,6 +166,11 @@ def _bias_gelu_exact(pre, bias, mask, act):    # the same with the C library's e
             act[r, j] = y * mask[j]
 
 
+def _compiled() -> bool:
+    """True when the compiled loops run: Numba is there and the fast kernels are selected."""
+    return _HAVE_NUMBA and kernels.current() == "fast"
+
+
 def _check_rows(name, a, width=None, dtype=None):
     if not isinstance(a, np.ndarray) or a.ndim != 2 or not a.flags.c_contiguous:
         raise ValueError(f"{name} must be a C-contiguous 2-D array (rows, features), got "
@@ -187,6 +207,12 @@ def bias_gelu(pre, bias, ffn_mask=None, out=None):
     _check_rows("out", act, F, pre.dtype)
     if act.shape[0] != N:
         raise ValueError(f"out has {act.shape[0]} rows, pre has {N}")
+    if not _compiled():                                      # the unfused steps
+        pre += bias
+        act[...] = kernels.gelu(pre)
+        if ffn_mask is not None:
+            act *= mask
+        return act
     (_bias_gelu_f32 if pre.dtype == np.float32 else _bias_gelu_exact)(pre, bias, mask, act)
     return act
 
@@ -241,6 +267,15 @@ def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
         _check_rows("act_out", act_out, F, pre.dtype)
         if act_out.shape[0] != N:
             raise ValueError(f"act_out has {act_out.shape[0]} rows, pre has {N}")
+    if not _compiled():                                      # the unfused steps
+        if ffn_mask is not None:
+            dact *= mask
+        dact[...] = kernels.gelu_backward(dact, pre)
+        if recompute:
+            act_out[...] = kernels.gelu(pre)
+            if ffn_mask is not None:
+                act_out *= mask
+        return dact
     act = act_out if recompute else dact                      # unused when not recomputing
     (_gelu_backward_f32 if pre.dtype == np.float32 else _gelu_backward_exact)(dact, pre, mask, act, recompute)
     return dact
@@ -270,6 +305,9 @@ def scatter_add_rows(table, ids, rows):
         raise ValueError(f"rows has shape {rows.shape}, expected ({ids.size}, {table.shape[1]})")
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"ids must lie in 0..{table.shape[0] - 1}, got {ids.min()}..{ids.max()}")
+    if not _compiled():
+        np.add.at(table, ids, rows)
+        return
     _scatter_add_rows(table, ids, rows)
 
 
@@ -329,6 +367,15 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
 
     mask, has_mask = rows("probs_dropout", probs_dropout)
     extra, has_extra = rows("dprobs_extra", dprobs_extra)
+    if not _compiled():                                      # the unfused steps
+        if head_mask is not None:
+            dweights *= head_scale.reshape(1, H, 1, 1)
+        if has_mask:
+            dweights *= mask.reshape(probs.shape)
+        if has_extra:
+            dweights += extra.reshape(probs.shape)
+        dweights[...] = kernels.softmax_backward(dweights, probs)
+        return dweights
     _probs_backward_loop(dweights.reshape(-1, n), probs.reshape(-1, n), head_scale,
                          mask, has_mask, extra, has_extra, H, T)
     return dweights
@@ -364,6 +411,11 @@ def attention_weights(probs, probs_dropout=None, head_mask=None):
         if mask.shape != probs.shape:
             raise ValueError(f"probs_dropout has shape {mask.shape}, probs have {probs.shape}")
         mask, has_mask = mask.reshape(-1, n), True
+    if not _compiled():                                      # the unfused steps
+        weights = probs * mask.reshape(probs.shape) if has_mask else probs.copy()
+        if head_mask is not None:
+            weights *= head_scale.reshape(1, H, 1, 1)
+        return weights
     out = np.empty_like(probs)
     _mask_probs_loop(probs.reshape(-1, n), mask, has_mask, head_scale, H, T, out.reshape(-1, n))
     return out
