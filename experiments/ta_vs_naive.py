@@ -1,12 +1,16 @@
 """The teacher-assistant against naively attached exits, per exit, on a GLUE dev set.
 
-    python experiments/ta_vs_naive.py --task mrpc --teacher runs/mrpc/teacher/best \\
-        --glue-dir ../shared/data/glue --epochs 3 --output runs/mrpc
+    python experiments/ta_vs_naive.py --task mrpc --teacher runs/mrpc/teacher --ta runs/mrpc/ta \\
+        --glue-dir ../shared/data/glue --epochs 3 --output runs/mrpc/ta_vs_naive
 
 * TA: the pretrained model with an exit after every layer, `hidden` distillation from the
   fine-tuned teacher for a third of the epochs, then `pred_ta` with gradient equilibrium;
 * naive: the fine-tuned teacher with exits attached at every layer, trained on the hard loss
   of all exits, without gradient equilibrium.
+
+`--teacher` and `--ta` take a model folder or a stage folder of `npcosteff run`; without `--ta`
+the TA is trained here. The data settings (--max-train, --max-length) must be the ones the
+teacher and TA were trained with.
 
 Writes <output>/ta_vs_naive.json and .md (a table of the dev metric per exit).
 """
@@ -22,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from npcosteff.cli import resolve_model_dir  # noqa: E402
 from npcosteff.metrics import main_metric  # noqa: E402
 from npcosteff.model import CostEffModel  # noqa: E402
 from npcosteff.pipeline import load_task_data, train_naive_exits, train_ta  # noqa: E402
@@ -43,6 +48,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True)
     p.add_argument("--teacher", required=True, help="folder of the fine-tuned teacher")
+    p.add_argument("--ta", default=None, help="folder of a trained TA (default: train one here)")
     p.add_argument("--glue-dir", default=None)
     p.add_argument("--output", required=True)
     p.add_argument("--epochs", type=float, default=3.0)
@@ -56,11 +62,14 @@ def main(argv=None):
 
     data = load_task_data(args.task, args.glue_dir, max_length=args.max_length, max_train=args.max_train,
                           max_eval=args.max_eval)
-    teacher = CostEffModel.from_pretrained(args.teacher)
+    teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, "teacher"))
     targs = TrainingArguments(task=data.task, epochs=args.epochs, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, seed=args.seed)
     rows = {"fine-tuned teacher": evaluate(teacher, data.dev, data.task)}
-    ta, _ = train_ta(data, teacher, targs, os.path.join(args.output, "ta"))
+    if args.ta is not None:
+        ta = CostEffModel.from_pretrained(resolve_model_dir(args.ta, "TA"))
+    else:
+        ta, _ = train_ta(data, teacher, targs, os.path.join(args.output, "ta"), pooler=teacher.config.pooler)
     rows["TA (hidden, then pred; GE)"] = evaluate(ta, data.dev, data.task)
     naive, _ = train_naive_exits(data, teacher, targs, os.path.join(args.output, "naive_exits"))
     rows["teacher + naive exits (hard, no GE)"] = evaluate(naive, data.dev, data.task)

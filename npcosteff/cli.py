@@ -291,9 +291,9 @@ _DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "seed")
 _TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every")
 STAGE_KEYS = {
     "finetune": _DATA_KEYS + _TRAIN_KEYS + ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
-                                            "finetune_max_steps"),
+                                            "finetune_max_steps", "pooler"),
     "train-ta": _DATA_KEYS + _TRAIN_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size", "ta_max_steps",
-                                            "ta_hidden_fraction"),
+                                            "ta_hidden_fraction", "pooler"),
     "slenderize": _DATA_KEYS + _TRAIN_KEYS + ("heads", "ffn", "rank", "prune_period", "repr_proportion",
                                               "prune_learning_rate", "lr_restore", "prune_batch_size",
                                               "importance_examples", "last_exit_only"),
@@ -404,7 +404,8 @@ def stage_finetune(recipe: Recipe, data, folder, pretrained, progress=True):
             return done
         console.say(f"[finetune] {recipe.task}: fine-tuning {pretrained} on {len(data.train)} examples "
                     f"-> {folder}")
-        model, result = finetune(data, recipe.finetune_arguments(progress), folder, pretrained, _dtype(recipe))
+        model, result = finetune(data, recipe.finetune_arguments(progress), folder, pretrained, _dtype(recipe),
+                                 pooler=recipe.pooler)
         model_dir = _saved_model_dir(folder, "best", model, data.tokenizer_file)
         summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
         record = stage.finish(model_dir, summary, {"result": result})
@@ -424,7 +425,7 @@ def stage_train_ta(recipe: Recipe, data, teacher, folder, pretrained, progress=T
         console.say(f"[train-ta] {recipe.task}: {pretrained} with an exit after every layer, distilled from "
                     f"{teacher.folder} -> {folder}")
         model, result = train_ta(data, teacher, recipe.ta_arguments(progress), folder, pretrained,
-                                 recipe.ta_hidden_fraction, _dtype(recipe))
+                                 recipe.ta_hidden_fraction, _dtype(recipe), pooler=recipe.pooler)
         model_dir = _saved_model_dir(folder, "best", model, data.tokenizer_file)
         summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
         record = stage.finish(model_dir, summary, {"result": result})

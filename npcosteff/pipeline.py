@@ -52,10 +52,15 @@ def load_task_data(task, data_dir=None, model_dir=None, max_length=128, max_trai
                     os.path.join(folder, "tokenizer.json"))
 
 
-def _task_overrides(data: TaskData, exit_start_last: bool, num_layers: int):
-    return dict(num_labels=data.num_labels,
-                problem_type="regression" if data.is_regression else "single_label_classification",
-                exit_start=num_layers if exit_start_last else 1)
+def _task_overrides(data: TaskData, exit_start_last: bool, num_layers: int, pooler=None):
+    """Config changes for a task: its labels, where the exits start, and the exits' pooler
+    (None: keep the checkpoint's, else cls_tanh)."""
+    overrides = dict(num_labels=data.num_labels,
+                     problem_type="regression" if data.is_regression else "single_label_classification",
+                     exit_start=num_layers if exit_start_last else 1)
+    if pooler is not None:
+        overrides["pooler"] = pooler
+    return overrides
 
 
 def _num_layers(pretrained) -> int:
@@ -75,13 +80,16 @@ def attach_exits(model: CostEffModel, exit_start=1, seed=0) -> CostEffModel:
     return CostEffModel(config, {n: params[n] for n in param_shapes(config)}, dtype=model.dtype)
 
 
-def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=None, dtype=np.float32):
+def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=None, dtype=np.float32,
+             pooler=None):
     """Stage 1: fine-tune the pretrained model (one classifier after the last layer).
+
+    `pooler` is the classifier's pooler (``cls_tanh``, ``mean``, ``dense``; None: the default).
 
     Returns (best model, training result). The best checkpoint is in <output_dir>/best."""
     L = _num_layers(pretrained)
     model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
-                                         **_task_overrides(data, True, L))
+                                         **_task_overrides(data, True, L, pooler))
     args = dataclasses.replace(args, stage="hard", final_only=True)
     result = Trainer(model, args, data.train, data.dev, output_dir=output_dir,
                      tokenizer_file=data.tokenizer_file).train()
@@ -89,13 +97,15 @@ def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=Non
 
 
 def train_ta(data: TaskData, teacher: CostEffModel, args: TrainingArguments, output_dir, pretrained=None,
-             hidden_fraction=1 / 3, dtype=np.float32):
+             hidden_fraction=1 / 3, dtype=np.float32, pooler=None):
     """Stage 2: the teacher-assistant. The pretrained model with an exit after every layer learns
     `hidden` distillation from the teacher for `hidden_fraction` of the epochs, then `pred_ta`
     ((prediction distillation + hard loss) / 2 over all exits), keeping the checkpoint with the
-    best dev metric averaged over exits. Returns (TA model, results of both parts)."""
+    best dev metric averaged over exits; `pooler` is the exits' pooler (None: the default).
+    Returns (TA model, results of both parts)."""
     L = _num_layers(pretrained)
-    model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed, **_task_overrides(data, False, L))
+    model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
+                                         **_task_overrides(data, False, L, pooler))
     hidden_args = dataclasses.replace(args, stage="hidden", epochs=args.epochs * hidden_fraction,
                                       max_steps=None if args.max_steps is None else
                                       max(1, round(args.max_steps * hidden_fraction)), save_best=False)

@@ -251,7 +251,7 @@ def test_demo_offline_without_a_cache_says_how_to_get_data(tmp_path):
 CAPS = ["--max-train", "16", "--max-eval", "16", "--max-length", "24",
         "--set", "heads=11", "--set", "ffn=1024", "--set", "rank=256", "--set", "importance_examples=16",
         "--set", "finetune_max_steps=1", "--set", "ta_max_steps=2", "--set", "recover_hidden_max_steps=1",
-        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7"]
+        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7", "--set", "pooler=mean"]
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +275,9 @@ def test_run_quick_end_to_end(quick_run, capsys):
         assert (out / stage / done["model_dir"] / "tokenizer.json").is_file()
         assert (out / stage / "log.txt").stat().st_size > 0
         assert (out / stage / "metrics.jsonl").is_file()
+        # the recipe's pooler reaches the teacher's classifier and every exit after it
+        config = json.loads((out / stage / done["model_dir"] / "config.json").read_text())
+        assert config["pooler"] == "mean", stage
     for name in ("teacher", "ta", "student"):
         rows = json.loads((out / "sweep" / f"{name}.json").read_text())
         assert [r["threshold"] for r in rows] == [0.0, 0.3, 0.6, 0.7]

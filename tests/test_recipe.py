@@ -36,15 +36,22 @@ def test_bert_base_preset_holds_the_papers_settings():
 
 
 @pytest.mark.parametrize("name", ["mrpc", "sst2"])
-def test_minilm_presets_keep_each_width_at_the_papers_fraction(name):
-    # The paper's targets on BERT-base (12 heads, FFN 3072, d 768) are 2 heads, FFN 512, rank 128;
-    # the scaled presets keep the same fraction of each of MiniLM's widths.
+def test_minilm_presets_scale_the_papers_widths(name):
+    # The paper's strongest targets on BERT-base (12 heads, FFN 3072, d 768) are 2 heads, FFN 512
+    # (1/6 of each) and rank 128; the scaled presets keep 1/6 of MiniLM's heads and FFN, and take
+    # the embedding rank to 1/8 of d (the embedding is half of MiniLM's parameters).
     r = get_preset(name)
     c = CostEffConfig.from_json(default_model_dir())
     assert r.heads / c.num_attention_heads == 2 / 12
     assert r.ffn / c.intermediate_size == 512 / 3072
-    assert r.rank / c.hidden_size == 128 / 768
+    assert r.rank / c.hidden_size == 1 / 8
+    assert r.pooler == "mean"                 # MiniLM is a mean-pooled sentence encoder
     assert r.task == name
+
+
+def test_recipe_rejects_an_unknown_pooler():
+    with pytest.raises(RecipeError, match="pooler"):
+        Recipe(pooler="max")
 
 
 def test_quick_preset_is_small():
