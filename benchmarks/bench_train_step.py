@@ -39,8 +39,9 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (blas_summary, default_threads, limit_threads, machine_summary, peak_rss_mb,
-                               report, run_child, sgemm_rate, torch_summary)
+from benchmarks.common import (DEFAULT_POOLS, blas_summary, default_threads, limit_threads, machine_summary,
+                               peak_rss_mb, pools_summary, report, run_child, sgemm_rate, thread_env,
+                               torch_summary)
 
 SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
 # glibc keeps freed memory in the process instead of returning it (and faulting it in again).
@@ -201,6 +202,10 @@ def main():
     parser.add_argument("--malloc-env", action="store_true",
                         help="run both sides with glibc keeping freed memory (MALLOC_TRIM_THRESHOLD_, "
                              "MALLOC_MMAP_THRESHOLD_): no page faults of re-allocated arrays")
+    parser.add_argument("--default-pools", action="store_true",
+                        help="run both sides with OpenBLAS's and Numba's default thread-pool settings "
+                             "(OPENBLAS_THREAD_TIMEOUT=28, NUMBA_THREADING_LAYER=omp) instead of "
+                             "npcosteff's (npcosteff/threads.py)")
     parser.add_argument("--child", choices=SIDES + ("compile",), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -227,9 +232,12 @@ def main():
           f"{args.rounds} rounds x {args.steps} steps per side\n")
 
     sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
-    malloc_env = MALLOC_ENV if args.malloc_env else None
+    malloc_env = dict(MALLOC_ENV) if args.malloc_env else {}
     if malloc_env:
         print("both sides run with " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()))
+    if args.default_pools:
+        malloc_env.update(DEFAULT_POOLS)
+    print("both sides: " + pools_summary({**thread_env(args.threads), **malloc_env}))
     runs = {s: [] for s in sides}
     for r in range(args.rounds):
         for s in (sides if r % 2 == 0 else sides[::-1]):

@@ -27,15 +27,34 @@ RESULT_PREFIX = "RESULT "                      # the child's JSON line starts wi
 
 
 # ---------------------------------------------------------------------------- threads
+# The thread-pool settings of npcosteff.threads as they were before npcosteff changed them:
+# OpenBLAS's compiled-in wait of 2^28 cycles, and Numba's default (OpenMP) threading layer.
+DEFAULT_POOLS = {"OPENBLAS_THREAD_TIMEOUT": "28", "NUMBA_THREADING_LAYER": "omp"}
+
+
 def thread_env(threads: int) -> dict:
     """Environment for a child process limited to `threads` threads in every pool
-    (OpenBLAS, MKL, OpenMP, Numba), so that both sides of a comparison get the same."""
+    (OpenBLAS, MKL, OpenMP, Numba), so that both sides of a comparison get the same.
+
+    Both sides also get npcosteff's ``OPENBLAS_THREAD_TIMEOUT`` (see npcosteff/threads.py;
+    a child imports NumPy before npcosteff, so it must come from the environment). It only
+    concerns NumPy's OpenBLAS, which PyTorch does not use."""
+    from npcosteff.threads import OPENBLAS_TIMEOUT
+
     n = str(int(threads))
     env = dict(os.environ)
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = n
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def pools_summary(env: dict) -> str:
+    """One line on the thread-pool settings a child runs with."""
+    layer = env.get("NUMBA_THREADING_LAYER") or "workqueue (npcosteff's choice, see npcosteff/threads.py)"
+    return (f"thread pools: OPENBLAS_THREAD_TIMEOUT={env.get('OPENBLAS_THREAD_TIMEOUT', '(unset: 28)')}, "
+            f"Numba threading layer {layer}")
 
 
 def limit_threads(threads: int) -> None:

@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
-import numpy as np
+from .threads import configure as _configure_threads
 
-from .config import ConfigError, CostEffConfig
-from .model import CostEffModel, ModelOutput, param_shapes
-from .weights import CheckpointError
+_configure_threads()          # before NumPy and Numba start their thread pools (see threads.py)
+
+import numpy as np  # noqa: E402
+
+from .config import ConfigError  # noqa: E402, CostEffConfig
+from .model import CostEffModel, ModelOutput, param_shapes  # noqa: E402
+from .weights import CheckpointError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,50 @@
+"""How the two thread pools of a training step share the cores.
+
+A training step alternates between two kinds of parallel work many times per layer: matrix
+products in NumPy's BLAS (OpenBLAS, its own threads) and the elementwise loops of
+:mod:`npcosteff.kernels` (Numba, its own threads). Each library keeps its threads spinning
+for a while after a parallel call, waiting for the next one. On a machine with few cores the
+idle pool then spins on the very cores the busy pool needs: on 2 cores the Numba loops ran
+3-4 times slower inside a training step than on their own, and the whole step 20-35% slower.
+
+Two settings make an idle pool sleep instead; :func:`configure` applies them when
+``npcosteff`` is imported, each only if the user has not chosen otherwise:
+
+* ``OPENBLAS_THREAD_TIMEOUT=4`` (environment): OpenBLAS threads go to sleep after 2^4 clock
+  cycles of waiting instead of its default 2^28 (about 0.1 s). OpenBLAS reads the variable
+  when it is loaded, that is when NumPy is first imported: it takes effect when npcosteff is
+  imported before NumPy (as the ``npcosteff`` command does); otherwise set it in the shell.
+  PyTorch does not use NumPy's OpenBLAS, so the setting does not touch it.
+* Numba's ``workqueue`` threading layer instead of OpenMP, whose threads spin (``OMP_WAIT_POLICY``
+  is not set to ``PASSIVE`` globally because that would also slow PyTorch's OpenMP pool).
+  ``workqueue`` supports no nested parallelism and no concurrent launches from several Python
+  threads, which npcosteff never does; set ``NUMBA_THREADING_LAYER`` to choose another layer.
+
+Results do not depend on either setting: the loops split their work the same way under any
+threading layer, and BLAS results do not depend on how long its threads wait.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["OPENBLAS_TIMEOUT", "NUMBA_LAYER", "configure"]
+
+OPENBLAS_TIMEOUT = "4"       # log2 of the clock cycles an idle OpenBLAS thread waits before sleeping
+NUMBA_LAYER = "workqueue"    # Numba threading layer whose idle threads sleep
+
+
+def configure() -> None:
+    """Apply the two settings (module docstring) unless the user has set them.
+
+    Must run before NumPy's first import for the OpenBLAS setting to count, and before Numba's
+    first parallel call for the threading layer to count; later calls change nothing.
+    """
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        try:
+            import numba
+        except ImportError:                    # no Numba: the NumPy reference kernels run
+            return
+        if numba.config.THREADING_LAYER == "default":
+            numba.config.THREADING_LAYER = NUMBA_LAYER

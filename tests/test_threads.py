@@ -1,0 +1,62 @@
+"""npcosteff.threads: the thread-pool settings applied on import, and the user's choice kept."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+PROBE = """
+import json, os
+import npcosteff, numba, numpy as np
+from npcosteff import kernels
+kernels.gelu(np.linspace(-3, 3, 4096, dtype=np.float32).reshape(64, 64))   # a parallel loop runs
+print(json.dumps({"timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "layer": numba.threading_layer()}))
+"""
+
+
+def probe(**env_changes):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
+    env.update(env_changes)
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_sleeping_pools():
+    pytest.importorskip("numba")
+    assert probe() == {"timeout": "4", "layer": "workqueue"}
+
+
+def test_the_users_settings_win():
+    pytest.importorskip("numba")
+    assert probe(OPENBLAS_THREAD_TIMEOUT="12", NUMBA_THREADING_LAYER="omp") == {"timeout": "12", "layer": "omp"}
+
+
+KERNELS = """
+import sys
+import numpy as np
+from npcosteff import kernels
+x = np.random.default_rng(0).standard_normal((257, 1536)).astype(np.float32)   # (N, F), uneven rows
+mask = np.zeros((1, 1, 1, 1536), np.float32)
+y, _, _, _ = kernels.add_layer_norm(x, x, np.ones(1536, np.float32), np.zeros(1536, np.float32), 1e-12)
+np.savez(sys.argv[1], gelu=kernels.gelu(x), softmax=kernels.softmax(x.reshape(1, 1, 257, 1536), mask), ln=y)
+"""
+
+
+def test_results_do_not_depend_on_the_threading_layer(tmp_path):
+    # The loops split their rows the same way under any layer: the same bits from omp and workqueue.
+    pytest.importorskip("numba")
+    results = {}
+    for layer in ("omp", "workqueue"):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+        env["NUMBA_THREADING_LAYER"] = layer
+        path = tmp_path / f"{layer}.npz"
+        r = subprocess.run([sys.executable, "-c", KERNELS, str(path)], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        results[layer] = np.load(path)
+    for name in ("gelu", "softmax", "ln"):
+        np.testing.assert_array_equal(results["omp"][name], results["workqueue"][name], err_msg=name)
