@@ -565,13 +565,16 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
 
     `entries`: dicts with ``name``, ``folder`` and the stage's describe() record. For each model:
     dev metric per exit and averaged, parameters, mean FLOPs per dev sample, and at a few
-    thresholds the dev metric, the layer speed-up ``L N / sum(exit layers)`` and the FLOPs
-    reduction relative to the teacher's full forward pass."""
+    thresholds the dev metric, the layer speed-up ``L N / sum(exit layers)``, the FLOPs
+    reduction relative to the teacher's full forward pass, and the measured speed-up: the
+    teacher's wall-clock time per dev sample in the sweep over this model's at that threshold."""
     from .metrics import main_metric
 
     key = main_metric(recipe.task)
     L = max(e["widths"]["num_hidden_layers"] for e in entries)
     reference = entries[0]["flops_per_sample"]                 # the teacher's full forward pass
+    teacher_rows = curves.get(entries[0]["name"], [])
+    reference_ms = teacher_rows[0]["ms_per_sample"] if teacher_rows else None   # its timed sweep pass
     shown = recipe.summary_threshold_values()
     head = ["model", "params", "FLOPs/sample"] + [f"exit {l}" for l in range(1, L + 1)] + ["avg"]
     head += [f"{recipe.criterion} {_fmt_threshold(t, recipe.criterion)}" for t in shown]
@@ -591,9 +594,12 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
                 continue
             r = match[0]
             reduction = reference / r["flops_per_sample"]
-            row.append(f"{100 * r['metric']:.1f} @ {r['expected_speedup']:.2f}x, 1/{reduction:.1f} FLOPs")
+            measured = reference_ms / r["ms_per_sample"] if reference_ms and r.get("ms_per_sample") else None
+            row.append(f"{100 * r['metric']:.1f} @ {r['expected_speedup']:.2f}x, 1/{reduction:.1f} FLOPs"
+                       + (f", {measured:.2f}x time" if measured else ""))
             at[_fmt_threshold(t, recipe.criterion)] = {
-                "metric": r["metric"], "expected_speedup": r["expected_speedup"],
+                "metric": r["metric"], "expected_speedup": r["expected_speedup"], "measured_speedup": measured,
+                "ms_per_sample": r.get("ms_per_sample"),
                 "flops_per_sample": r["flops_per_sample"], "flops_reduction_vs_teacher": reduction,
                 "mean_exit_layer": r["mean_exit_layer"]}
         lines.append("| " + " | ".join(row) + " |")
@@ -605,7 +611,9 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
     legend = (f"Dev {key} (%) of {recipe.task} ({n} examples) at each exit and averaged over exits; parameters "
               f"with exits; FLOPs: mean analytic FLOPs per dev example through every layer and exit. Columns "
               f"'{recipe.criterion} t': dev {key} with early exit at threshold t @ layer speed-up "
-              f"L*N/sum(exit layers), and FLOPs relative to the teacher's full forward pass.")
+              f"L*N/sum(exit layers), FLOPs relative to the teacher's full forward pass, and the measured "
+              f"speed-up: wall-clock time per dev example of the teacher's forward pass over this model's with early "
+              f"exit (batches of {recipe.eval_batch_size}, timed once during the sweep).")
     text = "\n".join(lines) + "\n\n" + legend + "\n"
     return text, {"task": recipe.task, "main_metric": key, "criterion": recipe.criterion,
                   "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
