@@ -523,6 +523,7 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
     Returns (curves: name -> rows, png path). A model with one exit leaves at its last layer
     whatever the threshold, so its sweep is run once and repeated for every threshold."""
     from .data.batching import iterate_batches
+    from .early_exit import early_exit_predict
     from .metrics import main_metric
     from .sweep import plot_sweeps, threshold_sweep, write_sweep
 
@@ -534,6 +535,8 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
     for name, model in models.items():
         one_exit = len(model.config.exit_layers) == 1
         try:
+            early_exit_predict(model, batches[:1], criterion=criterion, threshold=0.0,   # warm-up: the timed
+                               patience=1 if criterion == "patience" else None)       # passes start warm
             rows = threshold_sweep(model, batches, labels, recipe.task, thresholds[:1] if one_exit else thresholds,
                                    criterion=criterion, progress=progress)
         except ValueError as e:                      # e.g. entropy on a regression model
