@@ -800,8 +800,33 @@ def _check_ablations(args):
         raise UserError("--no-ta with --no-slenderize would train only the fine-tuned teacher")
 
 
-def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True) -> dict:
-    """All stages of `recipe` into `output`; returns the summary (also written as summary.md/.json)."""
+def link_stages(source, output, stages=("teacher", "ta")) -> list:
+    """Link the finished `stages` of run folder `source` into run folder `output` (relative
+    symbolic links), so that another student (other widths, an ablation) reuses its teacher
+    and TA. A stage whose settings differ from the new recipe's is refused when the run reads
+    it, as any stage folder is. Returns the stages linked."""
+    linked = []
+    source, output = os.path.abspath(source), os.path.abspath(output)
+    if source == output:
+        raise UserError("--reuse names the run folder itself")
+    os.makedirs(output, exist_ok=True)
+    for stage in stages:
+        src, dst = os.path.join(source, stage), os.path.join(output, stage)
+        if not os.path.isfile(os.path.join(src, DONE_FILE)):
+            raise UserError(f"--reuse {source}: its {stage} stage has not finished (no {os.path.join(src, DONE_FILE)})")
+        if os.path.lexists(dst):
+            if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+                continue                                   # linked by an earlier, interrupted run
+            raise UserError(f"--reuse: {dst} exists already; give a new output folder")
+        os.symlink(os.path.relpath(src, output), dst, target_is_directory=True)
+        linked.append(stage)
+    return linked
+
+
+def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None) -> dict:
+    """All stages of `recipe` into `output`; returns the summary (also written as summary.md/.json).
+
+    `reuse`: a run folder whose finished teacher and TA this run links instead of training them."""
     from .config import CostEffConfig
     from .data.glue import get_task
     from .pipeline import attach_exits
@@ -818,6 +843,8 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True) -> dict:
             raise UserError(f"pretrained model {pre}: {e}") from None
         check_targets(config, recipe)
     os.makedirs(output, exist_ok=True)
+    if reuse is not None:
+        link_stages(reuse, output, ("teacher", "ta") if recipe.use_ta else ("teacher",))
     with console.logging_to(os.path.join(output, LOG_FILE)):
         _write_json(os.path.join(output, "recipe.json"), recipe.to_dict())
         ablations = [name for name, on in (("no TA", not recipe.use_ta), ("no exits", not recipe.use_exits),
@@ -889,7 +916,7 @@ def cmd_run(args):
     if changes:
         recipe = recipe.replace(**changes)
     output = args.output or os.path.join("runs", f"{recipe.name}-{recipe.task}")
-    run_recipe(recipe, output, args.glue_dir, progress=not args.no_progress)
+    run_recipe(recipe, output, args.glue_dir, progress=not args.no_progress, reuse=args.reuse)
 
 
 def cmd_demo(args):
@@ -1040,6 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--dtype", choices=("float32", "float64"))
     p.add_argument("--output", help="run folder (default: runs/<recipe>-<task>)")
+    p.add_argument("--reuse", metavar="RUN", help="take the finished teacher and TA of run folder RUN (linked, "
+                                                  "not retrained): another width or an ablation of the same recipe")
     a = p.add_argument_group("ablations")
     a.add_argument("--no-ta", action="store_true", help="distill the student from the fine-tuned teacher directly")
     a.add_argument("--last-exit-only", action="store_true", help="importance from the last exit's loss only")

@@ -334,6 +334,41 @@ def test_rerun_with_other_settings_is_refused(quick_run, capsys):
 
 
 @needs_glue
+def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp_path):
+    out, argv = quick_run
+    if not (out / "ta" / DONE_FILE).is_file():
+        pytest.skip("needs the run of test_run_quick_end_to_end")
+    other = tmp_path / "other-width"
+    widths = [a if a != "heads=11" else "heads=10" for a in argv]
+    widths[widths.index("--output") + 1] = str(other)
+    assert main([*widths, "--reuse", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already done") == 2                  # teacher and TA: linked, not retrained
+    for stage in ("teacher", "ta"):
+        assert (other / stage).is_symlink() and (other / stage).resolve() == (out / stage).resolve()
+    student = json.loads((other / "summary.json").read_text())["models"][-1]
+    assert student["widths"]["heads_per_layer"] == [10] * 6
+
+
+@needs_glue
+def test_reuse_refuses_a_teacher_trained_otherwise(quick_run, capsys, tmp_path):
+    out, argv = quick_run
+    if not (out / "ta" / DONE_FILE).is_file():
+        pytest.skip("needs the run of test_run_quick_end_to_end")
+    args = list(argv)
+    args[args.index("--output") + 1] = str(tmp_path / "other-lr")
+    line = _error(capsys, *args, "--set", "finetune_learning_rate=0.001", "--reuse", str(out))
+    assert "finetune_learning_rate" in line and "other settings" in line
+
+
+def test_reuse_needs_finished_stages(capsys, tmp_path):
+    (tmp_path / "src" / "teacher").mkdir(parents=True)
+    line = _error(capsys, "run", "--preset", "quick", "--output", str(tmp_path / "new"),
+                  "--reuse", str(tmp_path / "src"))
+    assert "has not finished" in line and "teacher" in line
+
+
+@needs_glue
 def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
     out, _ = quick_run
     if not (out / "recover" / DONE_FILE).is_file():
