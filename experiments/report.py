@@ -16,7 +16,10 @@ one early-exit operating point read from the model's full threshold sweep:
 * the dev metric there, as a share of the teacher's;
 * the FLOPs per example there, as a fraction of the teacher's full forward pass;
 * the measured speed-up: the teacher's wall-clock time per dev example over the model's at
-  that threshold, both timed during the sweep (batches of the recipe's eval_batch_size).
+  that threshold. By default both come from the sweeps (timed once each, possibly at
+  different times); with ``--time`` every model is timed again here, side by side in one
+  process: the dev set in batches of the recipe's eval_batch_size, each model in turn for
+  ``--repeats`` rounds after a warm-up, the median per model.
 """
 
 from __future__ import annotations
@@ -53,7 +56,36 @@ def widths(m):
     return f"{h} / {f} / {w['embedding_rank'] or '-'}"
 
 
-def table(runs, target):
+def time_points(runs, points, glue_dir, repeats):
+    """Median seconds of one early-exit pass over dev for each (label, folder, threshold) in
+    `points`, the models taking turns round by round (a change of machine load hits them all)."""
+    import time
+
+    import numpy as np
+
+    from npcosteff.cli import load_data, pretrained_dir, tokenizer_dir
+    from npcosteff.data.batching import iterate_batches
+    from npcosteff.early_exit import early_exit_predict
+    from npcosteff.model import CostEffModel
+    from npcosteff.recipe import Recipe
+
+    recipe = Recipe.from_dict(runs[0][1][0]["recipe"])
+    data = load_data(recipe, glue_dir, tokenizer_dir(pretrained_dir(recipe.model)), need_train=False)
+    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
+    models = {label: CostEffModel.from_pretrained(folder) for label, folder, _ in points}
+    thresholds = {label: thr for label, _, thr in points}
+    for label, model in models.items():                                  # warm-up
+        early_exit_predict(model, batches[:1], threshold=thresholds[label])
+    seconds = {label: [] for label in models}
+    for _ in range(repeats):
+        for label, model in models.items():
+            t0 = time.perf_counter()
+            early_exit_predict(model, batches, threshold=thresholds[label])
+            seconds[label].append(time.perf_counter() - t0)
+    return {label: float(np.median(s)) for label, s in seconds.items()}
+
+
+def table(runs, target, glue_dir=None, repeats=0):
     first_summary, first_models, first_sweeps = runs[0][1]
     key = first_summary["main_metric"]
     teacher = first_models["teacher"]
@@ -66,16 +98,21 @@ def table(runs, target):
         if "student" in models:
             entries.append((f"student: {label}", models["student"], sweeps["student"]))
     L = max(e[1]["widths"]["num_hidden_layers"] for e in entries)
+    chosen = {label: operating_point(rows, t_metric, target) for label, _, rows in entries}
+    timed = None
+    if repeats:
+        timed = time_points(runs, [(label, m["folder"], chosen[label][0]["threshold"]) for label, m, _ in entries],
+                            glue_dir, repeats)
     head = (["model", "heads / FFN / rank", "params"] + [f"exit {l}" for l in range(1, L + 1)] +
             ["avg", "threshold", f"{key} (x teacher)", "FLOPs", "measured speed-up"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     records = []
     for label, m, rows in entries:
         exits = m["dev"]["exits"]
-        row, reached = operating_point(rows, t_metric, target)
+        row, reached = chosen[label]
         thr = row["patience"] if row.get("criterion") == "patience" else row["threshold"]
         flops_frac = row["flops_per_sample"] / teacher["flops_per_sample"]
-        speed = t_ms / row["ms_per_sample"]
+        speed = timed["teacher"] / timed[label] if timed else t_ms / row["ms_per_sample"]
         cells = [label, widths(m), f"{m['parameters'] / 1e6:.2f}M (1/{teacher['parameters'] / m['parameters']:.1f})"]
         cells += [f"{100 * exits[str(l)][key]:.1f}" if str(l) in exits else "-" for l in range(1, L + 1)]
         cells += [f"{100 * m['dev']['average']:.1f}", f"{thr:g}" + ("" if reached else " *"),
@@ -91,7 +128,8 @@ def table(runs, target):
               f"teacher's); threshold: entropy threshold with the fewest FLOPs at >= {100 * target:.1f}% of the "
               f"teacher's dev {key} (* none reaches it: the best threshold); FLOPs per dev example there as a "
               f"fraction of the teacher's; measured speed-up: the teacher's wall-clock time per dev example over "
-              f"the model's at that threshold.")
+              f"the model's at that threshold" + (f", timed side by side (median of {repeats} passes over dev)."
+                                                 if repeats else ", from the sweeps."))
     return "\n".join(lines) + "\n\n" + legend + "\n", records
 
 
@@ -100,6 +138,9 @@ def main(argv=None):
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER")
     p.add_argument("--target", type=float, default=0.965, help="share of the teacher's dev metric to keep")
     p.add_argument("--output", help="write the markdown (and a .json beside it) here")
+    p.add_argument("--time", action="store_true", help="time every model again here, side by side")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per model with --time")
+    p.add_argument("--glue-dir", help="GLUE TSV folder for --time (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
     args = p.parse_args(argv)
     runs = []
     for spec in args.run:
@@ -109,7 +150,7 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(folder, "summary.json")):
             p.error(f"{folder} has no summary.json: run `npcosteff run` there to the end first")
         runs.append((label, load_run(folder)))
-    md, records = table(runs, args.target)
+    md, records = table(runs, args.target, args.glue_dir, args.repeats if args.time else 0)
     print(md)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
