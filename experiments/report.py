@@ -138,6 +138,8 @@ def main(argv=None):
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER")
     p.add_argument("--target", type=float, default=0.965, help="share of the teacher's dev metric to keep")
     p.add_argument("--output", help="write the markdown (and a .json beside it) here")
+    p.add_argument("--plot", help="also write a PNG of dev metric against FLOPs, one curve per model, from the "
+                                  "sweeps (npcosteff.sweep.plot_sweeps, the plot `npcosteff sweep` writes)")
     p.add_argument("--time", action="store_true", help="time every model again here, side by side")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per model with --time")
     p.add_argument("--glue-dir", help="GLUE TSV folder for --time (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
@@ -151,6 +153,17 @@ def main(argv=None):
             p.error(f"{folder} has no summary.json: run `npcosteff run` there to the end first")
         runs.append((label, load_run(folder)))
     md, records = table(runs, args.target, args.glue_dir, args.repeats if args.time else 0)
+    if args.plot:
+        from npcosteff.sweep import plot_sweeps
+
+        summary, models, sweeps = runs[0][1]
+        curves = {"teacher": sweeps["teacher"]}
+        if "ta" in sweeps:
+            curves["TA"] = sweeps["ta"]
+        curves.update({f"student: {label}": s["student"] for label, (_, _, s) in runs if "student" in s})
+        plot_sweeps(curves, args.plot, metric_name=f"dev {summary['main_metric']}",
+                    title=f"{summary['task']}: early exit ({summary['criterion']}), every model")
+        print(f"plot: {args.plot}")
     print(md)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
