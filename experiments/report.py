@@ -10,7 +10,9 @@ model the table gives the dev metric of every exit and their average, the parame
 one early-exit operating point read from the model's full threshold sweep:
 
 * the threshold: the largest FLOPs saving whose dev metric stays at or above ``--target``
-  times the teacher's (the paper's claim keeps 96.5%); when no threshold reaches it, the
+  times the teacher's (the paper's claim keeps 96.5%), and with ``--baseline`` above the
+  majority class's (a model that always answers the same can keep 96.5% of a weak
+  teacher's score on MRPC); when no threshold reaches it, the
   threshold with the best dev metric. The choice is made on the dev set that is reported,
   so it is an optimistic operating point, as in the paper's own sweeps;
 * the dev metric there, as a share of the teacher's;
@@ -40,9 +42,10 @@ def load_run(folder):
     return summary, models, sweeps
 
 
-def operating_point(rows, teacher_metric, target):
-    """(row, reached): the row with the fewest FLOPs among those at >= target * teacher, else the best."""
-    good = [r for r in rows if r["metric"] >= target * teacher_metric]
+def operating_point(rows, teacher_metric, target, floor=None):
+    """(row, reached): the row with the fewest FLOPs among those at >= target * teacher (and
+    above `floor`, the majority-class metric, when given), else the best row."""
+    good = [r for r in rows if r["metric"] >= target * teacher_metric and (floor is None or r["metric"] > floor)]
     if good:
         return min(good, key=lambda r: (r["flops_per_sample"], -r["metric"])), True
     return max(rows, key=lambda r: (r["metric"], -r["flops_per_sample"])), False
@@ -85,7 +88,21 @@ def time_points(runs, points, glue_dir, repeats):
     return {label: float(np.median(s)) for label, s in seconds.items()}
 
 
-def table(runs, target, glue_dir=None, repeats=0):
+def majority_baseline(summary, glue_dir):
+    """The dev metric of always predicting the training set's most frequent label."""
+    import numpy as np
+
+    from npcosteff.data.glue import load_glue
+    from npcosteff.metrics import compute_metrics
+
+    recipe = summary["recipe"]
+    train = np.asarray(load_glue(recipe["task"], "train", glue_dir, recipe.get("max_train")).labels)
+    dev = np.asarray(load_glue(recipe["task"], "validation", glue_dir, recipe.get("max_eval")).labels)
+    label = np.bincount(train.astype(np.int64)).argmax()
+    return compute_metrics(recipe["task"], np.full(len(dev), label), dev)[summary["main_metric"]], int(label)
+
+
+def table(runs, target, glue_dir=None, repeats=0, baseline=False):
     first_summary, first_models, first_sweeps = runs[0][1]
     key = first_summary["main_metric"]
     teacher = first_models["teacher"]
@@ -98,7 +115,8 @@ def table(runs, target, glue_dir=None, repeats=0):
         if "student" in models:
             entries.append((f"student: {label}", models["student"], sweeps["student"]))
     L = max(e[1]["widths"]["num_hidden_layers"] for e in entries)
-    chosen = {label: operating_point(rows, t_metric, target) for label, _, rows in entries}
+    floor = majority_baseline(first_summary, glue_dir) if baseline else None
+    chosen = {label: operating_point(rows, t_metric, target, floor and floor[0]) for label, _, rows in entries}
     timed = None
     if repeats:
         timed = time_points(runs, [(label, m["folder"], chosen[label][0]["threshold"]) for label, m, _ in entries],
@@ -123,10 +141,15 @@ def table(runs, target, glue_dir=None, repeats=0):
                         "reached_target": reached, "metric": row["metric"], "metric_vs_teacher": row["metric"] / t_metric,
                         "flops_fraction": flops_frac, "measured_speedup": speed,
                         "mean_exit_layer": row["mean_exit_layer"]})
-    n = first_summary.get("dev_examples") or ""
+    if baseline:
+        value, label = floor
+        cells = [f"majority class (always {label})", "-", "-"] + ["-"] * L + [f"{100 * value:.1f}", "-",
+                                                                                 f"{100 * value:.1f} ({value / t_metric:.3f})", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+        records.append({"model": "majority class", "metric": value, "metric_vs_teacher": value / t_metric})
     legend = (f"Dev {key} (%) per exit of {first_summary['task']}; params with exits (1/x: fraction of the "
               f"teacher's); threshold: entropy threshold with the fewest FLOPs at >= {100 * target:.1f}% of the "
-              f"teacher's dev {key} (* none reaches it: the best threshold); FLOPs per dev example there as a "
+              f"teacher's dev {key}" + (" and above the majority class" if baseline else "") + f" (* none reaches it: the best threshold); FLOPs per dev example there as a "
               f"fraction of the teacher's; measured speed-up: the teacher's wall-clock time per dev example over "
               f"the model's at that threshold" + (f", timed side by side (median of {repeats} passes over dev)."
                                                  if repeats else ", from the sweeps."))
@@ -140,9 +163,10 @@ def main(argv=None):
     p.add_argument("--output", help="write the markdown (and a .json beside it) here")
     p.add_argument("--plot", help="also write a PNG of dev metric against FLOPs, one curve per model, from the "
                                   "sweeps (npcosteff.sweep.plot_sweeps, the plot `npcosteff sweep` writes)")
+    p.add_argument("--baseline", action="store_true", help="add the majority-class row (needs the data)")
     p.add_argument("--time", action="store_true", help="time every model again here, side by side")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per model with --time")
-    p.add_argument("--glue-dir", help="GLUE TSV folder for --time (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
+    p.add_argument("--glue-dir", help="GLUE TSV folder for --time and --baseline (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
     args = p.parse_args(argv)
     runs = []
     for spec in args.run:
@@ -152,7 +176,7 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(folder, "summary.json")):
             p.error(f"{folder} has no summary.json: run `npcosteff run` there to the end first")
         runs.append((label, load_run(folder)))
-    md, records = table(runs, args.target, args.glue_dir, args.repeats if args.time else 0)
+    md, records = table(runs, args.target, args.glue_dir, args.repeats if args.time else 0, args.baseline)
     if args.plot:
         from npcosteff.sweep import plot_sweeps
 
