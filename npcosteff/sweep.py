@@ -103,6 +103,10 @@ def plot_sweeps(curves: dict, path, metric_name="metric", title=None) -> str:
     ax.set_xlabel("GFLOPs per sample (analytic, with early exit)")
     ax.set_ylabel(metric_name)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())          # minor labels of a log axis overlap
     ax.grid(True, alpha=0.3)
     ax.legend()
     if title:
