@@ -15,7 +15,7 @@ _configure_threads()          # before NumPy and Numba start their thread pools 
 
 import numpy as np  # noqa: E402
 
-from .config import ConfigError  # noqa: E402, CostEffConfig
+from .config import ConfigError, CostEffConfig  # noqa: E402
 from .model import CostEffModel, ModelOutput, param_shapes  # noqa: E402
 from .weights import CheckpointError  # noqa: E402
 

@@ -60,3 +60,11 @@ def test_results_do_not_depend_on_the_threading_layer(tmp_path):
         results[layer] = np.load(path)
     for name in ("gelu", "softmax", "ln"):
         np.testing.assert_array_equal(results["omp"][name], results["workqueue"][name], err_msg=name)
+
+
+def test_the_package_exports_every_public_name():
+    # The thread setup runs before the package's other imports; every name of __all__ is still there.
+    import npcosteff
+
+    missing = [name for name in npcosteff.__all__ if not hasattr(npcosteff, name)]
+    assert missing == []
