@@ -523,7 +523,6 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
     Returns (curves: name -> rows, png path). A model with one exit leaves at its last layer
     whatever the threshold, so its sweep is run once and repeated for every threshold."""
     from .data.batching import iterate_batches
-    from .early_exit import early_exit_predict
     from .metrics import main_metric
     from .sweep import plot_sweeps, threshold_sweep, write_sweep
 
@@ -535,8 +534,6 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
     for name, model in models.items():
         one_exit = len(model.config.exit_layers) == 1
         try:
-            early_exit_predict(model, batches[:1], criterion=criterion, threshold=0.0,   # warm-up: the timed
-                               patience=1 if criterion == "patience" else None)       # passes start warm
             rows = threshold_sweep(model, batches, labels, recipe.task, thresholds[:1] if one_exit else thresholds,
                                    criterion=criterion, progress=progress)
         except ValueError as e:                      # e.g. entropy on a regression model
@@ -800,16 +797,14 @@ def _check_ablations(args):
         raise UserError("--no-ta with --no-slenderize would train only the fine-tuned teacher")
 
 
-def link_stages(source, output, stages=("teacher", "ta")) -> list:
-    """Link the finished `stages` of run folder `source` into run folder `output` (relative
-    symbolic links), so that another student (other widths, an ablation) reuses its teacher
-    and TA. A stage whose settings differ from the new recipe's is refused when the run reads
-    it, as any stage folder is. Returns the stages linked."""
-    linked = []
+def link_stages(source, output, stages=("teacher", "ta")) -> None:
+    """Link the finished `stages` of run folder `source` into the existing run folder `output`
+    (relative symbolic links), so that another student (other widths, an ablation) reuses its
+    teacher and TA. A stage whose settings differ from the new recipe's is refused when the run
+    reads it, as any stage folder is."""
     source, output = os.path.abspath(source), os.path.abspath(output)
     if source == output:
         raise UserError("--reuse names the run folder itself")
-    os.makedirs(output, exist_ok=True)
     for stage in stages:
         src, dst = os.path.join(source, stage), os.path.join(output, stage)
         if not os.path.isfile(os.path.join(src, DONE_FILE)):
@@ -819,8 +814,6 @@ def link_stages(source, output, stages=("teacher", "ta")) -> list:
                 continue                                   # linked by an earlier, interrupted run
             raise UserError(f"--reuse: {dst} exists already; give a new output folder")
         os.symlink(os.path.relpath(src, output), dst, target_is_directory=True)
-        linked.append(stage)
-    return linked
 
 
 def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None) -> dict:

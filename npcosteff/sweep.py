@@ -61,6 +61,8 @@ def threshold_sweep(model, batches, labels, task, thresholds=DEFAULT_ENTROPY_THR
     from tqdm.auto import tqdm
 
     batches = list(batches)
+    early_exit_predict(model, batches[:1], criterion=criterion, threshold=0.0,      # warm-up: every timed
+                       patience=1 if criterion == "patience" else None)             # pass starts warm
     rows = []
     for t in tqdm(list(thresholds), desc=f"{criterion} sweep", disable=not progress):
         if criterion == "patience":

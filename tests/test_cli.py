@@ -324,23 +324,33 @@ def test_run_quick_end_to_end(quick_run, capsys):
     assert untimed(json.loads((out / "summary.json").read_text())["models"]) == untimed(summary["models"])
 
 
+def finished(quick_run, stage):
+    """The quick run's folder and argv, once `stage` of it has finished (else the test is skipped)."""
+    out, argv = quick_run
+    if not (out / stage / DONE_FILE).is_file():
+        pytest.skip("needs the run of test_run_quick_end_to_end")
+    return out, argv
+
+
+def with_output(argv, folder):
+    """`argv` with its --output replaced by `folder`."""
+    argv = list(argv)
+    argv[argv.index("--output") + 1] = str(folder)
+    return argv
+
+
 @needs_glue
 def test_rerun_with_other_settings_is_refused(quick_run, capsys):
-    out, argv = quick_run
-    if not (out / "teacher" / DONE_FILE).is_file():
-        pytest.skip("needs the run of test_run_quick_end_to_end")
+    out, argv = finished(quick_run, "teacher")
     line = _error(capsys, *argv, "--set", "finetune_learning_rate=0.001")
     assert "finetune_learning_rate" in line and "other settings" in line
 
 
 @needs_glue
 def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp_path):
-    out, argv = quick_run
-    if not (out / "ta" / DONE_FILE).is_file():
-        pytest.skip("needs the run of test_run_quick_end_to_end")
+    out, argv = finished(quick_run, "ta")
     other = tmp_path / "other-width"
-    widths = [a if a != "heads=11" else "heads=10" for a in argv]
-    widths[widths.index("--output") + 1] = str(other)
+    widths = with_output([a if a != "heads=11" else "heads=10" for a in argv], other)
     assert main([*widths, "--reuse", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("already done") == 2                  # teacher and TA: linked, not retrained
@@ -352,12 +362,8 @@ def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp
 
 @needs_glue
 def test_reuse_refuses_a_teacher_trained_otherwise(quick_run, capsys, tmp_path):
-    out, argv = quick_run
-    if not (out / "ta" / DONE_FILE).is_file():
-        pytest.skip("needs the run of test_run_quick_end_to_end")
-    args = list(argv)
-    args[args.index("--output") + 1] = str(tmp_path / "other-lr")
-    line = _error(capsys, *args, "--set", "finetune_learning_rate=0.001", "--reuse", str(out))
+    out, argv = finished(quick_run, "ta")
+    line = _error(capsys, *with_output(argv, tmp_path / "other-lr"), "--set", "finetune_learning_rate=0.001", "--reuse", str(out))
     assert "finetune_learning_rate" in line and "other settings" in line
 
 
@@ -370,9 +376,7 @@ def test_reuse_needs_finished_stages(capsys, tmp_path):
 
 @needs_glue
 def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
-    out, _ = quick_run
-    if not (out / "recover" / DONE_FILE).is_file():
-        pytest.skip("needs the run of test_run_quick_end_to_end")
+    out, _ = finished(quick_run, "recover")
     common = ["--task", "sst2", "--glue-dir", str(GLUE_DIR), "--max-eval", "16", "--max-length", "24"]
     assert main(["evaluate", "--model", str(out / "recover"), "--json", str(tmp_path / "e.json"), *common]) == 0
     printed = capsys.readouterr().out
