@@ -28,6 +28,10 @@ finished one (DONE.json) is skipped. ``run`` lays its stages out as::
 
     <output>/recipe.json  teacher/  ta/  slenderize/  recover/  sweep/  summary.md  summary.json  log.txt
 
+GLUE comes from ``--glue-dir SOURCE``: a folder in GLUE's TSV layout, ``hub`` (``nyu-mll/glue``
+through `datasets`) or ``shipped`` (the small GLUE slices inside the package). Without it,
+``$NPCOSTEFF_GLUE_DIR`` decides when set, else the hub; ``demo`` runs on the shipped slices.
+
 User errors (unknown task or preset, missing folder, a folder that is not a model, no data)
 end with exit code 2 and a one-line message.
 """
@@ -62,33 +66,15 @@ class UserError(Exception):
 
 
 class DataUnavailable(UserError):
-    """The GLUE task could not be loaded (no folder, no network, no cache)."""
+    """The GLUE task could not be loaded (no folder, no network, no cache, a slice too small).
+
+    The message is one line and lists every way to get GLUE (`npcosteff.data.ways_to_get_glue`)."""
 
     def __init__(self, task, reason):
-        self.task, self.reason = task, reason
-        super().__init__(f"could not load GLUE task {task}: {reason}. Set NPCOSTEFF_GLUE_DIR (or --glue-dir) to a "
-                         f"folder in GLUE's TSV layout such as ../shared/data/glue, or fill the datasets cache on a "
-                         f"machine with network: python -c \"import datasets; "
-                         f"datasets.load_dataset('nyu-mll/glue', '{task}')\"")
-
-
-def how_to_get_glue(task="sst2", folder="SST-2", reason=None) -> str:
-    """The demo's message when no GLUE data could be found: every way to get it."""
-    lines = [f"npcosteff demo needs the GLUE task {task}, and it could not be loaded."]
-    if reason:
-        lines.append(f"  ({reason})")
-    lines += [
-        "Get it one of these ways, then run the command again:",
-        f"  1. point npcosteff at a folder in GLUE's TSV layout ({folder}/train.tsv, {folder}/dev.tsv),",
-        "     such as ../shared/data/glue:",
-        "         export NPCOSTEFF_GLUE_DIR=../shared/data/glue",
-        "     or pass it on the command line:",
-        "         npcosteff demo --glue-dir ../shared/data/glue",
-        "  2. on a machine with network, download it into the Hugging Face datasets cache:",
-        f"         python -c \"import datasets; datasets.load_dataset('nyu-mll/glue','{task}')\"",
-        "     (the cache is ~/.cache/huggingface; copy it to an offline machine and set HF_DATASETS_OFFLINE=1).",
-    ]
-    return "\n".join(lines)
+        self.task, self.reason = task, " ".join(str(reason).split())
+        text = self.reason if self.reason.startswith("could not load GLUE") else \
+            f"could not load GLUE task {task}: {self.reason}"
+        super().__init__(text)
 
 
 # --------------------------------------------------------------------------- console and logs
@@ -221,29 +207,28 @@ def tokenizer_dir(*candidates) -> str:
 def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
     """Tokenized train and dev splits of the recipe's task (see npcosteff.pipeline.load_task_data).
 
-    Without `need_train` only the dev split is read (evaluate, sweep): the returned TaskData
-    has ``train=None``.
+    `glue_dir`: a folder in GLUE's TSV layout, "shipped", "hub", or None ($NPCOSTEFF_GLUE_DIR,
+    else the hub); see `npcosteff.data.glue_source`. Without `need_train` only the dev split is
+    read (evaluate, sweep): the returned TaskData has ``train=None``.
     """
     from .data.batching import encode_split
-    from .data.glue import get_task, load_glue
+    from .data.glue import SliceTooSmall, get_task, glue_source, load_glue
     from .pipeline import TaskData, load_task_data
     from .tokenizer import Tokenizer
 
-    if glue_dir is not None and not os.path.isdir(glue_dir):
-        raise DataUnavailable(recipe.task, f"GLUE folder {os.fspath(glue_dir)!r} does not exist")
     try:
+        source = glue_source(glue_dir, task=recipe.task)
         if need_train:
-            return load_task_data(recipe.task, glue_dir, tokenizer_folder, recipe.max_length, recipe.max_train,
+            return load_task_data(recipe.task, source, tokenizer_folder, recipe.max_length, recipe.max_train,
                                   recipe.max_eval)
         spec = get_task(recipe.task)
         tok = Tokenizer.from_pretrained(tokenizer_folder)
         split = "validation_matched" if spec.name == "mnli" else "validation"
-        dev = encode_split(tok, load_glue(spec, split, glue_dir, recipe.max_eval), recipe.max_length)
+        dev = encode_split(tok, load_glue(spec, split, source, recipe.max_eval), recipe.max_length)
         return TaskData(spec.name, spec.num_labels, spec.is_regression, None, dev,
                         os.path.join(tokenizer_folder, "tokenizer.json"))
-    except (FileNotFoundError, RuntimeError) as e:     # no folder / no file / hub unreachable
-        reason = " ".join(str(e).split(". Pass data_dir=")[0].split())    # one line, without the library's advice
-        raise DataUnavailable(recipe.task, reason if len(reason) < 400 else reason[:400] + "...") from None
+    except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:   # no folder / file / hub; a slice too small
+        raise DataUnavailable(recipe.task, e) from None
 
 
 def _dtype(recipe):
@@ -288,15 +273,17 @@ def only_final_exit(model):
 # --------------------------------------------------------------------------- stage folders
 # Recipe fields that change a stage's result (a finished stage reruns only with the same ones).
 _DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "seed")
-_TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every")
+_TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every",
+               "gradient_equilibrium", "regression_distill")
 STAGE_KEYS = {
     "finetune": _DATA_KEYS + _TRAIN_KEYS + ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
-                                            "finetune_max_steps", "pooler"),
+                                            "finetune_max_steps", "teacher_pooler"),
     "train-ta": _DATA_KEYS + _TRAIN_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size", "ta_max_steps",
-                                            "ta_hidden_fraction", "pooler"),
+                                            "ta_hidden_fraction", "ta_schedule", "pooler"),
     "slenderize": _DATA_KEYS + _TRAIN_KEYS + ("heads", "ffn", "rank", "prune_period", "repr_proportion",
                                               "prune_learning_rate", "lr_restore", "prune_batch_size",
-                                              "importance_examples", "last_exit_only"),
+                                              "importance_examples", "last_exit_only", "prune_timing",
+                                              "min_warmup_steps", "importance_hidden_loss", "last_exit_hard"),
     "recover": _DATA_KEYS + _TRAIN_KEYS + ("recover_hidden_epochs", "recover_pred_epochs",
                                            "recover_hidden_learning_rate", "recover_pred_learning_rate",
                                            "recover_batch_size", "recover_hidden_max_steps",
@@ -405,7 +392,7 @@ def stage_finetune(recipe: Recipe, data, folder, pretrained, progress=True):
         console.say(f"[finetune] {recipe.task}: fine-tuning {pretrained} on {len(data.train)} examples "
                     f"-> {folder}")
         model, result = finetune(data, recipe.finetune_arguments(progress), folder, pretrained, _dtype(recipe),
-                                 pooler=recipe.pooler)
+                                 pooler=recipe.teacher_pooler)
         model_dir = _saved_model_dir(folder, "best", model, data.tokenizer_file)
         summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
         record = stage.finish(model_dir, summary, {"result": result})
@@ -425,7 +412,8 @@ def stage_train_ta(recipe: Recipe, data, teacher, folder, pretrained, progress=T
         console.say(f"[train-ta] {recipe.task}: {pretrained} with an exit after every layer, distilled from "
                     f"{teacher.folder} -> {folder}")
         model, result = train_ta(data, teacher, recipe.ta_arguments(progress), folder, pretrained,
-                                 recipe.ta_hidden_fraction, _dtype(recipe), pooler=recipe.pooler)
+                                 recipe.ta_hidden_fraction, _dtype(recipe), pooler=recipe.pooler,
+                                 schedule=recipe.ta_schedule)
         model_dir = _saved_model_dir(folder, "best", model, data.tokenizer_file)
         summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
         record = stage.finish(model_dir, summary, {"result": result})
@@ -847,8 +835,9 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
                     f"{' (' + ', '.join(ablations) + ')' if ablations else ''} -> {output}")
         clock = time.perf_counter()
         data = load_data(recipe, glue_dir, tokenizer_dir(pre))
-        console.say(f"data: {len(data.train)} training and {len(data.dev)} dev examples of {recipe.task}, "
-                    f"{recipe.max_length} tokens at most")
+        from .data.glue import describe_source, glue_source
+        console.say(f"data: {len(data.train)} training and {len(data.dev)} dev examples of {recipe.task} from "
+                    f"{describe_source(glue_source(glue_dir))}, {recipe.max_length} tokens at most")
         spec = get_task(recipe.task)
         path = lambda name: os.path.join(output, name)
 
@@ -918,28 +907,36 @@ def cmd_demo(args):
         recipe = recipe.replace(**dict(parse_override(s) for s in args.set or []))
     except RecipeError as e:
         raise UserError(str(e)) from None
-    from .data.glue import GLUE_DIR_ENV, get_task
-    glue_dir = args.glue_dir or os.environ.get(GLUE_DIR_ENV) or None
+    from .data.glue import SHIPPED, SliceTooSmall, describe_source, get_task, glue_source, is_shipped, load_glue
     spec = get_task(recipe.task)
     try:
-        # Read the data first: without it there is nothing to show, and the message says how to get it.
-        load_data(recipe, glue_dir, tokenizer_dir(pretrained_dir(None)), need_train=False)
-    except DataUnavailable as e:
-        print(how_to_get_glue(spec.name, spec.tsv_folder, e.reason), file=sys.stderr)
-        return 2
-    console.say(f"npcosteff demo: the quick recipe on {spec.tsv_folder} with the packaged MiniLM "
-                f"(GLUE from {glue_dir or 'the Hugging Face hub'})")
-    run_recipe(recipe, args.output, glue_dir, progress=not args.no_progress)
+        # --glue-dir, else $NPCOSTEFF_GLUE_DIR, else the slices in the package: runs offline.
+        source = glue_source(args.glue_dir, default=SHIPPED, task=spec)
+        # Read the data first: without it there is nothing to show, and the error says how to get it.
+        for split, n in (("train", recipe.max_train), ("validation", recipe.max_eval)):
+            load_glue(spec, split, source, n)
+    except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:
+        raise DataUnavailable(spec.name, e) from None
+    if is_shipped(source):
+        where = (f"on {describe_source(source)} ({recipe.max_train} training and {recipe.max_eval} dev "
+                 f"sentences; full GLUE: --glue-dir FOLDER, --glue-dir hub or NPCOSTEFF_GLUE_DIR)")
+    else:
+        where = f"on GLUE from {describe_source(source)}"
+    console.say(f"npcosteff demo: the quick recipe on {spec.tsv_folder} with the packaged MiniLM, {where}")
+    run_recipe(recipe, args.output, source, progress=not args.no_progress)
     return 0
 
 
 # --------------------------------------------------------------------------- parser
+GLUE_DIR_HELP = ("where GLUE comes from: a folder in GLUE's TSV layout, 'hub' (nyu-mll/glue through datasets) or "
+                 "'shipped' (the small GLUE slices in the package; default: $NPCOSTEFF_GLUE_DIR, else the hub)")
+
+
 def _data_options(p, task_required=True):
     g = p.add_argument_group("data")
     g.add_argument("--task", required=task_required, help="GLUE task: sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, "
                                                           "wnli (GLUE folder names such as SST-2 work too)")
-    g.add_argument("--glue-dir", help="a folder in GLUE's TSV layout (default: $NPCOSTEFF_GLUE_DIR, else the "
-                                      "Hugging Face hub)")
+    g.add_argument("--glue-dir", metavar="SOURCE", help=GLUE_DIR_HELP)
     g.add_argument("--max-length", type=int, help="tokens per example (recipe default 128)")
     g.add_argument("--max-train", type=int, help="keep the first N training examples")
     g.add_argument("--max-eval", type=int, help="keep the first N dev examples")
@@ -1053,7 +1050,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", help="override the recipe's task")
     g.add_argument("--model", dest="pretrained", metavar="PATH",
                    help="pretrained BERT folder (default: the packaged MiniLM)")
-    g.add_argument("--glue-dir", help="a folder in GLUE's TSV layout (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
+    g.add_argument("--glue-dir", metavar="SOURCE", help=GLUE_DIR_HELP)
     g.add_argument("--max-length", type=int)
     g.add_argument("--max-train", type=int)
     g.add_argument("--max-eval", type=int)
@@ -1071,7 +1068,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the quick recipe on SST-2 with the packaged MiniLM, in a few minutes")
-    p.add_argument("--glue-dir", help="a folder in GLUE's TSV layout (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
+    p.add_argument("--glue-dir", metavar="SOURCE",
+                   help="where GLUE comes from: a folder in GLUE's TSV layout, 'hub' (nyu-mll/glue through "
+                        "datasets) or 'shipped' (the GLUE slices in the package; default: $NPCOSTEFF_GLUE_DIR, "
+                        "else shipped)")
     p.add_argument("--output", default=DEMO_OUTPUT, help=f"run folder (default: {DEMO_OUTPUT})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a field of the quick recipe")
     p.add_argument("--no-progress", action="store_true")

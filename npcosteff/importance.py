@@ -12,10 +12,15 @@ where L is the joint loss of the slender multi-exit student (stage ``importance`
     L = 0.9 * prediction distillation (all exits) + 0.1 * hard loss (all exits) + hidden distillation
 
 so that a head or neuron is kept when *any* exit needs it, not only the last one.
-``last_exit_only=True`` is the ablation that the paper argues against: the prediction and hard
-terms use the final exit alone (the hidden distillation, which belongs to no exit, stays).
-The gradient is the plain gradient of that loss: gradient equilibrium is a training device
-and is off here.
+``last_exit_only=True`` is the ablation that the paper argues against. By default the loss is
+measured as the authors' code measures it (docs/method.md, 4; docs/deviations.md):
+
+* the student runs as in multi-exit training with dropout off, so gradient equilibrium
+  rescales the gradients (``gradient_equilibrium="authors"``; False: the plain gradient);
+* the hidden term is a plain MSE over a batch padded to 128 tokens (``hidden_pad_to=128``;
+  None: the per-token normalized hidden loss of training);
+* the ablation scores ``prediction(last exit) + hidden``, with no hard term and no gradient
+  equilibrium (``last_exit_hard=True``: keep ``0.1 * hard(last exit)``).
 
 Structures are scored by summing the scores of the weights that belong to them:
 
@@ -88,7 +93,9 @@ def neuron_scores(weight_scores: dict, config) -> list:
 
 def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: CostEffModel, *,
                       task_regression: Optional[bool] = None, last_exit_only: bool = False,
-                      temperature: float = 1.0, progress: bool = True) -> Importance:
+                      temperature: float = 1.0, gradient_equilibrium="authors",
+                      hidden_pad_to: Optional[int] = 128, last_exit_hard: bool = False,
+                      progress: bool = True) -> Importance:
     """First-order Taylor importance of every weight, head and FFN neuron of `model` (SPEC 3).
 
     Args:
@@ -99,13 +106,18 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
         task_regression: whether the task is regression (None: ``model.config.is_regression``).
         last_exit_only: score from the final exit's prediction and hard losses only (ablation).
         temperature: the distillation temperature T.
+        gradient_equilibrium: the rule of the backward pass (``"authors"``, ``"exit_layers"``
+            or False; see ``model.equilibrium_rule``); off in the last-exit ablation.
+        hidden_pad_to: measure the hidden term as an MSE over this many padded tokens (None:
+            normalize by each sample's tokens, as in training). Must be >= every batch's length.
+        last_exit_hard: in the ablation, keep the ``0.1 * hard`` term of the last exit.
         progress: show a progress bar.
 
-    For each batch, with dropout and gradient equilibrium off, the ``importance`` stage loss
-    is back-propagated and ``|grad|`` of every parameter is added into a buffer of its own;
-    the score is ``|w * buffer|``. ``model.grads`` is left at zero.
+    For each batch, with dropout off, the importance loss is back-propagated and ``|grad|``
+    of every parameter is added into a buffer of its own; the score is ``|w * buffer|``.
+    ``model.grads`` is left at zero.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar as tqdm
 
     if not isinstance(model, CostEffModel):
         raise TypeError(f"model must be a CostEffModel, got {type(model).__name__}")
@@ -116,15 +128,20 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
         raise ValueError("the model has no exits (num_labels == 0): the importance loss needs exit logits")
     regression = model.config.is_regression if task_regression is None else bool(task_regression)
 
+    stage = "importance_last_exit" if last_exit_only and not last_exit_hard else "importance"
+    if last_exit_only:
+        gradient_equilibrium = False          # the ablation is scored outside multi-exit mode
     accumulated = {n: np.zeros_like(p) for n, p in model.params.items()}     # sum_batches |grad|
     num_batches = 0
     for batch in tqdm(batches, desc="importance", disable=not progress, leave=False):
         model.zero_grad()
+        # Dropout off (training=False); the equilibrium rule is named explicitly.
         out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                    training=False, gradient_equilibrium=False, return_cache=True)
-        loss = stage_loss("importance", out, batch.get("labels"), batch["attention_mask"],
+                    training=False, gradient_equilibrium=gradient_equilibrium, return_cache=True)
+        loss = stage_loss(stage, out, batch.get("labels"), batch["attention_mask"],
                           teacher=teacher_outputs(teacher, batch), temperature=temperature,
-                          regression=regression, last_exit_only=last_exit_only)
+                          regression=regression, last_exit_only=last_exit_only,
+                          hidden_pad_to=hidden_pad_to)
         model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits)
         for name, g in model.grads.items():
             accumulated[name] += np.abs(g)

@@ -57,7 +57,8 @@ _STAGE_WEIGHTS = {
     "pred": {"pred": 1.0, "hidden": 1.0},                   # the COST-EFF student
     "pred_ta": {"pred": 0.5, "hard": 0.5},                  # the teacher-assistant (TA)
     "hard": {"hard": 1.0},                                  # plain fine-tuning
-    "importance": {"pred": 0.9, "hard": 0.1, "hidden": 1.0},  # Taylor importance (SPEC 3)
+    "importance": {"pred": 0.9, "hard": 0.1, "hidden": 1.0},  # Taylor importance (docs/method.md, 4)
+    "importance_last_exit": {"pred": 1.0, "hidden": 1.0},    # its last-exit ablation, as the authors score it
 }
 STAGES = tuple(_STAGE_WEIGHTS)
 
@@ -239,12 +240,17 @@ def soft_cross_entropy_loss_backward(cache, dloss: float = 1.0) -> np.ndarray:
 
 # --------------------------------------------------------------------------- representation distillation
 
-def hidden_mse_loss(hs: np.ndarray, ht: np.ndarray, attention_mask: Optional[np.ndarray] = None):
+def hidden_mse_loss(hs: np.ndarray, ht: np.ndarray, attention_mask: Optional[np.ndarray] = None,
+                    pad_to: Optional[int] = None):
     """Hidden-state distillation ``mean_b( sum_t m[b,t] mean_j (hs - ht)[b,t,j]^2 / n_b )``.
 
     hs (B, T, d) student hidden states, ht (B, T, d) the teacher's (a constant),
     attention_mask (B, T) of 0/1 (None: no padding). Each sample is normalized by its own
     number of tokens n_b, so padding neither adds error nor dilutes it.
+
+    With ``pad_to`` (>= T) every sample is divided by ``pad_to`` instead of n_b: the plain
+    mean squared error over a batch padded to ``pad_to`` tokens with padding zeroed, which is
+    how the importance loss of the authors' code measures it (docs/method.md, 4).
     """
     hs = _float_array(hs, "student hidden states", 3, "(B, T, d)")
     ht = np.asarray(ht)
@@ -254,7 +260,12 @@ def hidden_mse_loss(hs: np.ndarray, ht: np.ndarray, attention_mask: Optional[np.
             f"got shape {ht.shape}")
     batch, tokens, hidden = hs.shape
     m = _mask_weights(attention_mask, batch, tokens, hs.dtype, "hidden states")  # (B, T)
-    token_weight = m / m.sum(axis=1, keepdims=True)               # (B, T) m[b, t] / n_b
+    if pad_to is None:
+        token_weight = m / m.sum(axis=1, keepdims=True)           # (B, T) m[b, t] / n_b
+    else:
+        if pad_to < tokens:
+            raise ValueError(f"pad_to {pad_to} is shorter than the batch's {tokens} tokens")
+        token_weight = m / float(pad_to)                          # (B, T) m[b, t] / pad_to
     diff = hs - ht.astype(hs.dtype)                               # (B, T, d)
     per_token = np.mean(diff * diff, axis=2)                      # (B, T) mean over features j
     per_sample = np.sum(per_token * token_weight, axis=1)         # (B,)
@@ -377,7 +388,8 @@ def _teacher_layer(l: int, student_layers: int, teacher_layers: int) -> int:
 def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
                temperature: float = 1.0, final_only: bool = False,
                use_attention: bool = False, regression: bool = False,
-               last_exit_only: bool = False) -> StageLoss:
+               last_exit_only: bool = False, hidden_pad_to: Optional[int] = None,
+               regression_distill: str = "all") -> StageLoss:
     """The loss of a COST-EFF training stage and its gradients for ``model.backward``.
 
     Stages (docs/architecture.md, "Losses"): ``hidden`` = hidden distillation; ``pred`` =
@@ -395,7 +407,14 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
       ``sum_{l=1..L_s} attention_mse(p_l, q_{l L_t / L_s}, m)``.
 
     ``last_exit_only`` restricts the hard and prediction terms to the student's last exit
-    (the ablation of SPEC 3); hidden and attention terms are unchanged.
+    (the importance ablation); hidden and attention terms are unchanged. Stage
+    ``importance_last_exit`` is that ablation as the authors' code scores it: prediction
+    distillation of the last exit plus hidden distillation, no hard term. ``hidden_pad_to``
+    measures the hidden term as a plain MSE over ``hidden_pad_to`` padded tokens
+    (:func:`hidden_mse_loss`). ``regression_distill="final"`` is the authors' rule for
+    regression tasks: ``pred`` and ``pred_ta`` distill the last exit alone, and ``pred_ta``
+    is then that MSE alone (no hard term); the default ``"all"`` treats regression as
+    classification is treated (every exit).
 
     ``student`` and ``teacher`` are model outputs (objects or dicts) with ``logits`` (tuple of
     (B, C), shallowest exit first), ``exit_layers`` (1-based), ``hidden_states`` (tuple of
@@ -407,6 +426,13 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
         raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
     T = _check_temperature(temperature)
     weights = dict(_STAGE_WEIGHTS[stage])
+    last_exit_only = last_exit_only or stage == "importance_last_exit"
+    if regression_distill not in ("all", "final"):
+        raise ValueError(f"regression_distill must be 'all' or 'final', got {regression_distill!r}")
+    final_distill = regression and regression_distill == "final" and stage in ("pred", "pred_ta")
+    if final_distill and stage == "pred_ta":
+        weights = {"pred": 1.0}
+    last_exit_only = last_exit_only or final_distill
     if use_attention and "hidden" in weights:
         weights["attention"] = weights["hidden"]
     if ("pred" in weights or "hidden" in weights) and teacher is None:
@@ -471,7 +497,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
         total = 0.0
         for l in range(L_s + 1):
             value, cache = hidden_mse_loss(s_hidden[l], t_hidden[_teacher_layer(l, L_s, L_t)],
-                                           attention_mask)       # (B, T, d) each
+                                           attention_mask, hidden_pad_to)   # (B, T, d) each
             total += value
             grad_hidden[l] = hidden_mse_loss_backward(cache, weights["hidden"])
         components["hidden"] = total

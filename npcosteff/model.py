@@ -238,8 +238,7 @@ class CostEffModel:
             dropout = None
         drop = (lambda site, shape: dropout.mask(site, shape, self.dtype)) if dropout is not None else \
             _no_dropout
-        if gradient_equilibrium is None:
-            gradient_equilibrium = training
+        equilibrium = equilibrium_rule(gradient_equilibrium, training, len(c.exit_layers))
         if max_layer is not None and (not float(max_layer).is_integer()):
             raise ValueError(f"max_layer must be a whole layer number, got {max_layer}")
         L = c.num_hidden_layers if max_layer is None else int(max_layer)
@@ -266,7 +265,7 @@ class CostEffModel:
         cache = None
         if return_cache:
             cache = dict(word=word_cache, emb=emb_cache, layers=layer_caches, exits=exit_caches,
-                         L=L, exit_layers=tuple(exit_layers), gradient_equilibrium=gradient_equilibrium)
+                         L=L, exit_layers=tuple(exit_layers), gradient_equilibrium=equilibrium)
         return ModelOutput(tuple(hidden_states), tuple(logits), tuple(exit_layers),
                            tuple(attentions) if output_attentions else None, cache)
 
@@ -341,20 +340,24 @@ class CostEffModel:
                 if g is not None and np.shape(g) != shape:   # no silent broadcasting or reshaping
                     raise ValueError(f"{name}[{k}] has shape {np.shape(g)}, expected {shape}")
         exit_index = {layer - 1: k for k, layer in enumerate(exit_layers)}
+        rule = cache["gradient_equilibrium"]               # None | "authors" | "exit_layers"
         g_deeper = None                                    # gradient reaching h_{i+1} from layer i+2
         for i in reversed(range(L)):
-            l = i + 1                                      # 1-based layer number of SPEC 1
+            l = i + 1                                      # 1-based layer number (docs/method.md, 2)
             g_exit = None
             if i in exit_index and gz[exit_index[i]] is not None:
                 g_exit = exit_backward(gz[exit_index[i]], cache["exits"][i], Prefixed(G, f"exits.{i}."))
-            if cache["gradient_equilibrium"] and i in exit_index and l < n_total:
-                # Gradient equilibrium: (g_exit + (L-l) g_deeper) / (L-l+1).
+            g_hid = ghs[l]                                 # a loss on h_l itself (hidden distillation)
+            if l < n_total and (rule == "authors" or (rule == "exit_layers" and i in exit_index)):
+                # Gradient equilibrium: the raw gradient of h_l is
+                #   authors:     (g_exit + g_hid + (L-l) g_deeper) / (L-l+1)   at every layer l < L
+                #   exit_layers: (g_exit + (L-l) g_deeper) / (L-l+1) + g_hid  at layers with an exit
                 k = n_total - l
-                if g_exit is not None:
-                    g_exit = g_exit * (1.0 / (k + 1))
-                if g_deeper is not None:
-                    g_deeper = g_deeper * (k / (k + 1))
-            g = _add(_add(g_exit, g_deeper), ghs[l])       # (B, T, d) or None
+                g_exit = _scale(g_exit, 1.0 / (k + 1))
+                g_deeper = _scale(g_deeper, k / (k + 1))
+                if rule == "authors":
+                    g_hid = _scale(g_hid, 1.0 / (k + 1))
+            g = _add(_add(g_exit, g_deeper), g_hid)        # (B, T, d) or None
             if g is None and ga[i] is None:
                 g_deeper = None                            # nothing upstream: no gradient below either
                 continue
@@ -404,9 +407,46 @@ class CostEffModel:
         _, missing_exits = W.check_state(state, shapes, allow_missing=("exits.",))
         params = {n: state[n] for n in shapes if n in state}
         params.update(init_params(config, dtype, seed, names=set(missing_exits)))
+        if config.pooler == "dense":
+            # A dense exit pooler the checkpoint lacks starts from BERT's own pretrained pooler,
+            # when it has one (as BertForSequenceClassification and the authors' exits do).
+            for name in missing_exits:
+                source = "pooler." + name.split(".pooler.", 1)[1] if ".pooler." in name else None
+                if source in state and tuple(state[source].shape) == tuple(shapes[name]):
+                    params[name] = state[source]
         model = cls(config, params, dtype=dtype)
         model.source_dir = folder
         return model
+
+
+EQUILIBRIUM_RULES = ("authors", "exit_layers")
+
+
+def equilibrium_rule(gradient_equilibrium, training: bool, num_exits: int):
+    """The gradient-equilibrium rule a forward pass records for its backward (docs/method.md, 2).
+
+    ``gradient_equilibrium``: None (the default: on in multi-exit training), True (the same as
+    ``"authors"``), False (off), ``"authors"`` (every layer below the last is rescaled, and a
+    hidden-state loss on h_l is rescaled together with exit l's) or ``"exit_layers"`` (only
+    layers with an exit are rescaled, a hidden-state loss is added unscaled). A model with one
+    exit has nothing to balance: the rule is off there, as in plain fine-tuning.
+    Returns None (off), ``"authors"`` or ``"exit_layers"``.
+    """
+    if gradient_equilibrium is None:
+        gradient_equilibrium = bool(training)
+    if isinstance(gradient_equilibrium, (bool, np.bool_)):
+        gradient_equilibrium = "authors" if gradient_equilibrium else None
+    if gradient_equilibrium is None:
+        return None
+    if gradient_equilibrium not in EQUILIBRIUM_RULES:
+        raise ValueError(f"gradient_equilibrium must be None, True, False or one of {EQUILIBRIUM_RULES}, "
+                         f"got {gradient_equilibrium!r}")
+    return gradient_equilibrium if num_exits > 1 else None
+
+
+def _scale(a, s):
+    """a * s where None means zero."""
+    return None if a is None else a * s
 
 
 def _add(a, b):

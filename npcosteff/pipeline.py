@@ -96,22 +96,33 @@ def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=Non
     return _best(output_dir, model, dtype), result
 
 
+TA_SCHEDULES = ("authors", "split")
+
+
 def train_ta(data: TaskData, teacher: CostEffModel, args: TrainingArguments, output_dir, pretrained=None,
-             hidden_fraction=1 / 3, dtype=np.float32, pooler=None):
+             hidden_fraction=1 / 3, dtype=np.float32, pooler=None, schedule="authors"):
     """Stage 2: the teacher-assistant. The pretrained model with an exit after every layer learns
-    `hidden` distillation from the teacher for `hidden_fraction` of the epochs, then `pred_ta`
+    `hidden` distillation from the teacher for ``hidden_fraction * epochs``, then `pred_ta`
     ((prediction distillation + hard loss) / 2 over all exits), keeping the checkpoint with the
     best dev metric averaged over exits; `pooler` is the exits' pooler (None: the default).
+
+    `schedule` ``"authors"``: `pred_ta` then runs the full ``epochs`` (the authors' scripts:
+    EPOCH/3 of `hidden`, then EPOCH of `pred`); ``"split"``: the rest of ``epochs``.
     Returns (TA model, results of both parts)."""
+    if schedule not in TA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {TA_SCHEDULES}, got {schedule!r}")
     L = _num_layers(pretrained)
     model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
                                          **_task_overrides(data, False, L, pooler))
     hidden_args = dataclasses.replace(args, stage="hidden", epochs=args.epochs * hidden_fraction,
                                       max_steps=None if args.max_steps is None else
                                       max(1, round(args.max_steps * hidden_fraction)), save_best=False)
-    pred_args = dataclasses.replace(args, stage="pred_ta", epochs=args.epochs * (1 - hidden_fraction),
-                                    max_steps=None if args.max_steps is None else
-                                    max(1, args.max_steps - hidden_args.max_steps), final_only=False)
+    if schedule == "authors":
+        pred_args = dataclasses.replace(args, stage="pred_ta", final_only=False)
+    else:
+        pred_args = dataclasses.replace(args, stage="pred_ta", epochs=args.epochs * (1 - hidden_fraction),
+                                        max_steps=None if args.max_steps is None else
+                                        max(1, args.max_steps - hidden_args.max_steps), final_only=False)
     r1 = Trainer(model, hidden_args, data.train, None, teacher=teacher,
                  output_dir=os.path.join(output_dir, "hidden"), tokenizer_file=data.tokenizer_file).train()
     r2 = Trainer(model, pred_args, data.train, data.dev, teacher=teacher, output_dir=output_dir,

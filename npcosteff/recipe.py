@@ -88,6 +88,9 @@ class Recipe:
     max_eval: Optional[int] = None           # keep the first N dev examples (None: all)
     dtype: str = "float32"                   # float32 | float64
     pooler: Optional[str] = None             # exits' pooler: cls_tanh | mean | dense (None: cls_tanh)
+    teacher_pooler: Optional[str] = "dense"  # the teacher's pooler; dense starts from BERT's pretrained pooler
+    gradient_equilibrium: str = "authors"    # authors | exit_layers | off (docs/method.md, 2)
+    regression_distill: str = "all"          # regression: distill every exit (all) or the last (final, the authors')
     seed: int = 42
     eval_batch_size: int = 64
     weight_decay: float = 0.01               # AdamW; none on biases and LayerNorm
@@ -108,18 +111,23 @@ class Recipe:
     ta_learning_rate: float = 2e-5
     ta_batch_size: int = 32
     ta_max_steps: Optional[int] = None
-    ta_hidden_fraction: float = 1 / 3        # share of the TA's epochs on `hidden` distillation
+    ta_hidden_fraction: float = 1 / 3        # the TA's `hidden` epochs: ta_epochs * ta_hidden_fraction
+    ta_schedule: str = "authors"             # authors: then ta_epochs of `pred_ta`; split: the rest of ta_epochs
 
     # 3. slenderization (SPEC 4)
     heads: int = 2                           # target heads per layer H'
     ffn: Optional[int] = 512                 # target FFN width F' (None: not pruned)
     rank: Optional[int] = 128                # target word-embedding rank r (None: not factorized)
-    prune_period: float = 1.0                # epochs of training after each prune
+    prune_period: float = 1.0                # epochs of each pruning period
+    prune_timing: str = "end"                # end: train a period, then prune (the authors'); start: prune first
     repr_proportion: float = 0.6             # share of a period on `hidden`, the rest on `pred`
     prune_learning_rate: float = 1e-5
-    lr_restore: float = 0.12                 # period t peaks at lr * (1 + lr_restore)^t
+    lr_restore: float = 0.12                 # the period after prune t peaks at lr * (1 + lr_restore)^t
+    min_warmup_steps: int = 10               # a period warms up over max(min_warmup_steps, warmup_proportion)
     prune_batch_size: int = 32
-    importance_examples: Optional[int] = 2048  # training examples scored before each prune
+    importance_examples: Optional[int] = None  # training examples scored before each prune (None: all)
+    importance_hidden_loss: str = "padded"   # padded: MSE over max_length tokens (the authors'); per_token
+    last_exit_hard: bool = False             # the last-exit ablation keeps 0.1 x hard (the authors' has none)
 
     # 4. recovery: `hidden` then `pred` distillation from the TA
     recover_hidden_epochs: float = 3.0
@@ -182,6 +190,17 @@ class Recipe:
         if not 0.0 < self.ta_hidden_fraction < 1.0:
             raise RecipeError(f"ta_hidden_fraction must lie strictly between 0 and 1 (the TA trains "
                               f"`hidden`, then `pred_ta`), got {self.ta_hidden_fraction}")
+        choices = {"gradient_equilibrium": ("authors", "exit_layers", "off"), "regression_distill": ("all", "final"),
+                   "ta_schedule": ("authors", "split"), "prune_timing": ("end", "start"),
+                   "importance_hidden_loss": ("padded", "per_token")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise RecipeError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.min_warmup_steps < 0:
+            raise RecipeError(f"min_warmup_steps must be >= 0, got {self.min_warmup_steps}")
+        if self.teacher_pooler is not None and self.teacher_pooler not in POOLERS:
+            raise RecipeError(f"teacher_pooler must be one of {POOLERS} (or none for the default), "
+                              f"got {self.teacher_pooler!r}")
         if self.pooler is not None and self.pooler not in POOLERS:
             raise RecipeError(f"pooler must be one of {POOLERS} (or none for the default), got {self.pooler!r}")
         if self.criterion not in CRITERIA:
@@ -261,9 +280,12 @@ class Recipe:
 
         return SlenderizeArguments(
             task=self.task, heads=self.heads, ffn=self.ffn, embedding_rank=self.rank,
-            prune_period=self.prune_period, repr_proportion=self.repr_proportion,
+            prune_period=self.prune_period, prune_timing=self.prune_timing, repr_proportion=self.repr_proportion,
             learning_rate=self.prune_learning_rate, lr_restore=self.lr_restore,
-            importance_examples=self.importance_examples, last_exit_only=self.last_exit_only,
+            min_warmup_steps=self.min_warmup_steps, importance_examples=self.importance_examples,
+            importance_hidden_loss=self.importance_hidden_loss, importance_equilibrium=self._equilibrium(),
+            last_exit_only=self.last_exit_only, last_exit_hard=self.last_exit_hard,
+            gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
             temperature=self.temperature, batch_size=self.prune_batch_size, eval_batch_size=self.eval_batch_size,
             weight_decay=self.weight_decay, warmup_proportion=self.warmup_proportion,
             max_grad_norm=self.max_grad_norm, flops_tokens=self.max_length, log_every=self.log_every,
@@ -281,10 +303,16 @@ class Recipe:
             eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
             warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
             temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every, seed=self.seed,
+            gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
             progress=progress)
+
+    def _equilibrium(self):
+        """The gradient-equilibrium rule as the training code takes it (``off`` -> False)."""
+        return False if self.gradient_equilibrium == "off" else self.gradient_equilibrium
 
     def _common(self, progress):
         return dict(eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
+                    gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
                     warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
                     temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every,
                     seed=self.seed, progress=progress)

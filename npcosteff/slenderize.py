@@ -119,6 +119,10 @@ def prune_schedule(config, heads: int, ffn: Optional[int] = None,
 
 
 # --------------------------------------------------------------------------- arguments
+PRUNE_TIMINGS = ("end", "start")
+IMPORTANCE_HIDDEN_LOSSES = ("padded", "per_token")
+
+
 @dataclass
 class SlenderizeArguments:
     """Hyperparameters of slenderization (defaults: SPEC 5, the authors' scripts)."""
@@ -126,19 +130,25 @@ class SlenderizeArguments:
     heads: int                                 # target heads per layer H'
     ffn: Optional[int] = None                  # target FFN width F' (None: not pruned)
     embedding_rank: Optional[int] = None       # target word-embedding rank (None: not factorized)
-    prune_period: float = 1.0                  # epochs of training after each prune
+    prune_period: float = 1.0                  # epochs of each pruning period
+    prune_timing: str = "end"                  # end: train a period, then prune (the authors'); start: prune, then train
     repr_proportion: float = 0.6               # share of a period's steps on the `hidden` stage
     learning_rate: float = 1e-5
-    lr_restore: float = 0.12                   # period t peaks at learning_rate * (1 + lr_restore)^t
-    importance_examples: Optional[int] = 2048  # training examples sampled for importance (None: all)
+    lr_restore: float = 0.12                   # the period after prune t peaks at learning_rate * (1 + lr_restore)^t
+    min_warmup_steps: int = 10                 # a period warms up over max(min_warmup_steps, warmup_proportion)
+    importance_examples: Optional[int] = None  # training examples sampled for importance (None: all, the authors')
+    importance_hidden_loss: str = "padded"     # padded: MSE over max_length tokens (the authors'); per_token
+    importance_equilibrium: object = "authors"  # gradient-equilibrium rule of the importance pass (False: off)
     last_exit_only: bool = False               # importance from the final exit only (ablation)
+    last_exit_hard: bool = False               # the ablation keeps 0.1 x hard of the last exit (not the authors')
     temperature: float = 1.0
     batch_size: int = 32
     eval_batch_size: int = 64
     weight_decay: float = 0.01
     warmup_proportion: float = 0.1
     max_grad_norm: float = 1.0
-    gradient_equilibrium: bool = True
+    gradient_equilibrium: object = "authors"   # authors | exit_layers | False (model.equilibrium_rule)
+    regression_distill: str = "all"            # regression: distill every exit, or the last (final)
     use_attention: bool = False
     flops_tokens: int = 128                    # sequence length at which FLOPs are reported
     log_every: int = 20
@@ -152,6 +162,13 @@ class SlenderizeArguments:
                 _positive_int(getattr(self, name), name)
         for name in ("batch_size", "eval_batch_size", "flops_tokens", "log_every"):
             _positive_int(getattr(self, name), name)
+        if self.prune_timing not in PRUNE_TIMINGS:
+            raise ValueError(f"prune_timing must be one of {PRUNE_TIMINGS}, got {self.prune_timing!r}")
+        if self.importance_hidden_loss not in IMPORTANCE_HIDDEN_LOSSES:
+            raise ValueError(f"importance_hidden_loss must be one of {IMPORTANCE_HIDDEN_LOSSES}, "
+                             f"got {self.importance_hidden_loss!r}")
+        if self.min_warmup_steps < 0:
+            raise ValueError(f"min_warmup_steps must be >= 0, got {self.min_warmup_steps}")
         if not (math.isfinite(self.prune_period) and self.prune_period > 0):
             raise ValueError(f"prune_period must be > 0 epochs, got {self.prune_period}")
         if not 0.0 <= self.repr_proportion <= 1.0:
@@ -164,6 +181,11 @@ class SlenderizeArguments:
     def period_learning_rate(self, t: int) -> float:
         """The peak learning rate of the period after prune t: ``lr * (1 + lr_restore)^t``."""
         return self.learning_rate * (1.0 + self.lr_restore) ** t
+
+    def period_warmup_steps(self, period_steps: int) -> int:
+        """Warmup steps of one period: ``max(min_warmup_steps, ceil(warmup_proportion * steps))``,
+        at most the period."""
+        return min(period_steps, max(self.min_warmup_steps, math.ceil(self.warmup_proportion * period_steps)))
 
 
 # --------------------------------------------------------------------------- slenderize
@@ -183,7 +205,8 @@ def _size(config, flops_tokens: int) -> dict:
 
 def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: int, period_steps: int,
                   hidden_steps: int) -> list:
-    """One pruning period: `hidden` for steps [0, hidden_steps), `pred` for the rest.
+    """One pruning period of the student after t prunes: `hidden` for steps [0, hidden_steps),
+    `pred` for the rest, peaking at ``args.period_learning_rate(t)``.
 
     Both stages share one fresh AdamW and one linear warmup/decay schedule over the whole
     period (each Trainer builds it from ``max_steps = period_steps`` and runs its part of it),
@@ -191,9 +214,10 @@ def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: in
     """
     common = dict(task=args.task, max_steps=period_steps, batch_size=args.batch_size,
                   eval_batch_size=args.eval_batch_size, learning_rate=args.period_learning_rate(t),
-                  weight_decay=args.weight_decay, warmup_proportion=args.warmup_proportion,
+                  weight_decay=args.weight_decay, warmup_steps=args.period_warmup_steps(period_steps),
                   max_grad_norm=args.max_grad_norm, temperature=args.temperature,
                   gradient_equilibrium=args.gradient_equilibrium, use_attention=args.use_attention,
+                  regression_distill=args.regression_distill,
                   log_every=args.log_every, seed=args.seed + t, save_best=False, progress=args.progress)
     logs, optimizer = [], None
     for stage, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
@@ -282,12 +306,23 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         raise ValueError(f"the student saved in {folder} (after prune {done}) does not follow the schedule "
                          f"of these arguments; use another output_dir or resume=False")
 
+    pad_to = train_data.max_length if args.importance_hidden_loss == "padded" else None
     for step in schedule[done:]:
         t = step.t
+        # "end" (the authors'): the period of the student after t-1 prunes, then prune t;
+        # "start": prune t, then the period of the student after t prunes.
+        trained = t - 1 if args.prune_timing == "end" else t
+        train_seconds, logs = 0.0, []
+        if args.prune_timing == "end":
+            clock = time.perf_counter()
+            logs = _train_period(student, teacher, train_data, args, trained, period_steps, hidden_steps)
+            train_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         batches = importance_batches(train_data, args.importance_examples, args.batch_size, seed=(args.seed, t))
         importance = taylor_importance(student, batches, teacher, last_exit_only=args.last_exit_only,
-                                       temperature=args.temperature, progress=args.progress)
+                                       temperature=args.temperature, gradient_equilibrium=args.importance_equilibrium,
+                                       hidden_pad_to=pad_to, last_exit_hard=args.last_exit_hard,
+                                       progress=args.progress)
         keep_heads, keep_neurons = keep_from_importance(importance, list(step.heads_per_layer),
                                                         list(step.intermediate_per_layer))
         student = slice_model(student, keep_heads, keep_neurons)
@@ -295,13 +330,14 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
             student = factorize_embedding(student, step.embedding_rank)
         importance_seconds = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        logs = _train_period(student, teacher, train_data, args, t, period_steps, hidden_steps)
-        train_seconds = time.perf_counter() - clock
+        if args.prune_timing == "start":
+            clock = time.perf_counter()
+            logs = _train_period(student, teacher, train_data, args, trained, period_steps, hidden_steps)
+            train_seconds = time.perf_counter() - clock
         history.append({
             "prune": t, **_widths(student.config), **_size(student.config, args.flops_tokens),
-            "kept_heads": [k.tolist() for k in keep_heads],
-            "learning_rate": args.period_learning_rate(t), "steps": period_steps,
+            "kept_heads": [k.tolist() for k in keep_heads], "prune_timing": args.prune_timing,
+            "learning_rate": args.period_learning_rate(trained), "steps": period_steps,
             "hidden_steps": hidden_steps, "pred_steps": period_steps - hidden_steps,
             "importance_batches": importance.num_batches, "importance_seconds": importance_seconds,
             "train_seconds": train_seconds, "train": logs, "dev": dev_metrics(student),
@@ -328,7 +364,8 @@ class RecoverArguments:
     warmup_proportion: float = 0.1
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    gradient_equilibrium: bool = True
+    gradient_equilibrium: object = "authors"   # authors | exit_layers | False (model.equilibrium_rule)
+    regression_distill: str = "all"            # regression: distill every exit, or the last (final)
     use_attention: bool = False
     eval_every: Optional[int] = None           # steps; None = once per epoch
     log_every: int = 20

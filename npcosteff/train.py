@@ -47,11 +47,13 @@ class TrainingArguments:
     learning_rate: float = 2e-5
     weight_decay: float = 0.01
     warmup_proportion: float = 0.1
+    warmup_steps: Optional[int] = None   # overrides warmup_proportion when set
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     final_only: bool = True              # hard stage: the last exit only (plain fine-tuning)
-    gradient_equilibrium: bool = True
+    gradient_equilibrium: object = "authors"  # authors | exit_layers | False (model.equilibrium_rule)
     use_attention: bool = False          # attention-map distillation in hidden/pred stages
+    regression_distill: str = "all"      # regression: distill every exit (all) or the last (final, the authors')
     eval_every: Optional[int] = None     # steps; None = once per epoch
     log_every: int = 20
     seed: int = 42
@@ -66,6 +68,8 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -79,17 +83,19 @@ def teacher_outputs(teacher: Optional[CostEffModel], batch, use_attention=False)
 
 
 def loss_and_backward(model, batch, stage, teacher=None, *, dropout=None, training=True, temperature=1.0,
-                      final_only=False, use_attention=False, gradient_equilibrium=True, last_exit_only=False):
+                      final_only=False, use_attention=False, gradient_equilibrium="authors", last_exit_only=False,
+                      regression_distill="all"):
     """Forward, `stage_loss` and backward on one batch; gradients are added into model.grads.
 
     Returns the StageLoss (value and components)."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], training=training,
                 dropout=dropout, output_attentions=use_attention, return_cache=True,
-                gradient_equilibrium=gradient_equilibrium and training)
+                gradient_equilibrium=gradient_equilibrium if training else False)
     t_out = teacher_outputs(teacher, batch, use_attention) if stage != "hard" else None
     loss = stage_loss(stage, out, batch.get("labels"), batch["attention_mask"], teacher=t_out,
                       temperature=temperature, final_only=final_only, use_attention=use_attention,
-                      regression=model.config.is_regression, last_exit_only=last_exit_only)
+                      regression=model.config.is_regression, last_exit_only=last_exit_only,
+                      regression_distill=regression_distill)
     model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
     return loss
 
@@ -136,7 +142,11 @@ class Trainer:
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
         self.optimizer = AdamW(model.params, args.learning_rate, weight_decay=args.weight_decay,
                                names=model.param_names)
-        self.schedule = LinearSchedule.from_ratio(args.learning_rate, self.total_steps, args.warmup_proportion)
+        if args.warmup_steps is None:
+            self.schedule = LinearSchedule.from_ratio(args.learning_rate, self.total_steps, args.warmup_proportion)
+        else:
+            self.schedule = LinearSchedule(args.learning_rate, min(args.warmup_steps, self.total_steps),
+                                           self.total_steps)
         self.step = 0
         self.best = -math.inf
         self.history = []
@@ -160,7 +170,8 @@ class Trainer:
         self.last_dropout = dropout if self.record_dropout else None
         loss = loss_and_backward(m, batch, a.stage, self.teacher, dropout=dropout, temperature=a.temperature,
                                  final_only=a.final_only, use_attention=a.use_attention,
-                                 gradient_equilibrium=a.gradient_equilibrium)
+                                 gradient_equilibrium=a.gradient_equilibrium,
+                                 regression_distill=a.regression_distill)
         norm = clip_grad_norm(m.grads, a.max_grad_norm, names=m.param_names)
         lr = self.schedule.lr_at(self.step)
         self.optimizer.step(m.grads, lr=lr)
@@ -175,7 +186,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self, resume=True) -> dict:
         """Run to `total_steps`; returns the last evaluation and the best averaged score."""
-        from tqdm.auto import tqdm
+        from .progress import progress_bar as tqdm
 
         a = self.args
         if resume and self.output_dir and os.path.isfile(os.path.join(self.output_dir, "last", "trainer_state.json")):

@@ -177,6 +177,23 @@ def gradient_equilibrium(h: torch.Tensor, scale: float) -> torch.Tensor:
     return GradientEquilibrium.apply(h, scale)
 
 
+# The authors' construction, literally: one rescale right after layer l, by 1/(L-l+1), and one
+# before layer l+1, by (L-l); the exit and the hidden state used for distillation are taken
+# between the two. Written separately from GradientEquilibrium so that the two rules share no code.
+class GradientRescaleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight: float):  # (B, T, d) -> (B, T, d)
+        ctx.weight = float(weight)
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad):  # (B, T, d) -> (B, T, d)
+        return ctx.weight * grad, None
+
+
+gradient_rescale = GradientRescaleFunction.apply
+
+
 # --------------------------------------------------------------------------- modules
 def _apply_dropout(x: torch.Tensor, masks: Optional[dict], site: str) -> torch.Tensor:
     """``x * masks[site]`` when a mask for `site` is given; else x unchanged (no dropout there)."""
@@ -486,8 +503,12 @@ class RefCostEffBert(nn.Module):
         attention_mask (B, T) of 0/1 (default all ones); token_type_ids (B, T) (default zeros);
         head_mask: L vectors (H_i,) or an (L, H) array; ffn_mask: L vectors (F_i,) (None
         entries: no mask in that layer); dropout_masks: dict site -> multiplier (0 or 1/(1-p)),
-        a site absent from the dict gets no dropout; gradient_equilibrium: rescale gradients
-        at the layers with an exit (identity in forward).
+        a site absent from the dict gets no dropout; gradient_equilibrium: identity in the
+        forward pass, a gradient rescale in the backward pass, applied only to a model with
+        more than one exit: ``True``/``"authors"`` puts the authors' two ``gradient_rescale``
+        hooks on every layer's output (hidden-state losses rescaled with the exit's);
+        ``"exit_layers"`` rescales only the two branches of layers with an exit (hidden-state
+        losses unscaled); ``False``: off.
         """
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -526,16 +547,25 @@ class RefCostEffBert(nn.Module):
         h = self.embeddings(inputs_embeds, token_type_ids, dropout_masks)  # (B, T, d)
         hidden_states, logits, attentions = [h], [], []
         L = self.num_layers
+        rule = {True: "authors", False: None}.get(gradient_equilibrium, gradient_equilibrium)
+        if rule not in (None, "authors", "exit_layers"):
+            raise ValueError(f"unknown gradient_equilibrium {gradient_equilibrium!r}")
+        if self.exits is None or len(self.exits) < 2:
+            rule = None  # one exit: nothing to balance (plain fine-tuning)
         x = h  # input of the next layer
         for i, layer in enumerate(self.encoder.layer):
             h, probs = layer(x, additive_mask, head_masks[i], ffn_masks[i], dropout_masks)  # (B, T, d)
-            hidden_states.append(h)  # un-scaled: a loss on it adds its gradient unscaled
+            if rule == "authors":
+                h = gradient_rescale(h, 1.0 / (L - i))  # rescale 1: 1/(L-l+1), l = i+1
+            hidden_states.append(h)  # the distilled hidden state sits between the two rescales
             attentions.append(probs)
             x = h
+            if rule == "authors" and i < L - 1:
+                x = gradient_rescale(h, L - i - 1)  # rescale 2: (L-l), into layer l+1
             if self.exits is not None and str(i) in self.exits:
                 exit_input = h
                 l = i + 1  # 1-based layer number
-                if gradient_equilibrium and l < L:
+                if rule == "exit_layers" and l < L:
                     # Two identity branches: exit gets 1/(L-l+1) of its gradient, deeper layers (L-l)/(L-l+1).
                     exit_input = GradientEquilibrium.apply(h, 1.0 / (L - l + 1))
                     x = GradientEquilibrium.apply(h, (L - l) / (L - l + 1))
@@ -589,6 +619,19 @@ def hidden_mse(hs: torch.Tensor, ht: torch.Tensor, mask: torch.Tensor) -> torch.
     m = mask.to(hs)
     per_token = ((hs - ht.detach().to(hs)) ** 2).mean(dim=-1)  # (B, T)
     return ((per_token * m).sum(dim=1) / _n_tokens(m)).mean()
+
+
+def padded_hidden_mse(hs: torch.Tensor, ht: torch.Tensor, mask: torch.Tensor, pad_to: int) -> torch.Tensor:
+    """The authors' importance hidden term, literally: both hidden states with padding zeroed,
+    padded with zeros to ``pad_to`` tokens, then ``torch.nn.MSELoss()`` over (B, pad_to, d)."""
+    B, T, d = hs.shape
+    if pad_to < T:
+        raise ValueError(f"pad_to {pad_to} < {T} tokens")
+    m = mask.to(hs)[:, :, None]  # (B, T, 1)
+    zeros = hs.new_zeros(B, pad_to - T, d)
+    s = torch.cat([hs * m, zeros], dim=1)  # (B, pad_to, d)
+    t = torch.cat([ht.detach().to(hs) * m, zeros], dim=1)
+    return torch.nn.MSELoss()(s, t)
 
 
 def attention_mse(ps: torch.Tensor, pt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -651,11 +694,13 @@ def _teacher_layer(l: int, L_s: int, L_t: int) -> int:
     return l * L_t // L_s
 
 
-def hidden_loss(student_out, teacher_out, attention_mask) -> torch.Tensor:
-    """``sum_{l=0..L_s} hidden_mse(h_l, g_{l*L_t/L_s}, m)`` over the L_s + 1 hidden states."""
+def hidden_loss(student_out, teacher_out, attention_mask, pad_to=None) -> torch.Tensor:
+    """``sum_{l=0..L_s} hidden_mse(h_l, g_{l*L_t/L_s}, m)`` over the L_s + 1 hidden states
+    (with `pad_to`: :func:`padded_hidden_mse` instead)."""
     L_s, L_t = len(student_out.hidden_states) - 1, len(teacher_out.hidden_states) - 1
-    return sum(hidden_mse(student_out.hidden_states[l], teacher_out.hidden_states[_teacher_layer(l, L_s, L_t)],
-                          attention_mask) for l in range(L_s + 1))
+    mse_of = hidden_mse if pad_to is None else (lambda s, t, m: padded_hidden_mse(s, t, m, pad_to))
+    return sum(mse_of(student_out.hidden_states[l], teacher_out.hidden_states[_teacher_layer(l, L_s, L_t)],
+                      attention_mask) for l in range(L_s + 1))
 
 
 def attention_loss(student_out, teacher_out, attention_mask) -> torch.Tensor:
@@ -669,7 +714,8 @@ def attention_loss(student_out, teacher_out, attention_mask) -> torch.Tensor:
 
 
 def stage_loss(stage, student_out, labels, attention_mask, teacher_out=None, temperature=1.0,
-               final_only=False, use_attention=False, regression=False, return_components=False):
+               final_only=False, use_attention=False, regression=False, return_components=False,
+               hidden_pad_to=None):
     """The training loss of a stage (docs/architecture.md, "Losses").
 
     * ``hidden``: hidden distillation;
@@ -698,7 +744,7 @@ def stage_loss(stage, student_out, labels, attention_mask, teacher_out=None, tem
 
     parts = {}
     if stage in ("hidden", "pred", "importance"):
-        parts["hidden"] = hidden_loss(student_out, teacher_out, mask)
+        parts["hidden"] = hidden_loss(student_out, teacher_out, mask, hidden_pad_to)
         if use_attention:
             parts["attention"] = attention_loss(student_out, teacher_out, mask)
     if stage in ("pred", "pred_ta", "importance"):
@@ -724,30 +770,35 @@ def stage_loss(stage, student_out, labels, attention_mask, teacher_out=None, tem
 
 # --------------------------------------------------------------------------- Taylor importance
 def importance_loss(student_out, labels, attention_mask, teacher_out, temperature=1.0,
-                    use_attention=False, regression=False, last_exit_only=False):
+                    use_attention=False, regression=False, last_exit_only=False, hidden_pad_to=None,
+                    last_exit_hard=True):
     """The loss whose gradients score the weights (SPEC 3).
 
     All exits (default): ``stage_loss("importance", ...)`` = 0.9 prediction distillation over
     all exits + 0.1 hard loss over all exits + hidden distillation. With `last_exit_only`
     (the ablation of SPEC 3): the same joint loss with the prediction distillation and the
     hard loss taken at the final exit only; the hidden distillation (all L+1 hidden states)
-    is kept, because it belongs to no exit.
+    is kept, because it belongs to no exit. With ``last_exit_hard=False`` the ablation is the
+    authors': ``prediction(last exit) + hidden``, no hard term. `hidden_pad_to`: the hidden
+    term as :func:`padded_hidden_mse`.
     """
     if not last_exit_only:
         return stage_loss("importance", student_out, labels, attention_mask, teacher_out, temperature,
-                          use_attention=use_attention, regression=regression)
+                          use_attention=use_attention, regression=regression, hidden_pad_to=hidden_pad_to)
     mask = torch.as_tensor(attention_mask).to(student_out.hidden_states[0])
     labels = torch.as_tensor(labels).to(mask.device)
-    loss = (0.9 * prediction_loss(student_out, teacher_out, temperature, regression, final_only=True)
-            + 0.1 * hard_loss(student_out, labels, final_only=True, regression=regression)
-            + hidden_loss(student_out, teacher_out, mask))
+    pred = prediction_loss(student_out, teacher_out, temperature, regression, final_only=True)
+    if last_exit_hard:
+        pred = 0.9 * pred + 0.1 * hard_loss(student_out, labels, final_only=True, regression=regression)
+    loss = pred + hidden_loss(student_out, teacher_out, mask, hidden_pad_to)
     if use_attention:
         loss = loss + attention_loss(student_out, teacher_out, mask)
     return loss
 
 
 def taylor_importance(model: RefCostEffBert, batches, teacher_outs, temperature=1.0, use_attention=False,
-                      regression=False, last_exit_only=False, gradient_equilibrium=False) -> dict:
+                      regression=False, last_exit_only=False, gradient_equilibrium=False,
+                      hidden_pad_to=None, last_exit_hard=True) -> dict:
     """First-order Taylor importance of weights, heads and FFN neurons (SPEC 3).
 
     `batches`: iterable of dicts with ``input_ids``, ``attention_mask``, ``token_type_ids``
@@ -771,7 +822,7 @@ def taylor_importance(model: RefCostEffBert, batches, teacher_outs, temperature=
                     dropout_masks=None, gradient_equilibrium=gradient_equilibrium,
                     output_attentions=use_attention)
         loss = importance_loss(out, batch["labels"], batch["attention_mask"], teacher_out, temperature,
-                               use_attention, regression, last_exit_only)
+                               use_attention, regression, last_exit_only, hidden_pad_to, last_exit_hard)
         loss.backward()
         for n, p in params.items():
             if p.grad is not None:

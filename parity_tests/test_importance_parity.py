@@ -39,19 +39,37 @@ def _batches(regression: bool, n=2):
     return batches
 
 
+# The importance rules: the default is the authors' (gradient equilibrium on, the hidden term a
+# plain MSE over padded tokens, the last-exit ablation without a hard term); "plain" is the
+# plain gradient of the training losses. The reference builds the authors' rule literally
+# (two gradient_rescale hooks per layer, zero-padding and torch.nn.MSELoss).
+PAD_TO = 16   # longer than every test batch (11 tokens)
+RULES = {
+    "authors": (dict(), dict(gradient_equilibrium="authors", hidden_pad_to=PAD_TO, last_exit_hard=False)),
+    "plain": (dict(gradient_equilibrium=False, hidden_pad_to=None, last_exit_hard=True),
+              dict(gradient_equilibrium=False, hidden_pad_to=None, last_exit_hard=True)),
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
 @pytest.mark.parametrize("regression", [False, True], ids=["classification", "regression"])
 @pytest.mark.parametrize("last_exit_only", [False, True], ids=["all_exits", "last_exit_only"])
-def test_importance_matches_autograd(device, last_exit_only, regression):
+def test_importance_matches_autograd(device, last_exit_only, regression, rule):
     student, ref_student, teacher, ref_teacher = _case(regression, device)
     batches = _batches(regression)
     temperature = 1.0 if regression else 2.0       # regression distills with MSE: no temperature
+    ours_kw, ref_kw = RULES[rule]
+    if rule == "authors":
+        ours_kw = dict(hidden_pad_to=PAD_TO)      # every other option at its default
+    if last_exit_only:
+        ref_kw = {**ref_kw, "gradient_equilibrium": False}   # the ablation runs outside multi-exit mode
 
     ours = taylor_importance(student, batches, teacher, last_exit_only=last_exit_only,
-                             temperature=temperature, progress=False)
+                             temperature=temperature, progress=False, **ours_kw)
     with torch.no_grad():
         teacher_outs = [ref_teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
     ref = ref_taylor_importance(ref_student, batches, teacher_outs, temperature=temperature,
-                                regression=regression, last_exit_only=last_exit_only)
+                                regression=regression, last_exit_only=last_exit_only, **ref_kw)
 
     ref_scores = {n: to_numpy(s) for n, s in ref["weight_scores"].items()}
     assert sorted(ref_scores) == sorted(ours.weights)
@@ -64,3 +82,13 @@ def test_importance_matches_autograd(device, last_exit_only, regression):
     # The switch matters where it should: with the last exit alone no loss reaches exit 1.
     exit_score = ours.weights["exits.0.classifier.weight"]
     assert (np.abs(exit_score).max() == 0) == last_exit_only
+
+
+def test_importance_rules_rank_differently(device):
+    """The authors' rule and the plain one must give different scores (neither is a no-op)."""
+    student, _, teacher, _ = _case(False, device)
+    batches = _batches(False)
+    a = taylor_importance(student, batches, teacher, progress=False, hidden_pad_to=PAD_TO)
+    b = taylor_importance(student, batches, teacher, progress=False, **RULES["plain"][0])
+    for i in range(student.config.num_hidden_layers):
+        assert np.abs(a.heads[i] - b.heads[i]).max() > 1e-3 * np.abs(b.heads[i]).max(), f"layer {i}"

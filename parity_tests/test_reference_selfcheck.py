@@ -301,19 +301,24 @@ def _random_upstream_loss(out, gen):
     return loss, rs, ss
 
 
+@pytest.mark.parametrize("rule", ["exit_layers", "authors"])
 @pytest.mark.parametrize("exit_start", [1, 2])
-def test_gradient_equilibrium_identity_forward_and_rescaled_backward(exit_start, device, rng):
-    """With GE, G_l = dLoss/dh_l must satisfy, layer by layer,
-    G_l = s_l + E_l / (L-l+1) + D_l (L-l) / (L-l+1)   (layer l < L with an exit),
-    G_l = s_l + D_l (no exit),  G_L = s_L + E_L,
-    where s_l is the direct gradient of the loss on h_l, E_l the exit's VJP and D_l layer
-    l+1's VJP with upstream G_{l+1}. Both VJPs are recomputed on detached copies of h_l."""
+def test_gradient_equilibrium_identity_forward_and_rescaled_backward(exit_start, rule, device, rng):
+    """With GE, G_l = dLoss/dh_l must satisfy, layer by layer (s_l the direct gradient of the
+    loss on h_l, E_l the exit's VJP, V_l(u) layer l+1's VJP of an upstream u, recomputed on
+    detached copies of h_l):
+
+    exit_layers:  G_l = s_l + E_l / (L-l+1) + V_l(G_{l+1}) (L-l) / (L-l+1)   (l < L with an exit),
+                  G_l = s_l + V_l(G_{l+1}) (no exit),  G_L = s_L + E_L;
+    authors:      h_l is the output of layer l after the first hook, so the raw output's
+                  gradient is R_l = G_l / (L-l+1) and G_l = s_l + E_l + (L-l) V_l(R_{l+1})
+                  for 1 <= l < L, G_0 = s_0 + V_0(R_1), G_L = s_L + E_L."""
     L = 4
     config = ref.tiny_config(num_hidden_layers=L, exit_start=exit_start)
     model = RefCostEffBert(config, ref.random_numpy_state(config, seed=8), dtype=F64, device="cpu")
     ids, mask, types = make_batch(rng, config)
     plain = model(ids, mask, types)
-    out = model(ids, mask, types, gradient_equilibrium=True)
+    out = model(ids, mask, types, gradient_equilibrium=rule)
     for x, y in zip(plain.hidden_states + plain.logits, out.hidden_states + out.logits):
         assert torch.equal(x, y)  # identity in forward, bit for bit
 
@@ -329,12 +334,18 @@ def test_gradient_equilibrium_identity_forward_and_rescaled_backward(exit_start,
         if l < L:
             h = out.hidden_states[l].detach().requires_grad_()
             h_next, _ = model.encoder.layer[l](h, amask)  # layer l+1 has index l
-            (D,) = torch.autograd.grad(h_next, h, G[l + 1])
+            upstream = G[l + 1] if rule == "exit_layers" else G[l + 1] / (L - l)  # R_{l+1}
+            (D,) = torch.autograd.grad(h_next, h, upstream)
         if l in exits:
             h = out.hidden_states[l].detach().requires_grad_()
             z = model.exits[str(l - 1)](h, m)
             (E,) = torch.autograd.grad(z, h, rs[exits[l]])
-        if l in exits and l < L:
+        if rule == "authors":
+            if E is not None:
+                expected += E
+            if D is not None:
+                expected += D * (L - l if l > 0 else 1)  # the embeddings carry no second hook
+        elif l in exits and l < L:
             expected += E / (L - l + 1) + D * (L - l) / (L - l + 1)
         elif l in exits:
             expected += E
@@ -353,15 +364,22 @@ def test_gradient_equilibrium_closed_form_for_the_last_exit(device, rng):
     ids, mask, types = make_batch(rng, config)
     r = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(2)).to(model.device)
     grads = {}
-    for ge in (False, True):
+    for ge in (False, "exit_layers", "authors"):
         out = model(ids, mask, types, gradient_equilibrium=ge)
         loss = (out.logits[-1] * r).sum()
-        grads[ge] = torch.autograd.grad(loss, out.hidden_states + (model.embeddings.word_embeddings.weight,))
+        grads[ge] = torch.autograd.grad(loss, out.hidden_states + (model.embeddings.word_embeddings.weight,)
+                                        + (model.encoder.layer[0].output.dense.weight,))
     for l in range(L + 1):
         factor = 1.0 / (L - max(l, 1) + 1)
-        np.testing.assert_allclose(to_numpy(grads[True][l]), factor * to_numpy(grads[False][l]),
+        np.testing.assert_allclose(to_numpy(grads["exit_layers"][l]), factor * to_numpy(grads[False][l]),
                                    rtol=1e-13, atol=1e-16)  # one extra multiplication per layer
-    np.testing.assert_allclose(to_numpy(grads[True][-1]), to_numpy(grads[False][-1]) / L, rtol=1e-13, atol=1e-16)
+        # authors: h_l (l >= 1) sits after the first hook; (L-l) and 1/(L-l) cancel above it
+        factor = 1.0 / L if l == 0 else 1.0
+        np.testing.assert_allclose(to_numpy(grads["authors"][l]), factor * to_numpy(grads[False][l]),
+                                   rtol=1e-13, atol=1e-16)
+    for rule in ("exit_layers", "authors"):  # parameters see the same factors under both rules
+        np.testing.assert_allclose(to_numpy(grads[rule][-2]), to_numpy(grads[False][-2]) / L, rtol=1e-13, atol=1e-16)
+        np.testing.assert_allclose(to_numpy(grads[rule][-1]), to_numpy(grads[False][-1]) / L, rtol=1e-13, atol=1e-16)
 
 
 # --------------------------------------------------------------------------- (c) losses

@@ -40,17 +40,21 @@ def _models(seed=0, **kw):
     return CostEffModel(config, dtype=np.float64, seed=seed), CostEffModel(config, dtype=np.float64, seed=seed + 100)
 
 
-def _direct_scores(model, teacher, batches, last_exit_only=False, regression=False, gradient_equilibrium=False):
-    """The definition written out: per batch, forward (no dropout), the importance loss, backward;
+def _direct_scores(model, teacher, batches, last_exit_only=False, regression=False, gradient_equilibrium="authors",
+                   hidden_pad_to=128):
+    """The definition written out with the default (authors') rule: per batch, forward (no
+    dropout, gradient equilibrium on except in the last-exit ablation), the importance loss
+    (hidden term over 128 padded tokens; the ablation without a hard term), backward;
     accumulate |grad|; score = |w * accumulated|."""
     acc = {n: np.zeros_like(p) for n, p in model.params.items()}
+    stage = "importance_last_exit" if last_exit_only else "importance"
     for b in batches:
         model.zero_grad()
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], training=False,
-                    gradient_equilibrium=gradient_equilibrium, return_cache=True)
+                    gradient_equilibrium=False if last_exit_only else gradient_equilibrium, return_cache=True)
         t_out = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-        loss = stage_loss("importance", out, b["labels"], b["attention_mask"], teacher=t_out,
-                          regression=regression, last_exit_only=last_exit_only)
+        loss = stage_loss(stage, out, b["labels"], b["attention_mask"], teacher=t_out,
+                          regression=regression, last_exit_only=last_exit_only, hidden_pad_to=hidden_pad_to)
         model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits)
         for n in acc:
             acc[n] += np.abs(model.grads[n])
@@ -80,16 +84,18 @@ def test_weight_scores_follow_the_definition(last_exit_only, regression):
         assert np.all(imp.weights[name] >= 0)
 
 
-def test_gradient_equilibrium_and_dropout_are_off():
+def test_dropout_is_off_and_equilibrium_is_the_authors():
     model, teacher = _models(seed=2)
     batches = _batches(seed=1)
     first = taylor_importance(model, batches, teacher, progress=False)
     again = taylor_importance(model, batches, teacher, progress=False)
     for name in model.param_names:                          # no dropout: the same scores twice
         np.testing.assert_array_equal(first.weights[name], again.weights[name])
-    with_ge = _direct_scores(model, teacher, batches, gradient_equilibrium=True)
+    without_ge = _direct_scores(model, teacher, batches, gradient_equilibrium=False)
+    plain = taylor_importance(model, batches, teacher, gradient_equilibrium=False, progress=False)
     name = "encoder.layer.0.attention.output.dense.weight"  # a layer below exits, so equilibrium rescales it
-    assert np.abs(with_ge[name] - first.weights[name]).max() > 1e-6 * first.weights[name].max()
+    np.testing.assert_allclose(plain.weights[name], without_ge[name], rtol=SAME_OPS)
+    assert np.abs(without_ge[name] - first.weights[name]).max() > 1e-6 * first.weights[name].max()
 
 
 def test_head_and_neuron_scores_aggregate_the_weight_scores():

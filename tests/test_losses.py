@@ -371,17 +371,32 @@ STAGE_WEIGHTS = {  # docs/architecture.md, "Losses"
     "pred_ta": {"pred": 0.5, "hard": 0.5},
     "hard": {"hard": 1.0},
     "importance": {"pred": 0.9, "hard": 0.1, "hidden": 1.0},
+    "importance_last_exit": {"pred": 1.0, "hidden": 1.0},   # the authors' last-exit ablation
 }
 
 
+def torch_padded_hidden_mse(hs, ht, m, pad_to):
+    """torch.nn.MSELoss over (B, pad_to, d): padding zeroed, zeros appended up to pad_to."""
+    B, T, d = hs.shape
+    zeros = torch.zeros(B, pad_to - T, d, dtype=hs.dtype)
+    mm = m[:, :, None]
+    return F.mse_loss(torch.cat([hs * mm, zeros], 1), torch.cat([ht * mm, zeros], 1))
+
+
 def torch_stage(stage, student, teacher, labels, mask, temperature=1.0, final_only=False,
-                use_attention=False, regression=False, last_exit_only=False):
+                use_attention=False, regression=False, last_exit_only=False, hidden_pad_to=None,
+                regression_distill="all"):
     """The stage losses written directly in torch; returns (loss, components, leaves)."""
     z = [leaf(a) for a in student.logits]
     h = [leaf(a) for a in student.hidden_states]
     p = [leaf(a) for a in student.attentions]
     m = const(mask)
     w = STAGE_WEIGHTS[stage]
+    last_exit_only = last_exit_only or stage == "importance_last_exit"
+    if regression and regression_distill == "final" and stage in ("pred", "pred_ta"):
+        last_exit_only = True                        # the authors' regression rule: the last exit alone
+        if stage == "pred_ta":
+            w = {"pred": 1.0}
     comp = {}
     n_exits = len(z)
     if "hard" in w:
@@ -405,8 +420,10 @@ def torch_stage(stage, student, teacher, labels, mask, temperature=1.0, final_on
         comp["pred"] = sum(terms)
     if "hidden" in w:
         Ls, Lt = len(h) - 1, len(teacher.hidden_states) - 1
+        mse = torch_hidden_mse if hidden_pad_to is None else \
+            (lambda a, b, mm: torch_padded_hidden_mse(a, b, mm, hidden_pad_to))
         comp["hidden"] = sum(
-            torch_hidden_mse(h[l], const(teacher.hidden_states[l * Lt // Ls]), m)
+            mse(h[l], const(teacher.hidden_states[l * Lt // Ls]), m)
             for l in range(Ls + 1))
         if use_attention:
             comp["attention"] = sum(
@@ -537,6 +554,36 @@ def test_stage_loss_regression(stage):
                         regression=True)
     ref = torch_stage(stage, student, teacher, labels, MASK, regression=True)
     assert_stage_matches_torch(result, ref, False)
+
+
+@pytest.mark.parametrize("stage", ["pred", "pred_ta", "hidden", "hard"])
+def test_stage_loss_regression_final_distill(stage):
+    """The authors' regression rule: pred and pred_ta distill the last exit alone (pred_ta
+    with no hard term); other stages are unchanged."""
+    rng = rng_for(15)
+    student = make_output(rng, 2, (1, 2), B, T, D, 1, heads=2)
+    teacher = make_output(rng, 4, (4,), B, T, D, 1, heads=2)
+    labels = rng.standard_normal(B) * 2
+    result = stage_loss(stage, student, labels, MASK, teacher=teacher, regression=True,
+                        regression_distill="final")
+    ref = torch_stage(stage, student, teacher, labels, MASK, regression=True, regression_distill="final")
+    assert_stage_matches_torch(result, ref, False)
+    if stage in ("pred", "pred_ta"):
+        assert result.grad_logits[0] is None
+
+
+@pytest.mark.parametrize("stage", ["hidden", "pred", "importance"])
+def test_stage_loss_padded_hidden_term(stage):
+    """hidden_pad_to: the hidden term is torch's MSELoss over a batch padded to pad_to tokens."""
+    rng = rng_for(18)
+    student = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
+    teacher = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
+    labels = rng.integers(0, C, size=B)
+    result = stage_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=16)
+    ref = torch_stage(stage, student, teacher, labels, MASK, hidden_pad_to=16)
+    assert_stage_matches_torch(result, ref, False)
+    with pytest.raises(ValueError, match="pad_to"):
+        stage_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=T - 1)
 
 
 def test_stage_loss_accepts_dicts_and_float32():

@@ -114,18 +114,28 @@ def test_schedule_refuses_bad_targets(kw, error, match):
     (dict(importance_examples=0), "importance_examples must be >= 1"),
     (dict(batch_size=0), "batch_size must be >= 1"),
     (dict(heads=0), "heads must be >= 1"),
+    (dict(prune_timing="middle"), "prune_timing"),
+    (dict(importance_hidden_loss="sum"), "importance_hidden_loss"),
 ])
 def test_arguments_refuse_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         _args(**kw)
 
 
+def test_period_warmup_is_at_least_min_warmup_steps():
+    args = _args()                                              # warmup 10%, at least 10 steps
+    assert args.period_warmup_steps(50) == 10 and args.period_warmup_steps(500) == 50
+    assert args.period_warmup_steps(4) == 4                     # never longer than the period
+    assert _args(min_warmup_steps=0).period_warmup_steps(33) == 4
+
+
 # --------------------------------------------------------------------------- end to end
-def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path):
+@pytest.mark.parametrize("timing", ["end", "start"])
+def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path, timing):
     ta = CostEffModel(_config(), dtype=np.float64, seed=0)
     ta_before = {n: p.copy() for n, p in ta.params.items()}
     train, dev = _split(), _split(12, seed=1)
-    args = _args()
+    args = _args(prune_timing=timing, min_warmup_steps=0)     # warmup ceil(0.1 * 3) = 1 step
     student, history = slenderize(ta, None, train, dev, args, output_dir=tmp_path)
 
     # The TA (also the teacher) is untouched; the student reached every target.
@@ -152,8 +162,11 @@ def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path):
         assert (record["steps"], record["hidden_steps"], record["pred_steps"]) == (steps_per_epoch, 2, 1)
         train_logs = [r for r in record["train"] if r["type"] == "train"]
         assert [(r["step"], r["stage"]) for r in train_logs] == [(1, "hidden"), (2, "hidden"), (3, "pred")]
-        # A fresh warmup every period (lr 0 at its first step), peaking at lr * (1 + lr_restore)^t.
-        peak = 1e-3 * 1.12 ** t
+        # A fresh warmup every period (lr 0 at its first step), peaking at lr * (1 + lr_restore)^k
+        # for the student after k prunes: "end" trains the period before prune t (k = t - 1),
+        # "start" the one after it (k = t).
+        assert record["prune_timing"] == timing
+        peak = 1e-3 * 1.12 ** (t - 1 if timing == "end" else t)
         assert record["learning_rate"] == pytest.approx(peak, rel=1e-15)
         assert train_logs[0]["lr"] == 0.0
         assert max(r["lr"] for r in train_logs) == pytest.approx(peak, rel=1e-15)
