@@ -58,7 +58,7 @@ def threshold_sweep(model, batches, labels, task, thresholds=DEFAULT_ENTROPY_THR
     """Rows of `evaluate_threshold` for each threshold (patience values for criterion='patience').
 
     `batches` is a list (it is iterated once per threshold)."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar as tqdm
 
     batches = list(batches)
     early_exit_predict(model, batches[:1], criterion=criterion, threshold=0.0,      # warm-up: every timed

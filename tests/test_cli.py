@@ -1,6 +1,8 @@
 """The npcosteff command line: every subcommand parses, user errors end with exit code 2 and
-one line, the demo says how to get GLUE when it has none, and `run --preset quick` goes end
-to end on SST-2 (capped to a few examples) and writes the summary, the sweep and the plot."""
+one line, the demo runs on the GLUE slices shipped in the package unless told otherwise and
+says how to get GLUE when the source it was given has none, and `run --preset quick` goes end
+to end on the shipped SST-2 slice (capped to a few examples) and writes the summary, the sweep
+and the plot."""
 
 import json
 import os
@@ -14,9 +16,6 @@ from npcosteff import cli
 from npcosteff.cli import DONE_FILE, STAGE_FILE, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
-needs_glue = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(),
-                                reason=f"the GLUE TSV folder {GLUE_DIR} (with SST-2) is not there")
 
 
 def _parse(*argv):
@@ -195,7 +194,8 @@ def test_contradictory_ablations(capsys, flags, word):
 def test_missing_glue_folder_is_one_line(capsys, tmp_path):
     line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_teacher_stub(tmp_path)), "--glue-dir",
                   str(tmp_path / "no-glue"))
-    assert "could not load GLUE task sst2" in line and "NPCOSTEFF_GLUE_DIR" in line
+    assert "could not load GLUE task sst2" in line and "no-glue" in line
+    _assert_how_to(line)
 
 
 def _teacher_stub(tmp_path):
@@ -212,37 +212,78 @@ def _teacher_stub(tmp_path):
     return folder
 
 
-# --------------------------------------------------------------------------- demo without data
+# --------------------------------------------------------------------------- the demo's data
 def _assert_how_to(err):
-    assert "NPCOSTEFF_GLUE_DIR" in err
-    assert "../shared/data/glue" in err
-    assert "--glue-dir" in err
-    assert "datasets.load_dataset('nyu-mll/glue','sst2')" in err
+    """The one message of every "no GLUE there" error: both ways to full GLUE, and the slices."""
+    assert "Hugging Face hub" in err and "--glue-dir hub" in err
+    assert "--glue-dir FOLDER" in err and "NPCOSTEFF_GLUE_DIR" in err
+    assert "--glue-dir shipped" in err
+    assert "shared" not in err                           # no folder of a development layout
     assert "Traceback" not in err
+
+
+def _demo_first_line(capsys, monkeypatch, *argv):
+    """The demo's first line of output, with the recipe's run itself replaced by a stub."""
+    ran = {}
+    monkeypatch.setattr(cli, "run_recipe", lambda recipe, output, source, progress: ran.update(
+        recipe=recipe, source=source))
+    assert main(["demo", *argv]) == 0
+    return capsys.readouterr().out.splitlines()[0], ran
+
+
+def test_demo_runs_on_the_shipped_slices_and_says_so(capsys, monkeypatch, tmp_path):
+    from npcosteff.data.glue import SHIPPED_DIR
+
+    monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "demo"))
+    assert line.startswith("npcosteff demo: the quick recipe on SST-2")
+    assert "GLUE slices shipped with npcosteff" in line and "512 training and 128 dev" in line
+    assert "--glue-dir" in line and "NPCOSTEFF_GLUE_DIR" in line          # the way to full GLUE
+    assert ran["source"] == SHIPPED_DIR and ran["recipe"].name == "quick"
+
+
+def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, monkeypatch, tmp_path):
+    from npcosteff.data.glue import SHIPPED_DIR
+
+    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", SHIPPED_DIR)     # a folder in GLUE's TSV layout
+    line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "demo"))
+    assert ran["source"] == SHIPPED_DIR
+    monkeypatch.delenv("NPCOSTEFF_GLUE_DIR")
+    line, ran = _demo_first_line(capsys, monkeypatch, "--glue-dir", "shipped", "--output", str(tmp_path / "d"))
+    assert ran["source"] == SHIPPED_DIR
+
+
+def test_demo_refuses_more_examples_than_the_slice_holds(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
+    line = _error(capsys, "demo", "--set", "max_train=1000", "--output", str(tmp_path / "demo"))
+    assert "holds 512 examples, and 1000 were asked for" in line
+    _assert_how_to(line)
+    assert not (tmp_path / "demo").exists()
 
 
 def test_demo_without_a_glue_folder_says_how_to_get_one(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(tmp_path / "no-such-folder"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    code = main(["demo", "--output", str(tmp_path / "demo")])
-    err = capsys.readouterr().err
-    assert code == 2
-    _assert_how_to(err)
-    assert "no-such-folder" in err                       # the reason: the folder it was told to use
+    line = _error(capsys, "demo", "--output", str(tmp_path / "demo"))
+    _assert_how_to(line)
+    assert "no-such-folder" in line and "named by $NPCOSTEFF_GLUE_DIR" in line   # the folder it was told to use
     assert not (tmp_path / "demo").exists()
 
 
 def test_demo_offline_without_a_cache_says_how_to_get_data(tmp_path):
-    # The hub path: no folder anywhere, datasets offline with an empty cache. In a fresh process,
+    # The hub, asked for by name, with datasets offline and an empty cache. In a fresh process,
     # because `datasets` reads HF_DATASETS_OFFLINE when it is first imported.
     env = {k: v for k, v in os.environ.items() if k != "NPCOSTEFF_GLUE_DIR"}
     env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                HF_DATASETS_CACHE=str(tmp_path / "hf" / "datasets"))
-    out = subprocess.run([sys.executable, "-m", "npcosteff", "demo", "--output", str(tmp_path / "demo")],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "npcosteff", "demo", "--glue-dir", "hub", "--output",
+                          str(tmp_path / "demo")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 2, out.stdout + out.stderr
-    _assert_how_to(out.stderr)
-    assert "hub" in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "from the Hugging Face hub" in lines[0]
+    _assert_how_to(lines[0])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -251,15 +292,14 @@ def test_demo_offline_without_a_cache_says_how_to_get_data(tmp_path):
 CAPS = ["--max-train", "16", "--max-eval", "16", "--max-length", "24",
         "--set", "heads=11", "--set", "ffn=1024", "--set", "rank=256", "--set", "importance_examples=16",
         "--set", "finetune_max_steps=1", "--set", "ta_max_steps=2", "--set", "recover_hidden_max_steps=1",
-        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7", "--set", "pooler=mean"]
+        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7", "--set", "pooler=mean",
+        "--set", "teacher_pooler=mean"]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    if not (GLUE_DIR / "SST-2" / "dev.tsv").is_file():
-        pytest.skip(f"the GLUE TSV folder {GLUE_DIR} (with SST-2) is not there")
     out = tmp_path_factory.mktemp("quick") / "run"
-    argv = ["run", "--preset", "quick", "--glue-dir", str(GLUE_DIR), "--output", str(out), "--no-progress", *CAPS]
+    argv = ["run", "--preset", "quick", "--glue-dir", "shipped", "--output", str(out), "--no-progress", *CAPS]
     return out, argv
 
 
@@ -270,7 +310,6 @@ def untimed(models):
                                  for t, cell in m["early_exit"].items()}} for m in models]
 
 
-@needs_glue
 def test_run_quick_end_to_end(quick_run, capsys):
     out, argv = quick_run
     assert main(argv) == 0
@@ -282,7 +321,7 @@ def test_run_quick_end_to_end(quick_run, capsys):
         assert (out / stage / done["model_dir"] / "tokenizer.json").is_file()
         assert (out / stage / "log.txt").stat().st_size > 0
         assert (out / stage / "metrics.jsonl").is_file()
-        # the recipe's pooler reaches the teacher's classifier and every exit after it
+        # the recipe's poolers reach the teacher's classifier and every exit after it
         config = json.loads((out / stage / done["model_dir"] / "config.json").read_text())
         assert config["pooler"] == "mean", stage
     for name in ("teacher", "ta", "student"):
@@ -339,14 +378,12 @@ def with_output(argv, folder):
     return argv
 
 
-@needs_glue
 def test_rerun_with_other_settings_is_refused(quick_run, capsys):
     out, argv = finished(quick_run, "teacher")
     line = _error(capsys, *argv, "--set", "finetune_learning_rate=0.001")
     assert "finetune_learning_rate" in line and "other settings" in line
 
 
-@needs_glue
 def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp_path):
     out, argv = finished(quick_run, "ta")
     other = tmp_path / "other-width"
@@ -360,7 +397,6 @@ def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp
     assert student["widths"]["heads_per_layer"] == [10] * 6
 
 
-@needs_glue
 def test_reuse_refuses_a_teacher_trained_otherwise(quick_run, capsys, tmp_path):
     out, argv = finished(quick_run, "ta")
     line = _error(capsys, *with_output(argv, tmp_path / "other-lr"), "--set", "finetune_learning_rate=0.001", "--reuse", str(out))
@@ -374,10 +410,9 @@ def test_reuse_needs_finished_stages(capsys, tmp_path):
     assert "has not finished" in line and "teacher" in line
 
 
-@needs_glue
 def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
     out, _ = finished(quick_run, "recover")
-    common = ["--task", "sst2", "--glue-dir", str(GLUE_DIR), "--max-eval", "16", "--max-length", "24"]
+    common = ["--task", "sst2", "--glue-dir", "shipped", "--max-eval", "16", "--max-length", "24"]
     assert main(["evaluate", "--model", str(out / "recover"), "--json", str(tmp_path / "e.json"), *common]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "e.json").read_text())

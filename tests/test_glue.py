@@ -1,5 +1,11 @@
-"""GLUE loading (local TSV copies, synthetic folders in each task's real layout, a stand-in
-for the hub), every bad-input error, and dynamic-padding batches."""
+"""GLUE loading (the slices shipped in the package, synthetic folders in each task's real
+layout, a stand-in for the hub, a full local copy when one is named), where the data comes
+from (`glue_source`), every bad-input error, and dynamic-padding batches.
+
+Everything here reads the shipped slices or files it writes itself. The checks of a complete
+GLUE copy (row counts of the full files) run when ``NPCOSTEFF_GLUE_DIR`` names a folder with
+the full SST-2, MRPC and STS-B files, and are skipped otherwise.
+"""
 
 import os
 
@@ -8,10 +14,33 @@ import pytest
 
 from npcosteff.data.batching import (EncodedSplit, encode_split, iterate_batches, length_order,
                                      restore_order)
-from npcosteff.data.glue import GLUE_DIR_ENV, GLUE_TASKS, get_task, load_glue
+from npcosteff.data.glue import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR, SliceTooSmall,
+                                 describe_source, get_task, glue_source, is_shipped, load_glue,
+                                 shipped_slices)
 from npcosteff.tokenizer import Tokenizer
 
-GLUE_DIR = "/work/shared/data/glue"
+# The slices in npcosteff/data/slices: (train, dev) examples per task.
+SLICE_ROWS = {"sst2": (512, 128), "mrpc": (256, 256), "stsb": (256, 256), "cola": (256, 256),
+              "rte": (256, 256)}
+
+
+def full_glue_dir():
+    """$NPCOSTEFF_GLUE_DIR when it names a full GLUE folder (not the shipped slices), else None."""
+    folder = os.environ.get(GLUE_DIR_ENV)
+    if not folder or folder in (HUB, SHIPPED) or not os.path.isfile(os.path.join(folder, "SST-2", "train.tsv")):
+        return None
+    return None if is_shipped(folder) else folder
+
+
+FULL_GLUE = full_glue_dir()
+needs_full_glue = pytest.mark.skipif(
+    FULL_GLUE is None, reason=f"checks a complete GLUE copy: set {GLUE_DIR_ENV} to a folder in GLUE's TSV "
+                              f"layout with the full SST-2, MRPC and STS-B files")
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
 
 
 def write_tsv(path, header, rows):
@@ -23,39 +52,70 @@ def write_tsv(path, header, rows):
             f.write("\t".join(fields) + "\n")
 
 
-def raw_rows(path):
+def raw_rows(path, header=True):
     """Data rows of a TSV split on tabs by hand (no csv module), header dropped."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().lstrip("\ufeff").split("\n")
-    return [line.split("\t") for line in lines[1:] if line]
+    return [line.split("\t") for line in lines[1 if header else 0:] if line]
 
 
-# ------------------------------------------------------------------ the local copies
+# ------------------------------------------------------------------ the shipped slices
 
 
-@pytest.mark.parametrize("task,split,rows", [
-    ("sst2", "train", 67_349), ("sst2", "validation", 872),
-    # The README says 3,668, but this copy of train.tsv has 3,668 lines *including* its header
-    # (wc -l), so 3,667 examples; every line has the 5 expected fields.
-    ("mrpc", "train", 3_667), ("mrpc", "validation", 408),
-    ("stsb", "train", 5_749), ("stsb", "validation", 1_500),
-])
-def test_local_row_counts(task, split, rows):
-    data = load_glue(task, split, GLUE_DIR)
-    assert len(data) == len(data.labels) == rows
-    assert (data.texts_b is None) == (task == "sst2")
-    if task == "stsb":
-        assert data.labels.dtype == np.float32
-        assert data.labels.min() >= 0.0 and data.labels.max() <= 5.0
-    else:
-        assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == {0, 1}
+@pytest.mark.parametrize("task", sorted(SLICE_ROWS))
+def test_every_slice_is_shipped_with_its_row_count(task):
+    train, dev = SLICE_ROWS[task]
+    assert shipped_slices()[task] == {"train": train, "validation": dev}
+    for split, rows in (("train", train), ("validation", dev)):
+        data = load_glue(task, split, SHIPPED)
+        assert len(data) == len(data.labels) == rows
+        assert data.source.startswith(SHIPPED_DIR)
+        assert (data.texts_b is None) == (task in ("sst2", "cola"))
+        if task == "stsb":
+            assert data.labels.dtype == np.float32
+            assert data.labels.min() >= 0.0 and data.labels.max() <= 5.0
+        else:
+            assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == {0, 1}
 
 
-def test_mrpc_byte_order_mark_and_columns():
-    path = os.path.join(GLUE_DIR, "MRPC", "dev.tsv")
+def test_slices_are_the_only_shipped_tasks_and_stay_small():
+    assert set(shipped_slices()) == set(SLICE_ROWS)
+    total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(SHIPPED_DIR)
+                for f in files if f.endswith(".tsv"))
+    assert total < 600_000, total
+    assert os.path.isfile(os.path.join(SHIPPED_DIR, "README.md"))    # source and licences
+
+
+def test_the_quick_recipe_fits_the_sst2_slice():
+    from npcosteff.recipe import get_preset
+
+    quick = get_preset("quick")
+    assert quick.task == "sst2"
+    assert (quick.max_train, quick.max_eval) == SLICE_ROWS["sst2"]
+    assert len(load_glue("sst2", "train", SHIPPED, quick.max_train)) == quick.max_train
+    assert len(load_glue("sst2", "validation", SHIPPED, quick.max_eval)) == quick.max_eval
+
+
+def test_asking_a_slice_for_more_than_it_holds_is_an_error():
+    with pytest.raises(SliceTooSmall, match=r"SST-2 train slice shipped with npcosteff holds 512 "
+                                            r"examples, and 513 were asked for.*hub.*NPCOSTEFF_GLUE_DIR"):
+        load_glue("sst2", "train", SHIPPED, max_examples=513)
+    with pytest.raises(SliceTooSmall, match="holds 256"):
+        load_glue("mrpc", "validation", SHIPPED, max_examples=10**6)
+    assert len(load_glue("sst2", "train", SHIPPED, max_examples=512)) == 512     # exactly all of it
+
+
+def test_tasks_not_shipped_say_what_is():
+    with pytest.raises(FileNotFoundError, match=r"slices shipped with npcosteff hold .*SST-2.* not QNLI"
+                                                r".*hub.*--glue-dir.*NPCOSTEFF_GLUE_DIR"):
+        load_glue("qnli", "train", SHIPPED)
+
+
+def test_mrpc_slice_keeps_the_byte_order_mark_and_columns():
+    path = os.path.join(SHIPPED_DIR, "MRPC", "dev.tsv")
     with open(path, "rb") as f:
-        assert f.read(3) == b"\xef\xbb\xbf"   # the file does start with a BOM
-    data = load_glue("MRPC", "dev", GLUE_DIR)
+        assert f.read(3) == b"\xef\xbb\xbf"   # as GLUE's file, it starts with a BOM
+    data = load_glue("MRPC", "dev", SHIPPED)
     rows = raw_rows(path)
     assert data.texts_a == [r[3] for r in rows]
     assert data.texts_b == [r[4] for r in rows]
@@ -65,12 +125,29 @@ def test_mrpc_byte_order_mark_and_columns():
 
 
 def test_stsb_float_labels_match_the_file():
-    path = os.path.join(GLUE_DIR, "STS-B", "dev.tsv")
-    data = load_glue("STS-B", "validation", GLUE_DIR)
+    path = os.path.join(SHIPPED_DIR, "STS-B", "dev.tsv")
+    data = load_glue("STS-B", "validation", SHIPPED)
     rows = raw_rows(path)
     np.testing.assert_array_equal(data.labels, np.array([float(r[9]) for r in rows], np.float32))
     assert data.texts_a[:3] == [r[7] for r in rows[:3]]
     assert data.spec.is_regression and data.spec.num_labels == 1
+
+
+def test_cola_slice_has_no_header_row():
+    path = os.path.join(SHIPPED_DIR, "CoLA", "train.tsv")
+    rows = raw_rows(path, header=False)
+    data = load_glue("cola", "train", SHIPPED)
+    assert len(rows) == len(data) == 256
+    assert data.texts_a == [r[3] for r in rows]
+    np.testing.assert_array_equal(data.labels, [int(r[1]) for r in rows])
+
+
+def test_rte_string_labels():
+    path = os.path.join(SHIPPED_DIR, "RTE", "dev.tsv")
+    rows = raw_rows(path)
+    data = load_glue("rte", "validation", SHIPPED)
+    assert data.texts_b == [r[2] for r in rows]
+    np.testing.assert_array_equal(data.labels, [("entailment", "not_entailment").index(r[3]) for r in rows])
 
 
 @pytest.mark.parametrize("alias", ["SST-2", "sst-2", "sst2", "Sst2", "SST_2"])
@@ -83,18 +160,94 @@ def test_more_aliases():
     assert get_task("CoLA").name == "cola" and get_task("MNLI").name == "mnli"
 
 
-def test_max_examples_keeps_the_first_rows():
-    full = load_glue("sst2", "validation", GLUE_DIR)
-    head = load_glue("sst2", "validation", GLUE_DIR, max_examples=10)
+def test_max_examples_keeps_the_first_rows(tmp_path):
+    full = load_glue("sst2", "validation", SHIPPED)
+    head = load_glue("sst2", "validation", SHIPPED, max_examples=10)
     assert head.texts_a == full.texts_a[:10]
     np.testing.assert_array_equal(head.labels, full.labels[:10])
-    assert len(load_glue("sst2", "validation", GLUE_DIR, max_examples=10**6)) == 872
+    # A folder of the user's holding fewer gives what it has (it is the full data).
+    write_tsv(tmp_path / "SST-2" / "dev.tsv", ["sentence", "label"], [["good", "1"], ["bad", "0"]])
+    assert len(load_glue("sst2", "validation", tmp_path, max_examples=10**6)) == 2
+
+
+# ------------------------------------------------------------------ where the data comes from
 
 
 def test_environment_variable_gives_the_default_folder(monkeypatch):
-    monkeypatch.setenv(GLUE_DIR_ENV, GLUE_DIR)
+    monkeypatch.setenv(GLUE_DIR_ENV, SHIPPED_DIR)
     data = load_glue("mrpc", "validation", max_examples=5)
-    assert data.source == os.path.join(GLUE_DIR, "MRPC", "dev.tsv") and len(data) == 5
+    assert data.source == os.path.join(SHIPPED_DIR, "MRPC", "dev.tsv") and len(data) == 5
+    monkeypatch.setenv(GLUE_DIR_ENV, SHIPPED)                   # the keyword works there too
+    assert len(load_glue("mrpc", "validation", max_examples=5)) == 5
+
+
+def test_glue_source_order_and_keywords(no_env, monkeypatch, tmp_path):
+    assert glue_source() == HUB                                  # nothing set: the hub
+    assert glue_source(default=SHIPPED) == SHIPPED_DIR
+    assert glue_source(SHIPPED) == SHIPPED_DIR and glue_source(HUB) == HUB
+    assert glue_source(tmp_path) == str(tmp_path)
+    assert glue_source(glue_source(SHIPPED)) == SHIPPED_DIR      # a resolved source resolves to itself
+    monkeypatch.setenv(GLUE_DIR_ENV, str(tmp_path))
+    assert glue_source() == glue_source(default=SHIPPED) == str(tmp_path)    # the variable beats defaults
+    assert glue_source(HUB) == HUB                               # and an explicit data_dir beats it
+    monkeypatch.setenv(GLUE_DIR_ENV, "")                         # set but empty: as if unset
+    assert glue_source() == HUB
+
+
+def test_glue_source_refuses_a_folder_that_is_not_there(no_env, monkeypatch, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError, match=r"no-such-folder' does not exist.*hub.*--glue-dir.*"
+                                                r"NPCOSTEFF_GLUE_DIR.*shipped"):
+        glue_source(missing)
+    monkeypatch.setenv(GLUE_DIR_ENV, str(missing))               # a typo never falls back to the hub
+    with pytest.raises(FileNotFoundError, match=r"named by \$NPCOSTEFF_GLUE_DIR"):
+        glue_source()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_glue("sst2", "train")
+
+
+def test_describe_and_is_shipped(tmp_path):
+    assert is_shipped(SHIPPED) and is_shipped(SHIPPED_DIR) and is_shipped(SHIPPED_DIR + os.sep)
+    assert not is_shipped(HUB) and not is_shipped(tmp_path) and not is_shipped(None)
+    assert describe_source(SHIPPED_DIR) == "the GLUE slices shipped with npcosteff"
+    assert "nyu-mll/glue" in describe_source(HUB)
+    assert str(tmp_path) in describe_source(tmp_path)
+
+
+# ------------------------------------------------------------------ a full local copy
+
+
+@needs_full_glue
+@pytest.mark.parametrize("task,split,rows", [
+    ("sst2", "train", 67_349), ("sst2", "validation", 872),
+    # GLUE says 3,668, but this copy of train.tsv has 3,668 lines *including* its header
+    # (wc -l), so 3,667 examples; every line has the 5 expected fields.
+    ("mrpc", "train", 3_667), ("mrpc", "validation", 408),
+    ("stsb", "train", 5_749), ("stsb", "validation", 1_500),
+])
+def test_full_glue_row_counts(task, split, rows):
+    data = load_glue(task, split, FULL_GLUE)
+    assert len(data) == len(data.labels) == rows
+    assert (data.texts_b is None) == (task == "sst2")
+    if task == "stsb":
+        assert data.labels.dtype == np.float32
+        assert data.labels.min() >= 0.0 and data.labels.max() <= 5.0
+    else:
+        assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == {0, 1}
+    assert len(load_glue(task, split, FULL_GLUE, max_examples=10**6)) == rows    # a cap, not a demand
+
+
+@needs_full_glue
+@pytest.mark.parametrize("task", sorted(SLICE_ROWS))
+def test_slices_are_the_first_rows_of_the_full_files(task):
+    spec = get_task(task)
+    for split, rows in zip(("train", "validation"), SLICE_ROWS[task]):
+        with open(os.path.join(SHIPPED_DIR, spec.tsv_folder, spec.tsv_file(split)), "rb") as f:
+            piece = f.read()
+        with open(os.path.join(FULL_GLUE, spec.tsv_folder, spec.tsv_file(split)), "rb") as f:
+            head = f.read(len(piece))
+        assert piece == head, (task, split)                      # byte for byte, BOM and header included
+        assert load_glue(task, split, SHIPPED).texts_a == load_glue(task, split, FULL_GLUE, rows).texts_a
 
 
 # ------------------------------------------------------------------ synthetic task folders
@@ -249,8 +402,10 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match=f"no network.*data_dir.*{GLUE_DIR_ENV}"):
+    with pytest.raises(RuntimeError, match=f"no network.*data_dir.*{GLUE_DIR_ENV}.*shipped"):
         load_glue("rte", "train")
+    with pytest.raises(RuntimeError, match="from the Hugging Face hub"):
+        load_glue("rte", "train", HUB)                           # the hub by name
 
 
 # ------------------------------------------------------------------ bad input
@@ -258,16 +413,16 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch):
 
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown GLUE task 'sst3'.*cola.*wnli"):
-        load_glue("sst3", "train", GLUE_DIR)
+        load_glue("sst3", "train", SHIPPED)
     with pytest.raises(ValueError, match="must be a string"):
         get_task(2)
 
 
 def test_bad_split_names():
     with pytest.raises(ValueError, match="has no split 'valid'.*train, validation, test"):
-        load_glue("sst2", "valid", GLUE_DIR)
+        load_glue("sst2", "valid", SHIPPED)
     with pytest.raises(ValueError, match="validation_matched, validation_mismatched"):
-        load_glue("mnli", "validation", GLUE_DIR)
+        load_glue("mnli", "validation", SHIPPED)
 
 
 def test_missing_folder_and_files(tmp_path):
@@ -332,7 +487,7 @@ def test_short_row(tmp_path):
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
 def test_bad_max_examples(bad):
     with pytest.raises(ValueError, match="max_examples must be a positive integer"):
-        load_glue("sst2", "validation", GLUE_DIR, max_examples=bad)
+        load_glue("sst2", "validation", SHIPPED, max_examples=bad)
 
 
 # ------------------------------------------------------------------ batching
@@ -345,12 +500,12 @@ def tok():
 
 @pytest.fixture(scope="module")
 def mrpc_encoded(tok):
-    return encode_split(tok, load_glue("mrpc", "validation", GLUE_DIR), max_length=48)
+    return encode_split(tok, load_glue("mrpc", "validation", SHIPPED), max_length=48)
 
 
 def test_encode_split_truncates_without_padding(tok, mrpc_encoded):
-    split = load_glue("mrpc", "validation", GLUE_DIR)
-    assert len(mrpc_encoded) == 408 and mrpc_encoded.max_length == 48
+    split = load_glue("mrpc", "validation", SHIPPED)
+    assert len(mrpc_encoded) == 256 and mrpc_encoded.max_length == 48
     lengths = mrpc_encoded.lengths
     assert lengths.max() == 48 and lengths.min() < 48   # some pairs are cut, some are not
     one = tok([split.texts_a[5]], [split.texts_b[5]], max_length=48)
@@ -402,9 +557,9 @@ def test_every_example_once_per_epoch_and_same_seed_same_order(mrpc_encoded):
 
 def test_drop_last(mrpc_encoded):
     sizes = [len(b["indices"]) for b in iterate_batches(mrpc_encoded, None, 100, drop_last=True)]
-    assert sizes == [100] * 4                                  # 408 = 4 * 100 + 8
+    assert sizes == [100] * 2                                  # 256 = 2 * 100 + 56
     batches = list(iterate_batches(mrpc_encoded, None, 100))
-    assert [len(b["indices"]) for b in batches] == [100] * 4 + [8]
+    assert [len(b["indices"]) for b in batches] == [100] * 2 + [56]
     assert batches[0]["labels"] is None
 
 
@@ -430,7 +585,7 @@ def test_batching_bad_input(mrpc_encoded):
     with pytest.raises(ValueError, match="exclude each other"):
         next(iterate_batches(mrpc_encoded, None, 8, shuffle=True,
                              rng=np.random.default_rng(0), sort_by_length=True))
-    with pytest.raises(ValueError, match=r"labels has shape \(3,\) but the split has 408"):
+    with pytest.raises(ValueError, match=r"labels has shape \(3,\) but the split has 256"):
         next(iterate_batches(mrpc_encoded, np.zeros(3), 8))
     with pytest.raises(ValueError, match="not a permutation"):
         restore_order(np.zeros(3), np.array([0, 0, 2]))

@@ -1,5 +1,5 @@
-"""Tokenizer: same ids as transformers' AutoTokenizer on real GLUE sentences, pairs, truncation
-and padding; layout of special tokens; save/load; bad input."""
+"""Tokenizer: same ids as transformers' AutoTokenizer on real GLUE sentences (the slices shipped
+in the package), pairs, truncation and padding; layout of special tokens; save/load; bad input."""
 
 import os
 
@@ -10,7 +10,6 @@ from npcosteff.data.glue import load_glue
 from npcosteff.pretrained import default_model_dir
 from npcosteff.tokenizer import Tokenizer, pad_sequences
 
-GLUE_DIR = "/work/shared/data/glue"
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -27,12 +26,12 @@ def hf_tok():
 
 @pytest.fixture(scope="module")
 def sst2_sentences():
-    return load_glue("sst2", "validation", GLUE_DIR, max_examples=200).texts_a
+    return load_glue("sst2", "validation", "shipped").texts_a         # the 128 shipped dev sentences
 
 
 @pytest.fixture(scope="module")
 def mrpc_pairs():
-    split = load_glue("mrpc", "validation", GLUE_DIR, max_examples=200)
+    split = load_glue("mrpc", "validation", "shipped", max_examples=200)
     return split.texts_a, split.texts_b
 
 

@@ -1,9 +1,12 @@
-"""GLUE data: tasks, loading from the hub or a TSV folder, batching."""
+"""GLUE data: tasks, where they come from (a TSV folder, the hub, the shipped slices), batching."""
 
-from npcosteff.data.glue import (GLUE_DIR_ENV, GLUE_TASKS, GlueSplit, TaskSpec, get_task,
-                                 load_glue)
+from npcosteff.data.glue import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR, GlueSplit,
+                                 SliceTooSmall, TaskSpec, describe_source, get_task, glue_source,
+                                 is_shipped, load_glue, shipped_slices, ways_to_get_glue)
 from npcosteff.data.batching import (EncodedSplit, encode_split, iterate_batches, length_order,
                                      restore_order)
 
-__all__ = ["GLUE_DIR_ENV", "GLUE_TASKS", "GlueSplit", "TaskSpec", "get_task", "load_glue",
+__all__ = ["GLUE_DIR_ENV", "GLUE_TASKS", "HUB", "SHIPPED", "SHIPPED_DIR", "GlueSplit", "SliceTooSmall",
+           "TaskSpec", "describe_source", "get_task", "glue_source", "is_shipped", "load_glue",
+           "shipped_slices", "ways_to_get_glue",
            "EncodedSplit", "encode_split", "iterate_batches", "length_order", "restore_order"]
