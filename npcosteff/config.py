@@ -1,7 +1,7 @@
 """`CostEffConfig`: a Hugging Face BERT ``config.json`` plus COST-EFF's widths and exits.
 
 The BERT fields keep their Hugging Face names, so a ``config.json`` of any BERT checkpoint
-reads unchanged. The COST-EFF extras (SPEC 1) say how slender each layer is and where the
+reads unchanged. The COST-EFF extras (docs/method.md, 1) say how slender each layer is and where the
 exits are:
 
 * ``heads_per_layer[i]`` -- H_i heads kept in layer i (attention inner width H_i * d_h);
@@ -54,7 +54,7 @@ class CostEffConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     initializer_range: float = 0.02
-    # COST-EFF extras (SPEC 1). None means "the full width of the BERT fields above".
+    # COST-EFF extras (docs/method.md, 1). None means "the full width of the BERT fields above".
     heads_per_layer: Optional[list] = None
     intermediate_per_layer: Optional[list] = None
     attention_head_size: Optional[int] = None

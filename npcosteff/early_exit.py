@@ -1,4 +1,4 @@
-"""Early exit: each sample leaves at the first exit confident enough (SPEC 6).
+"""Early exit: each sample leaves at the first exit confident enough (docs/method.md, 7).
 
 Criteria:
 
@@ -35,7 +35,7 @@ class EarlyExitResult:
 
     @property
     def expected_speedup(self) -> float:
-        """L * N / sum(exit layers), SPEC 6."""
+        """L * N / sum(exit layers), docs/method.md, 7."""
         return self.num_layers * len(self.exit_layers) / float(self.exit_layers.sum())
 
     def exit_histogram(self) -> np.ndarray:

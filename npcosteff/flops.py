@@ -1,10 +1,10 @@
-"""Parameter and FLOPs counters for a (slender, multi-exit) BERT (SPEC 7).
+"""Parameter and FLOPs counters for a (slender, multi-exit) BERT (docs/method.md, 8).
 
 Parameters are counted analytically from a :class:`~npcosteff.config.CostEffConfig`; the
 counts follow the parameter table of ``docs/architecture.md`` name by name.
 
 FLOPs are those of one sequence of ``n`` tokens, with a multiply-add counted as 2 FLOPs
-and only the matrix products counted (SPEC 7). In layer i, with A_i = H_i * d_h::
+and only the matrix products counted (docs/method.md, 8). In layer i, with A_i = H_i * d_h::
 
     Q, K, V and attention output    4 * 2 n d A_i
     scores Q K^T and context P V    2 * 2 n^2 A_i

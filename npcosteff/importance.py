@@ -1,4 +1,4 @@
-"""First-order Taylor importance of weights, attention heads and FFN neurons (SPEC 3).
+"""First-order Taylor importance of weights, attention heads and FFN neurons (docs/method.md, 4).
 
 Removing a weight w (setting it to 0) changes the loss by about ``-w * dL/dw`` (first-order
 Taylor expansion). COST-EFF scores every weight by how large that change can be over a sample
@@ -96,7 +96,7 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
                       temperature: float = 1.0, gradient_equilibrium="authors",
                       hidden_pad_to: Optional[int] = 128, last_exit_hard: bool = False,
                       progress: bool = True) -> Importance:
-    """First-order Taylor importance of every weight, head and FFN neuron of `model` (SPEC 3).
+    """First-order Taylor importance of every weight, head and FFN neuron of `model` (docs/method.md, 4).
 
     Args:
         model: the student to score (its parameters are not changed).

@@ -1,4 +1,4 @@
-"""COST-EFF training losses (SPEC 2 and 3), each with a hand-written backward.
+"""COST-EFF training losses (docs/method.md, 3 and 4), each with a hand-written backward.
 
 Every loss is a pair::
 
@@ -211,7 +211,7 @@ def soft_cross_entropy_loss(z: np.ndarray, t: np.ndarray, temperature: float = 1
     """Prediction distillation ``mean_b( -sum_c softmax(t/T)[b,c] log_softmax(z/T)[b,c] )``.
 
     z (B, C) student logits, t (B, C) teacher logits (a constant; -inf entries allowed, they
-    are probabilities of exactly 0), T the temperature. No ``T^2`` factor (SPEC 2).
+    are probabilities of exactly 0), T the temperature. No ``T^2`` factor (docs/method.md, 3).
     """
     T = _check_temperature(temperature)
     z = _float_array(z, "logits", 2, "(B, C)")
@@ -365,7 +365,7 @@ def _accumulate(grads: list, index: int, grad: np.ndarray) -> None:
 
 
 def _teacher_exit_for(student_layers, teacher_layers) -> list:
-    """Index k(l) of the teacher exit each student exit learns from (SPEC 2): the teacher's
+    """Index k(l) of the teacher exit each student exit learns from (docs/method.md, 3): the teacher's
     only exit when it has one, else its exit at the same layer."""
     if len(teacher_layers) == 1:
         return [0] * len(student_layers)
@@ -394,7 +394,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
 
     Stages (docs/architecture.md, "Losses"): ``hidden`` = hidden distillation; ``pred`` =
     prediction + hidden distillation (the student); ``pred_ta`` = (prediction + hard) / 2 (the
-    TA); ``hard`` = hard loss; ``importance`` = 0.9 prediction + 0.1 hard + hidden (SPEC 3).
+    TA); ``hard`` = hard loss; ``importance`` = 0.9 prediction + 0.1 hard + hidden (docs/method.md, 4).
 
     Terms:
 

@@ -2,7 +2,7 @@
 
 Everything here works on plain dictionaries ``name -> numpy array`` (the model's
 ``params`` and ``grads``) and reproduces the PyTorch / Hugging Face recipe that the
-COST-EFF scripts use (SPEC 5):
+COST-EFF scripts use (docs/method.md, 6):
 
 * :class:`AdamW` is ``torch.optim.AdamW`` (decoupled weight decay, bias-corrected moments)
   with two parameter groups: weight decay on matrices, none on biases and LayerNorm weights
@@ -282,7 +282,7 @@ class LinearSchedule:
                   = max(0, (total_steps - k) / max(1, total_steps - warmup_steps))   otherwise
 
     The learning rate of optimizer step k (0-based) is ``lr_at(k)``. For a restart (the
-    slenderization schedule raises the learning rate after each prune, SPEC 4), set
+    slenderization schedule raises the learning rate after each prune, docs/method.md, 5), set
     ``base_lr`` (and the step counts) to new values and count steps from 0 again.
     """
 

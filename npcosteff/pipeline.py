@@ -1,4 +1,4 @@
-"""The stages of the COST-EFF recipe (SPEC 5) as functions over run folders.
+"""The stages of the COST-EFF recipe (docs/method.md, 6) as functions over run folders.
 
 1. `finetune`: the pretrained model with one classifier, plain fine-tuning (the teacher);
 2. `train_ta`: the pretrained model with an exit after every layer, `hidden` distillation from

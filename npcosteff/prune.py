@@ -1,4 +1,4 @@
-"""Structured pruning in width: masks, physical slicing and a low-rank word embedding (SPEC 3, 4).
+"""Structured pruning in width: masks, physical slicing and a low-rank word embedding (docs/method.md, 4 and 5).
 
 A slender layer keeps H'_i of its heads and F'_i of its FFN neurons. Two ways to get there:
 

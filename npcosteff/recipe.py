@@ -1,4 +1,4 @@
-"""Recipes: every setting of a COST-EFF run (SPEC 5) in one dataclass, with presets.
+"""Recipes: every setting of a COST-EFF run (docs/method.md, 6) in one dataclass, with presets.
 
 A :class:`Recipe` says which task to learn, how much of it to read, and the hyperparameters
 of the five stages:
@@ -78,7 +78,7 @@ def default_thresholds(criterion: str) -> tuple:
 
 @dataclass
 class Recipe:
-    """All settings of a COST-EFF run. Defaults: the authors' BERT-base scripts (SPEC 5)."""
+    """All settings of a COST-EFF run. Defaults: the authors' BERT-base scripts (docs/method.md, 6)."""
 
     name: str = "custom"                     # preset (or file) the recipe came from, for reports
     task: str = "sst2"                       # GLUE task (any alias: "SST-2", "sst2", ...)
@@ -114,7 +114,7 @@ class Recipe:
     ta_hidden_fraction: float = 1 / 3        # the TA's `hidden` epochs: ta_epochs * ta_hidden_fraction
     ta_schedule: str = "authors"             # authors: then ta_epochs of `pred_ta`; split: the rest of ta_epochs
 
-    # 3. slenderization (SPEC 4)
+    # 3. slenderization (docs/method.md, 5)
     heads: int = 2                           # target heads per layer H'
     ffn: Optional[int] = 512                 # target FFN width F' (None: not pruned)
     rank: Optional[int] = 128                # target word-embedding rank r (None: not factorized)
@@ -143,7 +143,7 @@ class Recipe:
     thresholds: tuple = DEFAULT_ENTROPY_THRESHOLDS   # the sweep (patience: integers)
     summary_thresholds: tuple = ()                   # the summary's columns (empty: three spread over thresholds)
 
-    # ablations (SPEC 3-5); all on / off as in the paper's own method
+    # ablations (docs/method.md, 4-6); all on / off as in the paper's own method
     use_ta: bool = True            # False: no TA; the student starts from, and learns from, the teacher
     use_exits: bool = True         # False: the slender student keeps only the final exit
     use_slenderize: bool = True    # False: no slenderization; the TA is the final model
@@ -439,7 +439,7 @@ def _quick() -> Recipe:
 
 
 def _scaled_minilm(**changes) -> Recipe:
-    """The paper's recipe (SPEC 5) with its widths scaled to MiniLM; see `_mrpc`, `_sst2`."""
+    """The paper's recipe (docs/method.md, 6) with its widths scaled to MiniLM; see `_mrpc`, `_sst2`."""
     base = dict(
         max_length=128, finetune_epochs=3.0, finetune_learning_rate=2e-5, ta_epochs=3.0, ta_learning_rate=2e-5,
         pooler="mean", heads=2, ffn=256, rank=48, prune_learning_rate=1e-5, lr_restore=0.12,
@@ -482,7 +482,7 @@ def _sst2() -> Recipe:
 
 
 def _bert_base() -> Recipe:
-    """The paper's BERT-base settings (SPEC 5): needs ``model`` = a BERT-base checkpoint folder.
+    """The paper's BERT-base settings (docs/method.md, 6): needs ``model`` = a BERT-base checkpoint folder.
 
     Batch 32, 128 tokens, AdamW with weight decay 0.01, 10% warmup, clipping 1.0; learning
     rate 2e-5 for fine-tuning and the TA (3 epochs each, a third of the TA's on `hidden`),
@@ -497,7 +497,26 @@ def _bert_base() -> Recipe:
                   recover_hidden_learning_rate=3e-5, recover_pred_learning_rate=2e-5, recover_batch_size=32)
 
 
-PRESETS = {"quick": _quick, "mrpc": _mrpc, "sst2": _sst2, "bert-base": _bert_base}
+def _rte() -> Recipe:
+    """The ``mrpc`` preset's settings on RTE (2,490 training pairs, 277 dev)."""
+    return _scaled_minilm(name="rte", task="rte", prune_period=0.2)
+
+
+def _cola() -> Recipe:
+    """The ``mrpc`` preset's settings on CoLA (8,551 training sentences, 1,043 dev; Matthews
+    correlation), sentences at 64 tokens (the longest CoLA sentence has 47)."""
+    return _scaled_minilm(name="cola", task="cola", max_length=64, prune_period=0.2)
+
+
+def _stsb() -> Recipe:
+    """The ``mrpc`` preset's settings on STS-B (5,749 training pairs, 1,500 dev; regression).
+    Early exit uses the patience criterion: a regression exit has no class probabilities."""
+    return _scaled_minilm(name="stsb", task="stsb", prune_period=0.2, criterion="patience",
+                          thresholds=(1, 2, 3, 4, 5, 6))
+
+
+PRESETS = {"quick": _quick, "mrpc": _mrpc, "sst2": _sst2, "rte": _rte, "cola": _cola, "stsb": _stsb,
+           "bert-base": _bert_base}
 PRESETS_NEEDING_MODEL = ("bert-base",)      # presets that do not fit the packaged MiniLM
 
 

@@ -1,4 +1,4 @@
-"""Slenderization: iterative pruning in width with distillation from the TA (SPEC 4), and recovery.
+"""Slenderization: iterative pruning in width with distillation from the TA (docs/method.md, 5), and recovery.
 
 The student starts as a copy of the multi-exit teacher-assistant (TA), which also teaches it.
 With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
@@ -15,7 +15,7 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
    ``repr_proportion`` of the steps with the ``hidden`` stage, the rest with ``pred``;
 5. record widths, parameters, FLOPs and the dev metrics of every exit.
 
-:func:`recover` is step 4 of the pipeline (SPEC 5): ``hidden`` distillation from the TA, then
+:func:`recover` is step 4 of the pipeline (docs/method.md, 6): ``hidden`` distillation from the TA, then
 ``pred``, keeping the checkpoint with the best dev metric averaged over exits.
 """
 
@@ -73,7 +73,7 @@ def _positive_int(value, what: str) -> int:
 
 def prune_schedule(config, heads: int, ffn: Optional[int] = None,
                    embedding_rank: Optional[int] = None) -> list:
-    """The widths of every prune t = 1..max_prunes (SPEC 4), for a model with `config`.
+    """The widths of every prune t = 1..max_prunes (docs/method.md, 5), for a model with `config`.
 
     With H_i, F_i the current widths of layer i and r0 the current embedding rank (d when
     unfactorized), ``max_prunes = max_i H_i - heads`` and at prune t:
@@ -125,7 +125,7 @@ IMPORTANCE_HIDDEN_LOSSES = ("padded", "per_token")
 
 @dataclass
 class SlenderizeArguments:
-    """Hyperparameters of slenderization (defaults: SPEC 5, the authors' scripts)."""
+    """Hyperparameters of slenderization (defaults: docs/method.md, 6, the authors' scripts)."""
     task: str
     heads: int                                 # target heads per layer H'
     ffn: Optional[int] = None                  # target FFN width F' (None: not pruned)
@@ -258,7 +258,7 @@ def _save(student, history, folder, tokenizer_file):
 
 def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_data, eval_data,
                args: SlenderizeArguments, output_dir=None, tokenizer_file=None, resume: bool = True):
-    """Slenderize a copy of `ta_model` to the target widths (SPEC 4); returns ``(student, history)``.
+    """Slenderize a copy of `ta_model` to the target widths (docs/method.md, 5); returns ``(student, history)``.
 
     Args:
         ta_model: the multi-exit TA the student starts from (not changed).
@@ -350,7 +350,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
 # --------------------------------------------------------------------------- recovery
 @dataclass
 class RecoverArguments:
-    """Hyperparameters of recovery after slenderization (defaults: SPEC 5)."""
+    """Hyperparameters of recovery after slenderization (defaults: docs/method.md, 6)."""
     task: str
     hidden_epochs: float = 3.0
     pred_epochs: float = 3.0
@@ -386,7 +386,7 @@ class RecoverArguments:
 
 def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data, args: RecoverArguments,
             output_dir=None, tokenizer_file=None):
-    """Recover a slender student: ``hidden`` distillation, then ``pred`` (SPEC 5, step 4).
+    """Recover a slender student: ``hidden`` distillation, then ``pred`` (docs/method.md, 6, step 4).
 
     `student` is trained in place. With `eval_data`, the ``pred`` stage scores every exit on
     dev and the checkpoint with the best average over exits is returned (a new model);

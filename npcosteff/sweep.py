@@ -1,4 +1,4 @@
-"""The accuracy-efficiency sweep of early exit (SPEC 6): metric, exit layers, speed-up,
+"""The accuracy-efficiency sweep of early exit (docs/method.md, 7): metric, exit layers, speed-up,
 FLOPs and wall-clock time for each threshold, written as CSV/JSON and plotted as metric
 against FLOPs (one curve per model)."""
 

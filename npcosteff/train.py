@@ -37,7 +37,7 @@ STAGES = ("hard", "hidden", "pred", "pred_ta")
 
 @dataclass
 class TrainingArguments:
-    """Hyperparameters of one training stage (defaults: SPEC 5, fine-tuning)."""
+    """Hyperparameters of one training stage (defaults: docs/method.md, 6, fine-tuning)."""
     task: str
     stage: str = "hard"                  # hard | hidden | pred | pred_ta
     epochs: float = 3.0

@@ -1,7 +1,7 @@
 """An independent PyTorch reference of the COST-EFF model, its losses and its importance scores.
 
 This file is the yardstick for the parity tests: the NumPy library is checked against it, so
-it is written from the written definitions only (``docs/architecture.md`` and ``SPEC.md``),
+it is written from the written definitions only (``docs/architecture.md`` and ``docs/method.md``),
 with plain ``torch.nn`` modules and autograd for every gradient. It never imports the library
 it checks.
 
@@ -18,7 +18,7 @@ Contents
 
 Symbols: B batch, T tokens, d hidden size, L layers, H_i heads of layer i, d_h head size,
 A_i = H_i * d_h, F_i FFN width of layer i, V vocabulary, r embedding rank, C labels.
-Layer numbers l are 1-based (SPEC), layer indices i = l - 1 are 0-based (parameter names).
+Layer numbers l are 1-based (docs/method.md), layer indices i = l - 1 are 0-based (parameter names).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def random_numpy_state(config, seed: int = 0, std: float = 0.1, dtype=np.float64
 
 # --------------------------------------------------------------------------- gradient equilibrium
 class GradientEquilibrium(torch.autograd.Function):
-    """Identity in forward; multiplies the incoming gradient by `scale` in backward (SPEC 1)."""
+    """Identity in forward; multiplies the incoming gradient by `scale` in backward (docs/method.md, 1)."""
 
     @staticmethod
     def forward(ctx, h, scale: float):  # h (B, T, d) -> (B, T, d)
@@ -399,7 +399,7 @@ class RefOutput:
 
 
 class RefCostEffBert(nn.Module):
-    """The slender multi-exit BERT of SPEC 1 in plain PyTorch.
+    """The slender multi-exit BERT of docs/method.md, 1 in plain PyTorch.
 
     ``RefCostEffBert(config, state=None, dtype=torch.float64, device=None)``: `config` is a
     dict with the keys of ``CostEffConfig.to_dict()`` (or an object with ``to_dict``); `state`
@@ -722,7 +722,7 @@ def stage_loss(stage, student_out, labels, attention_mask, teacher_out=None, tem
     * ``pred``: prediction distillation + hidden distillation (the COST-EFF student);
     * ``pred_ta``: (prediction distillation + hard) / 2 (the TA);
     * ``hard``: hard loss (``final_only``: last exit alone);
-    * ``importance``: 0.9 prediction + 0.1 hard + hidden (SPEC 3).
+    * ``importance``: 0.9 prediction + 0.1 hard + hidden (docs/method.md, 4).
 
     `final_only` restricts the hard loss (wherever it appears) to the last exit. With
     `use_attention`, attention distillation is added next to the hidden distillation (so in
@@ -772,11 +772,11 @@ def stage_loss(stage, student_out, labels, attention_mask, teacher_out=None, tem
 def importance_loss(student_out, labels, attention_mask, teacher_out, temperature=1.0,
                     use_attention=False, regression=False, last_exit_only=False, hidden_pad_to=None,
                     last_exit_hard=True):
-    """The loss whose gradients score the weights (SPEC 3).
+    """The loss whose gradients score the weights (docs/method.md, 4).
 
     All exits (default): ``stage_loss("importance", ...)`` = 0.9 prediction distillation over
     all exits + 0.1 hard loss over all exits + hidden distillation. With `last_exit_only`
-    (the ablation of SPEC 3): the same joint loss with the prediction distillation and the
+    (the ablation of docs/method.md, 4): the same joint loss with the prediction distillation and the
     hard loss taken at the final exit only; the hidden distillation (all L+1 hidden states)
     is kept, because it belongs to no exit. With ``last_exit_hard=False`` the ablation is the
     authors': ``prediction(last exit) + hidden``, no hard term. `hidden_pad_to`: the hidden
@@ -799,7 +799,7 @@ def importance_loss(student_out, labels, attention_mask, teacher_out, temperatur
 def taylor_importance(model: RefCostEffBert, batches, teacher_outs, temperature=1.0, use_attention=False,
                       regression=False, last_exit_only=False, gradient_equilibrium=False,
                       hidden_pad_to=None, last_exit_hard=True) -> dict:
-    """First-order Taylor importance of weights, heads and FFN neurons (SPEC 3).
+    """First-order Taylor importance of weights, heads and FFN neurons (docs/method.md, 4).
 
     `batches`: iterable of dicts with ``input_ids``, ``attention_mask``, ``token_type_ids``
     (optional) and ``labels``; `teacher_outs`: one teacher output per batch (constants).

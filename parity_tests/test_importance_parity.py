@@ -1,4 +1,4 @@
-"""Taylor importance (SPEC 3) against the torch reference, float64: every per-weight score
+"""Taylor importance (docs/method.md, 4) against the torch reference, float64: every per-weight score
 ``|w * sum_batches |grad||``, every head score and every FFN-neuron score, from the losses of
 all exits and from the last exit only, on a slender student (uneven heads and FFN widths, a
 factorized word embedding) with padding in the batches."""

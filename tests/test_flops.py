@@ -160,7 +160,7 @@ def test_flops_match_hand_formulas(key, n):
         assert f["total"] == hand_layer_flops(cfg, i, n)
         assert f["total"] == sum(v for k, v in f.items() if k != "total")
         A, Fi = cfg.heads_per_layer[i] * cfg.attention_head_size, cfg.intermediate_per_layer[i]
-        assert f["qkv"] + f["attention_output"] == 4 * 2 * n * d * A       # SPEC 7's groups
+        assert f["qkv"] + f["attention_output"] == 4 * 2 * n * d * A       # docs/method.md, 8: the groups
         assert f["attention_scores"] + f["attention_context"] == 2 * 2 * n * n * A
         assert f["ffn_intermediate"] + f["ffn_output"] == 2 * 2 * n * d * Fi
     assert embedding_flops(cfg, n) == (0 if cfg.embedding_rank is None

@@ -1,4 +1,4 @@
-"""The analytic FLOPs of SPEC 7 against a count of the matrix products the model really
+"""The analytic FLOPs of docs/method.md, 8, against a count of the matrix products the model really
 executes. Every parameter is wrapped in an ndarray subclass whose `__array_ufunc__` sees each
 `np.matmul` (the `@` operator) and adds 2 * (output elements) * (inner dimension) FLOPs."""
 

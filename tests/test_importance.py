@@ -1,4 +1,4 @@
-"""Taylor importance (SPEC 3): the per-weight score is |w * sum_batches |grad||, heads and
+"""Taylor importance (docs/method.md, 4): the per-weight score is |w * sum_batches |grad||, heads and
 neurons aggregate it as documented, the last-exit ablation is one switch away, and a
 low-scoring head matters less than a high-scoring one."""
 

@@ -512,7 +512,7 @@ def test_stage_loss_non_divisible_layer_mapping():
 
 @pytest.mark.parametrize("stage", ["hard", "pred", "importance", "pred_ta"])
 def test_stage_loss_last_exit_only(stage):
-    """The SPEC 3 ablation: hard and prediction terms from the last exit only; hidden
+    """The importance ablation (docs/method.md, 4): hard and prediction terms from the last exit only; hidden
     distillation is unchanged."""
     rng = rng_for(13)
     student = make_output(rng, 3, (1, 2, 3), B, T, D, C, heads=2)

@@ -139,7 +139,7 @@ def test_schedule_matches_transformers(warmup, total):
 def test_schedule_restart_with_new_base_lr():
     sched = LinearSchedule(1e-5, 4, 12)
     lrs = [sched.lr_at(k) for k in range(12)]
-    sched.base_lr = 1e-5 * 1.12 ** 2          # SPEC 4: lr * (1 + lr_restore)^t after prune t
+    sched.base_lr = 1e-5 * 1.12 ** 2          # docs/method.md, 5: lr * (1 + lr_restore)^t after prune t
     t_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-5 * 1.12 ** 2)
     hf = get_linear_schedule_with_warmup(t_opt, 4, 12)
     for k in range(12):

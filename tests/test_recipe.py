@@ -23,7 +23,7 @@ def test_every_preset_is_a_valid_recipe_named_after_itself(name):
 
 
 def test_bert_base_preset_holds_the_papers_settings():
-    # SPEC 5, the authors' BERT-base scripts.
+    # docs/method.md, 6, the authors' BERT-base scripts.
     r = get_preset("bert-base")
     assert (r.finetune_batch_size, r.ta_batch_size, r.prune_batch_size, r.recover_batch_size) == (32, 32, 32, 32)
     assert r.max_length == 128

@@ -1,4 +1,4 @@
-"""Slenderization (SPEC 4): the per-prune schedule of widths, an end-to-end run on a tiny model
+"""Slenderization (docs/method.md, 5): the per-prune schedule of widths, an end-to-end run on a tiny model
 that reaches the targets with the right learning rates and stages, resuming, and recovery."""
 
 import json

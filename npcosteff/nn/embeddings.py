@@ -1,6 +1,6 @@
 """BERT embeddings: word + position + token type, then LayerNorm and dropout.
 
-With a factorized word embedding (SPEC 1) the word vector is ``E[ids] @ P`` with
+With a factorized word embedding (docs/method.md, 1) the word vector is ``E[ids] @ P`` with
 E (V, r) and P (r, d); otherwise it is ``E[ids]`` with E (V, d).
 
 Parameters (local names under ``embeddings.``): ``word_embeddings.weight``,

@@ -1,4 +1,4 @@
-"""Exits: a pooler, dropout and a linear classifier after a layer (SPEC 1).
+"""Exits: a pooler, dropout and a linear classifier after a layer (docs/method.md, 1).
 
     logits = classifier(dropout(pool(h)))        h (B, T, d) -> logits (B, C)
 

@@ -1,0 +1,181 @@
+"""A small, documented hyperparameter search per task, scored on held-out *training* data.
+
+The GLUE dev sets are what the reproduction reports, so the search never looks at them: each
+task's training set is split once (a seeded shuffle; the last ``holdout`` examples are held
+out, 10% and at most 2,000) and every trial trains on the rest and is scored on the held-out
+part. The chosen values go into ``npcosteff/recipe.py``; the table goes into
+``docs/search.md`` (``--table``).
+
+Trials of a search run one at a time; each appends one JSON line to
+``results/search/<task>.jsonl`` when it finishes, and a rerun skips the trials already there,
+so an interrupted search resumes where it stopped (the trial in progress starts again).
+
+Usage::
+
+    python experiments/search.py --task mrpc --stage teacher --glue-dir PATH
+    python experiments/search.py --task mrpc --stage ta --glue-dir PATH   # from the best teacher
+    python experiments/search.py --table                                  # docs/search.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(ROOT, "results", "search")
+RUNS = os.path.join(ROOT, "runs", "search")
+
+# The grids. Teacher: the learning rate, with the epochs of the authors' scripts where the CPU
+# allows; TA: its learning rate (the TA distills from the best teacher of the first search).
+TEACHER_GRID = {
+    "mrpc": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (2e-5, 5e-5, 1e-4)],
+    "rte": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (5e-5, 1e-4)],
+    "stsb": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (5e-5, 1e-4)],
+    "cola": [dict(finetune_learning_rate=lr, finetune_epochs=4.0) for lr in (5e-5, 1e-4)],
+    "sst2": [dict(finetune_learning_rate=lr, finetune_epochs=1.0, max_train=20000) for lr in (5e-5, 1e-4)],
+}
+TA_GRID = {
+    task: [dict(ta_learning_rate=lr) for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
+}
+
+
+def holdout_split(encoded, seed=0, fraction=0.1, cap=2000):
+    """(train part, held-out part) of an EncodedSplit: a seeded shuffle, the last
+    ``min(cap, fraction * n)`` examples held out."""
+    from npcosteff.data.batching import EncodedSplit
+
+    n = len(encoded)
+    k = min(cap, max(1, int(round(fraction * n))))
+    order = np.random.default_rng(seed).permutation(n)
+
+    def take(idx):
+        idx = np.sort(idx)
+        return EncodedSplit([encoded.input_ids[i] for i in idx], [encoded.token_type_ids[i] for i in idx],
+                            np.asarray(encoded.labels)[idx], encoded.max_length, encoded.pad_token_id)
+
+    return take(order[:-k]), take(order[-k:])
+
+
+def _done(task):
+    path = os.path.join(RESULTS, f"{task}.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _append(task, record):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{task}.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trial_name(stage, overrides):
+    return stage + "-" + "-".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in sorted(overrides.items()))
+
+
+def run_search(task, stage, glue_dir, preset=None):
+    from npcosteff.pipeline import TaskData, finetune, load_task_data, train_ta
+    from npcosteff.recipe import get_preset
+    from npcosteff.train import evaluate
+
+    base = get_preset(preset or task)
+    grid = (TEACHER_GRID if stage == "teacher" else TA_GRID)[task]
+    finished = {r["trial"] for r in _done(task)}
+    teacher = None
+    if stage == "ta":
+        teachers = [r for r in _done(task) if r["stage"] == "teacher"]
+        if not teachers:
+            raise SystemExit(f"no finished teacher trial for {task}: run --stage teacher first")
+        best = max(teachers, key=lambda r: r["holdout"])
+        from npcosteff.model import CostEffModel
+        teacher = CostEffModel.from_pretrained(best["model_dir"])
+        print(f"[search] TA trials distill from {best['trial']} (held-out {best['holdout']:.4f})", flush=True)
+    for overrides in grid:
+        name = _trial_name(stage, overrides)
+        if name in finished:
+            print(f"[search] {task} {name}: done before, skipped", flush=True)
+            continue
+        recipe = base.replace(**overrides)
+        data = load_task_data(task, glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
+        train, held = holdout_split(data.train)
+        data = dataclasses.replace(data, train=train, dev=held)
+        folder = os.path.join(RUNS, task, name)
+        clock = time.time()
+        print(f"[search] {task} {name}: {len(train)} training, {len(held)} held-out examples", flush=True)
+        if stage == "teacher":
+            model, _ = finetune(data, recipe.finetune_arguments(progress=False), folder, recipe.model,
+                                pooler=recipe.teacher_pooler)
+        else:
+            model, _ = train_ta(data, teacher, recipe.ta_arguments(progress=False), folder, recipe.model,
+                                recipe.ta_hidden_fraction, pooler=recipe.pooler, schedule=recipe.ta_schedule)
+        scores = evaluate(model, held, task, recipe.eval_batch_size)
+        record = dict(task=task, stage=stage, trial=name, overrides=overrides, holdout=scores["average"],
+                      holdout_exits={str(k): v[scores["main_metric"]] for k, v in scores["exits"].items()},
+                      metric=scores["main_metric"], seconds=round(time.time() - clock, 1),
+                      model_dir=os.path.join(folder, "best"), train_examples=len(train),
+                      holdout_examples=len(held))
+        _append(task, record)
+        print(f"[search] {task} {name}: held-out {scores['main_metric']} {scores['average']:.4f} "
+              f"in {record['seconds']:.0f} s", flush=True)
+
+
+def table() -> str:
+    """docs/search.md: every finished trial, best per task and stage marked."""
+    lines = ["# Hyperparameter search", "",
+             "Each trial trains on the training set minus a held-out tenth (at most 2,000 examples, a",
+             "seeded shuffle) and is scored on that held-out part, never on GLUE dev, which the",
+             "reproduction reports. TA trials distill from the best teacher trial of their task; the",
+             "score of a TA is its metric averaged over exits. Written by `experiments/search.py --table`.",
+             ""]
+    for path in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
+        if not path.endswith(".jsonl"):
+            continue
+        records = _done(path[:-len(".jsonl")])
+        for stage in ("teacher", "ta"):
+            rs = [r for r in records if r["stage"] == stage]
+            if not rs:
+                continue
+            best = max(rs, key=lambda r: r["holdout"])
+            lines += [f"## {rs[0]['task']}: {stage}", "",
+                      f"| trial | held-out {rs[0]['metric']} | per exit | minutes |", "|---|---|---|---|"]
+            for r in rs:
+                mark = " **(chosen)**" if r is best else ""
+                exits = " / ".join(f"{v:.3f}" for v in r["holdout_exits"].values())
+                settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+                lines.append(f"| {settings}{mark} | {r['holdout']:.4f} | {exits} | {r['seconds'] / 60:.1f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task")
+    p.add_argument("--stage", choices=("teacher", "ta"))
+    p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
+    p.add_argument("--preset", help="the recipe the trials start from (default: the task's preset)")
+    p.add_argument("--table", action="store_true", help="write docs/search.md from the finished trials")
+    a = p.parse_args(argv)
+    if a.table:
+        text = table()
+        with open(os.path.join(ROOT, "docs", "search.md"), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(text)
+        return 0
+    if not (a.task and a.stage):
+        p.error("give --task and --stage (or --table)")
+    run_search(a.task, a.stage, a.glue_dir, a.preset)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
