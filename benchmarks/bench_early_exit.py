@@ -41,14 +41,11 @@ from benchmarks.common import REPO, blas_summary, default_threads, limit_threads
 
 
 def glue_dir() -> str:
-    """The GLUE TSV folder: $NPCOSTEFF_GLUE_DIR, else the shared data folder beside the repository."""
-    from npcosteff.data.glue import GLUE_DIR_ENV
+    """Where SST-2 comes from: $NPCOSTEFF_GLUE_DIR when set, else the Hugging Face hub (the full
+    dev set is timed: the shipped slices are too small here); see npcosteff.data.glue_source."""
+    from npcosteff.data.glue import glue_source
 
-    candidates = [os.environ.get(GLUE_DIR_ENV), os.path.join(os.path.dirname(REPO), "shared", "data", "glue")]
-    for c in candidates:
-        if c and os.path.isdir(os.path.join(c, "SST-2")):
-            return c
-    raise FileNotFoundError(f"no GLUE folder with SST-2/: set {GLUE_DIR_ENV}")
+    return glue_source(task="sst2")
 
 
 def trained_model(model_dir: str, steps: int, data_dir: str):

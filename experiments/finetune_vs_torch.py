@@ -2,8 +2,8 @@
 same hyperparameters, seed, initial weights, batches and dropout masks; report both dev
 metrics and wall-clock times.
 
-    python experiments/finetune_vs_torch.py --task mrpc --glue-dir ../shared/data/glue --epochs 3
-    python experiments/finetune_vs_torch.py --task sst2 --glue-dir ../shared/data/glue \\
+    python experiments/finetune_vs_torch.py --task mrpc --glue-dir path/to/glue --epochs 3
+    python experiments/finetune_vs_torch.py --task sst2 --glue-dir path/to/glue \\
         --max-train 8000 --epochs 1 --max-length 64
 
 Both sides start from the same numbers: the classifier is initialized once by npcosteff and

@@ -1,7 +1,7 @@
 """The teacher-assistant against naively attached exits, per exit, on a GLUE dev set.
 
     python experiments/ta_vs_naive.py --task mrpc --teacher runs/mrpc/teacher --ta runs/mrpc/ta \\
-        --glue-dir ../shared/data/glue --epochs 3 --output runs/mrpc/ta_vs_naive
+        --glue-dir path/to/glue --epochs 3 --output runs/mrpc/ta_vs_naive
 
 * TA: the pretrained model with an exit after every layer, `hidden` distillation from the
   fine-tuned teacher for a third of the epochs, then `pred_ta` with gradient equilibrium;

@@ -1,4 +1,4 @@
-"""Static checks of the tutorial notebooks, and of `find_glue_dir`, which they use to find data.
+"""Static checks of the tutorial notebooks.
 
 The notebooks themselves run under ``pytest --nbmake tutorials`` (their ``small`` size, set
 by the root conftest.py). These tests only read the committed ``.ipynb`` files, so they are
@@ -9,7 +9,9 @@ fast: each notebook
 * has the size switch ``SIZE = os.environ.get("NPCOSTEFF_TUTORIAL_SIZE", "full")`` in one of
   its first code cells;
 * is committed with the outputs of a complete run: every code cell executed, no error
-  output, at least one image, and no absolute path of the machine that ran it.
+  output, at least one image, and no absolute path of the machine that ran it;
+* reads GLUE through `npcosteff.data.glue_source` (``$NPCOSTEFF_GLUE_DIR``, else the slices
+  shipped with the package in the small size), never from a folder of a development layout.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from pathlib import Path
 import pytest
 
 import npcosteff
-from npcosteff.data import locate
-from npcosteff.data.locate import GLUE_SUBDIR, find_glue_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = REPO / "tutorials"
@@ -129,72 +129,12 @@ def test_committed_with_the_outputs_of_a_full_run(name):
     assert not widgets, f"{name} has progress-bar widgets in its outputs (they do not render outside Jupyter)"
 
 
-# --------------------------------------------------------------------------- find_glue_dir
+# --------------------------------------------------------------------------- where the data comes from
 
-@pytest.fixture
-def no_env(monkeypatch):
-    monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
-
-
-def test_find_glue_dir_prefers_the_environment_variable(monkeypatch, tmp_path):
-    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(tmp_path))
-    assert find_glue_dir() == str(tmp_path)
-
-
-def test_find_glue_dir_rejects_an_environment_variable_that_is_not_a_folder(monkeypatch, tmp_path):
-    missing = tmp_path / "no-such-folder"
-    monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", str(missing))
-    with pytest.raises(FileNotFoundError, match="NPCOSTEFF_GLUE_DIR"):
-        find_glue_dir()
-
-
-def test_find_glue_dir_walks_up_from_the_start_folder(no_env, monkeypatch, tmp_path):
-    # A checkout <tmp>/main beside <tmp>/shared/data/glue, searched from deep inside the checkout;
-    # the package's own location is moved away so that only the start folder can find it.
-    glue = tmp_path / GLUE_SUBDIR
-    glue.mkdir(parents=True)
-    deep = tmp_path / "main" / "tutorials" / "sub"
-    deep.mkdir(parents=True)
-    elsewhere = tmp_path.parent / f"{tmp_path.name}-package" / "npcosteff" / "data"
-    elsewhere.mkdir(parents=True)
-    monkeypatch.setattr(locate, "__file__", str(elsewhere / "locate.py"))
-    assert Path(find_glue_dir(deep)) == glue.resolve()
-    monkeypatch.chdir(deep)
-    assert Path(find_glue_dir()) == glue.resolve()           # start=None: the current folder
-
-
-def test_find_glue_dir_walks_up_from_the_package(no_env, monkeypatch, tmp_path):
-    glue = tmp_path / "site" / GLUE_SUBDIR
-    glue.mkdir(parents=True)
-    package = tmp_path / "site" / "main" / "npcosteff" / "data"
-    package.mkdir(parents=True)
-    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
-    # Start the search at the file system root, which has nothing above it: a temporary folder
-    # may itself sit below a shared/data/glue (a CI clone in /tmp beside /tmp/shared), and the
-    # start walk would then find that copy before the package walk is ever tried.
-    root = Path(tmp_path.anchor)
-    if (root / GLUE_SUBDIR).is_dir():
-        pytest.skip("a shared/data/glue folder exists at the file system root")
-    assert Path(find_glue_dir(root)) == glue.resolve()
-
-
-def test_find_glue_dir_returns_none_when_there_is_no_copy(no_env, monkeypatch, tmp_path):
-    package = tmp_path / "pkg" / "npcosteff" / "data"
-    package.mkdir(parents=True)
-    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
-    start = tmp_path / "start"
-    start.mkdir()
-    if any((p / GLUE_SUBDIR).is_dir() for p in [tmp_path, *tmp_path.parents]):
-        pytest.skip("a shared/data/glue folder exists above the temporary folder")
-    assert find_glue_dir(start) is None
-
-
-def test_find_glue_dir_ignores_a_file_named_like_the_folder(no_env, monkeypatch, tmp_path):
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / GLUE_SUBDIR).write_text("not a folder")
-    package = tmp_path / "pkg" / "npcosteff" / "data"
-    package.mkdir(parents=True)
-    monkeypatch.setattr(locate, "__file__", str(package / "locate.py"))
-    if any((p / GLUE_SUBDIR).is_dir() for p in tmp_path.parents):
-        pytest.skip("a shared/data/glue folder exists above the temporary folder")
-    assert find_glue_dir(tmp_path) is None
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_reads_glue_through_glue_source(name):
+    sources = "\n".join(_code_cells(_load(name)))
+    assert "shared" not in sources and "find_glue_dir" not in sources and "npcosteff.data.locate" not in sources, name
+    if "load_task_data(" in sources or "load_glue(" in sources:
+        assert 'glue_source(default="shipped" if SIZE == "small"' in sources, (
+            f"{name} reads GLUE without glue_source: the small size must run on the shipped slices")
