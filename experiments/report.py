@@ -1,200 +1,312 @@
-"""One table per task from finished `npcosteff run` folders: the README's reproduction tables.
+"""One results file and one table per task, from finished runs: the README's reproduction.
 
-    python experiments/report.py --target 0.965 \\
+    python experiments/report.py --task mrpc --glue-dir PATH \\
         --run "2 heads, FFN 256, rank 48=runs/mrpc" --run "6 heads, FFN 768, rank 192=runs/mrpc-w6" \\
-        --output runs/report_mrpc.md
+        --ablation "last-exit importance=runs/mrpc-last" --ablation "no TA=runs/mrpc-nota" \\
+        --ablation "no exits=runs/mrpc-noexits" --naive runs/mrpc/naive/best \\
+        --plot docs/images/mrpc_all_models.png
 
-Each ``--run LABEL=FOLDER`` names a run folder (with summary.json and sweep/). The teacher
-and the TA come from the first folder; every folder adds its student under LABEL. For each
-model the table gives the dev metric of every exit and their average, the parameters, and
-one early-exit operating point read from the model's full threshold sweep:
+The teacher and the TA come from the first ``--run`` folder (``summary.json`` names their
+model folders); every ``--run`` and ``--ablation`` adds its student, ``--naive`` a model
+folder of the naive-exits baseline. For each model, on the whole dev set:
 
-* the threshold: the largest FLOPs saving whose dev metric stays at or above ``--target``
-  times the teacher's (the paper's claim keeps 96.5%), and with ``--baseline`` above the
-  majority class's (a model that always answers the same can keep 96.5% of a weak
-  teacher's score on MRPC); when no threshold reaches it, the
-  threshold with the best dev metric. The choice is made on the dev set that is reported,
-  so it is an optimistic operating point, as in the paper's own sweeps;
-* the dev metric there, as a share of the teacher's;
-* the FLOPs per example there, as a fraction of the teacher's full forward pass;
-* the measured speed-up: the teacher's wall-clock time per dev example over the model's at
-  that threshold. By default both come from the sweeps (timed once each, possibly at
-  different times); with ``--time`` every model is timed again here, side by side in one
-  process: the dev set in batches of the recipe's eval_batch_size, each model in turn for
-  ``--repeats`` rounds after a warm-up, the median per model.
+* the metric of every exit (one full pass that keeps all exits' logits);
+* parameters, as a fraction of the teacher's;
+* an early-exit **operating point** chosen by 2-fold cross-fitting
+  (``npcosteff.operating_point.cross_fit``): on each half of dev, the threshold with the
+  fewest FLOPs that keeps ``--target`` (96.5%) of the teacher's metric on that half and beats
+  the majority class; applied to the other half. The threshold is never chosen on the
+  samples it is scored on;
+* FLOPs per sample there, on each sample's real tokens and on inputs padded to
+  ``--pad-to`` (128) tokens, the paper's protocol, both as fractions of the teacher's;
+* the measured speed-up: the teacher's wall-clock time over dev (full forward) over the
+  model's early-exit time with its two thresholds, timed side by side in this process,
+  the median of ``--repeats`` rounds after a warm-up.
+
+Writes ``results/<task>.json`` (schema in ``docs/results.md``), and a markdown table to
+stdout (``--markdown`` writes it to a file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
-def load_run(folder):
-    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    models = {m["name"]: m for m in summary["models"]}
-    sweeps = {}
-    for name in models:
-        with open(os.path.join(folder, "sweep", f"{name}.json"), encoding="utf-8") as f:
-            sweeps[name] = json.load(f)
-    return summary, models, sweeps
+# --------------------------------------------------------------------------- measuring a model
+def exit_logits(model, batches):
+    """(E, N, C) logits of every exit and (N,) token counts, in the split's order."""
+    per_exit, order, n_tokens = [[] for _ in model.config.exit_layers], [], []
+    for b in batches:
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        for k, z in enumerate(out.logits):
+            per_exit[k].append(z)
+        order.append(b["indices"])
+        n_tokens.append(b["attention_mask"].sum(axis=1))
+    order = np.concatenate(order)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    logits = np.stack([np.concatenate(z)[inverse] for z in per_exit])
+    return logits, np.concatenate(n_tokens)[inverse]
 
 
-def operating_point(rows, teacher_metric, target, floor=None):
-    """(row, reached): the row with the fewest FLOPs among those at >= target * teacher (and
-    above `floor`, the majority-class metric, when given), else the best row."""
-    good = [r for r in rows if r["metric"] >= target * teacher_metric and (floor is None or r["metric"] > floor)]
-    if good:
-        return min(good, key=lambda r: (r["flops_per_sample"], -r["metric"])), True
-    return max(rows, key=lambda r: (r["metric"], -r["flops_per_sample"])), False
+def exit_metrics(task, logits, labels):
+    from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits
+
+    regression = logits.shape[2] == 1
+    return [float(compute_metrics(task, predictions_from_logits(z, regression), labels)[main_metric(task)])
+            for z in logits]
 
 
-def widths(m):
-    w = m["widths"]
-    heads, ffn = w["heads_per_layer"], w["intermediate_per_layer"]
-    h = heads[0] if len(set(heads)) == 1 else "/".join(map(str, heads))
-    f = ffn[0] if len(set(ffn)) == 1 else "/".join(map(str, ffn))
-    return f"{h} / {f} / {w['embedding_rank'] or '-'}"
+def flops_of(config, n_tokens, layers):
+    """(N,) FLOPs of each sample leaving at `layers` with `n_tokens` real tokens (or a constant)."""
+    from npcosteff.flops import model_flops
+
+    n_tokens = np.broadcast_to(np.asarray(n_tokens), np.shape(layers))
+    cache = {}
+    out = np.empty(len(layers))
+    for i, (n, l) in enumerate(zip(n_tokens.tolist(), np.asarray(layers).tolist())):
+        if (n, l) not in cache:
+            cache[(n, l)] = model_flops(config, int(n), int(l))
+        out[i] = cache[(n, l)]
+    return out
 
 
-def time_points(runs, points, glue_dir, repeats):
-    """Median seconds of one early-exit pass over dev for each (label, folder, threshold) in
-    `points`, the models taking turns round by round (a change of machine load hits them all)."""
-    import time
+def majority(task, train_labels, dev_labels):
+    """(metric, label) of always predicting the training set's most frequent label (the mean for regression)."""
+    from npcosteff.metrics import compute_metrics, main_metric
 
-    import numpy as np
-
-    from npcosteff.cli import load_data, pretrained_dir, tokenizer_dir
-    from npcosteff.data.batching import iterate_batches
-    from npcosteff.early_exit import early_exit_predict
-    from npcosteff.model import CostEffModel
-    from npcosteff.recipe import Recipe
-
-    recipe = Recipe.from_dict(runs[0][1][0]["recipe"])
-    data = load_data(recipe, glue_dir, tokenizer_dir(pretrained_dir(recipe.model)), need_train=False)
-    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
-    models = {label: CostEffModel.from_pretrained(folder) for label, folder, _ in points}
-    thresholds = {label: thr for label, _, thr in points}
-    for label, model in models.items():                                  # warm-up
-        early_exit_predict(model, batches[:1], threshold=thresholds[label])
-    seconds = {label: [] for label in models}
-    for _ in range(repeats):
-        for label, model in models.items():
-            t0 = time.perf_counter()
-            early_exit_predict(model, batches, threshold=thresholds[label])
-            seconds[label].append(time.perf_counter() - t0)
-    return {label: float(np.median(s)) for label, s in seconds.items()}
+    train_labels, dev_labels = np.asarray(train_labels), np.asarray(dev_labels)
+    if np.issubdtype(train_labels.dtype, np.floating) and len(np.unique(train_labels)) > 10:
+        value = float(train_labels.mean())
+        preds = np.full(len(dev_labels), value)
+    else:
+        value = int(np.bincount(train_labels.astype(np.int64)).argmax())
+        preds = np.full(len(dev_labels), value)
+    return float(compute_metrics(task, preds, dev_labels)[main_metric(task)]), value
 
 
-def majority_baseline(summary, glue_dir):
-    """The dev metric of always predicting the training set's most frequent label."""
-    import numpy as np
+# --------------------------------------------------------------------------- the report
+def build(task, models, labels, teacher_name="teacher", target=0.965, floor=None, pad_to=128,
+          thresholds=None, criterion="entropy", probe=None, majority_metric=None, metric_name=""):
+    """The results dict of one task from measured models.
 
-    from npcosteff.data.glue import load_glue
-    from npcosteff.metrics import compute_metrics
+    models: name -> dict(role, config, parameters, logits (E, N, C), exit_layers, n_tokens,
+    num_layers). ``speedup_measured`` is left None: the command line times the models.
+    """
+    from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits
+    from npcosteff.operating_point import cross_fit
 
-    recipe = summary["recipe"]
-    train = np.asarray(load_glue(recipe["task"], "train", glue_dir, recipe.get("max_train")).labels)
-    dev = np.asarray(load_glue(recipe["task"], "validation", glue_dir, recipe.get("max_eval")).labels)
-    label = np.bincount(train.astype(np.int64)).argmax()
-    return compute_metrics(recipe["task"], np.full(len(dev), label), dev)[summary["main_metric"]], int(label)
+    teacher = models[teacher_name]
+    t_pred = predictions_from_logits(teacher["logits"][-1], teacher["logits"].shape[2] == 1)
+    key = main_metric(task)
+
+    def teacher_metric_of(idx):
+        return float(compute_metrics(task, t_pred[idx], labels[idx])[key])
+
+    t_flops = flops_of(teacher["config"], teacher["n_tokens"], np.full(len(labels), teacher["num_layers"]))
+    t_flops_padded = flops_of(teacher["config"], pad_to, np.full(len(labels), teacher["num_layers"]))
+    out_models = []
+    for name, m in models.items():
+        L = m["num_layers"]
+        per_exit = exit_metrics(task, m["logits"], labels)
+        exits = [None] * L
+        for layer, value in zip(m["exit_layers"], per_exit):
+            exits[layer - 1] = value
+        if len(m["exit_layers"]) > 1:
+            fit = cross_fit(task, m["logits"], m["exit_layers"], labels, thresholds,
+                            cost=lambda layers, m=m: flops_of(m["config"], m["n_tokens"], layers),
+                            teacher_metric_of=teacher_metric_of, target=target, floor=floor, criterion=criterion)
+            metric, layers, thr = fit.metric, fit.exit_layers, list(fit.thresholds)
+        else:
+            metric, layers, thr = per_exit[-1], np.full(len(labels), L), None
+        flops = flops_of(m["config"], m["n_tokens"], layers)
+        flops_padded = flops_of(m["config"], pad_to, layers)
+        out_models.append({
+            "name": name, "role": m["role"], "parameters": int(m["parameters"]),
+            "params_ratio": m["parameters"] / teacher["parameters"], "exits": exits,
+            "exit_average": float(np.mean([e for e in exits if e is not None])),
+            "operating_point": {
+                "threshold": thr, "criterion": criterion if thr is not None else None,
+                "metric": float(metric), "metric_ratio": float(metric) / teacher_metric_of(np.arange(len(labels))),
+                "flops_ratio": float(flops.mean() / t_flops.mean()),
+                "flops_ratio_padded": float(flops_padded.mean() / t_flops_padded.mean()),
+                "mean_exit_layer": float(np.mean(layers)), "speedup_measured": None},
+        })
+    t_metric = teacher_metric_of(np.arange(len(labels)))
+    return {"task": task, "metric": metric_name or key, "teacher": t_metric, "majority": majority_metric,
+            "probe": probe, "target": target, "pad_to": pad_to, "dev_examples": int(len(labels)),
+            "operating_point_rule": (f"2-fold cross-fitted on dev: on each half the {criterion} threshold with the "
+                                     f"fewest FLOPs keeping {target:g} of the teacher's metric on that half and "
+                                     f"beating the majority class, applied to the other half"),
+            "models": out_models}
 
 
-def table(runs, target, glue_dir=None, repeats=0, baseline=False):
-    first_summary, first_models, first_sweeps = runs[0][1]
-    key = first_summary["main_metric"]
-    teacher = first_models["teacher"]
-    t_metric = teacher["dev"]["final"]
-    t_ms = first_sweeps["teacher"][0]["ms_per_sample"]
-    entries = [("teacher", teacher, first_sweeps["teacher"])]
-    if "ta" in first_models:
-        entries.append(("TA", first_models["ta"], first_sweeps["ta"]))
-    for label, (_, models, sweeps) in runs:
-        if "student" in models:
-            entries.append((f"student: {label}", models["student"], sweeps["student"]))
-    L = max(e[1]["widths"]["num_hidden_layers"] for e in entries)
-    floor = majority_baseline(first_summary, glue_dir) if baseline else None
-    chosen = {label: operating_point(rows, t_metric, target, floor and floor[0]) for label, _, rows in entries}
-    timed = None
-    if repeats:
-        timed = time_points(runs, [(label, m["folder"], chosen[label][0]["threshold"]) for label, m, _ in entries],
-                            glue_dir, repeats)
-    head = (["model", "heads / FFN / rank", "params"] + [f"exit {l}" for l in range(1, L + 1)] +
-            ["avg", "threshold", f"{key} (x teacher)", "FLOPs", "measured speed-up"])
+def markdown(results) -> str:
+    L = max(len(m["exits"]) for m in results["models"])
+    head = (["model", "role", "params"] + [f"exit {l}" for l in range(1, L + 1)] +
+            ["avg", "threshold(s)", "metric (x teacher)", "FLOPs", "FLOPs @128", "speed-up"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    records = []
-    for label, m, rows in entries:
-        exits = m["dev"]["exits"]
-        row, reached = chosen[label]
-        thr = row["patience"] if row.get("criterion") == "patience" else row["threshold"]
-        flops_frac = row["flops_per_sample"] / teacher["flops_per_sample"]
-        speed = timed["teacher"] / timed[label] if timed else t_ms / row["ms_per_sample"]
-        cells = [label, widths(m), f"{m['parameters'] / 1e6:.2f}M (1/{teacher['parameters'] / m['parameters']:.1f})"]
-        cells += [f"{100 * exits[str(l)][key]:.1f}" if str(l) in exits else "-" for l in range(1, L + 1)]
-        cells += [f"{100 * m['dev']['average']:.1f}", f"{thr:g}" + ("" if reached else " *"),
-                  f"{100 * row['metric']:.1f} ({row['metric'] / t_metric:.3f})",
-                  f"1/{1 / flops_frac:.1f}", f"{speed:.2f}x"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    if results.get("probe"):
+        lines.append("| " + " | ".join(["linear probe (frozen)", "-", "-"] + [pct(v) for v in results["probe"]]
+                                       + ["-"] * 6) + " |")
+    for m in results["models"]:
+        op = m["operating_point"]
+        thr = "-" if op["threshold"] is None else " / ".join(f"{t:g}" for t in op["threshold"])
+        cells = [m["name"], m["role"], f"{m['parameters'] / 1e6:.2f}M (1/{1 / m['params_ratio']:.1f})"]
+        cells += [pct(e) for e in m["exits"]] + [pct(m["exit_average"]), thr,
+                                                  f"{pct(op['metric'])} ({op['metric_ratio']:.3f})",
+                                                  f"1/{1 / op['flops_ratio']:.1f}", f"1/{1 / op['flops_ratio_padded']:.1f}",
+                                                  "-" if op["speedup_measured"] is None else f"{op['speedup_measured']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-        records.append({"model": label, "parameters": m["parameters"], "dev": m["dev"], "threshold": thr,
-                        "reached_target": reached, "metric": row["metric"], "metric_vs_teacher": row["metric"] / t_metric,
-                        "flops_fraction": flops_frac, "measured_speedup": speed,
-                        "mean_exit_layer": row["mean_exit_layer"]})
-    if baseline:
-        value, label = floor
-        cells = [f"majority class (always {label})", "-", "-"] + ["-"] * L + [f"{100 * value:.1f}", "-",
-                                                                                 f"{100 * value:.1f} ({value / t_metric:.3f})", "-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-        records.append({"model": "majority class", "metric": value, "metric_vs_teacher": value / t_metric})
-    legend = (f"Dev {key} (%) per exit of {first_summary['task']}; params with exits (1/x: fraction of the "
-              f"teacher's); threshold: entropy threshold with the fewest FLOPs at >= {100 * target:.1f}% of the "
-              f"teacher's dev {key}" + (" and above the majority class" if baseline else "") + f" (* none reaches it: the best threshold); FLOPs per dev example there as a "
-              f"fraction of the teacher's; measured speed-up: the teacher's wall-clock time per dev example over "
-              f"the model's at that threshold" + (f", timed side by side (median of {repeats} passes over dev)."
-                                                 if repeats else ", from the sweeps."))
-    return "\n".join(lines) + "\n\n" + legend + "\n", records
+    if results.get("majority") is not None:
+        lines.append("| " + " | ".join(["majority class", "-", "-"] + ["-"] * L + [pct(results["majority"])]
+                                       + ["-"] * 5) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- command line
+def _time(models, batches, thresholds_of, criterion, repeats):
+    """Median seconds over dev per model, the models taking turns round by round."""
+    from npcosteff.early_exit import early_exit_predict
+
+    def once(name, model):
+        thr = thresholds_of.get(name)
+        t0 = time.perf_counter()
+        if thr is None:
+            for b in batches:
+                model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        else:
+            for part, t in zip(thr["halves"], thr["values"]):
+                kw = dict(patience=int(t)) if criterion == "patience" else dict(threshold=float(t))
+                early_exit_predict(model, part, criterion=criterion, **kw)
+        return time.perf_counter() - t0
+
+    for name, model in models.items():
+        once(name, model)                                        # warm-up
+    seconds = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            seconds[name].append(once(name, model))
+    return {name: float(np.median(s)) for name, s in seconds.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True)
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER")
-    p.add_argument("--target", type=float, default=0.965, help="share of the teacher's dev metric to keep")
-    p.add_argument("--output", help="write the markdown (and a .json beside it) here")
-    p.add_argument("--plot", help="also write a PNG of dev metric against FLOPs, one curve per model, from the "
-                                  "sweeps (npcosteff.sweep.plot_sweeps, the plot `npcosteff sweep` writes)")
-    p.add_argument("--baseline", action="store_true", help="add the majority-class row (needs the data)")
-    p.add_argument("--time", action="store_true", help="time every model again here, side by side")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per model with --time")
-    p.add_argument("--glue-dir", help="GLUE TSV folder for --time and --baseline (default: $NPCOSTEFF_GLUE_DIR, else the hub)")
-    args = p.parse_args(argv)
-    runs = []
-    for spec in args.run:
-        label, sep, folder = spec.rpartition("=")
-        if not sep or not label:
-            p.error(f"--run takes LABEL=FOLDER, got {spec!r}")
-        if not os.path.isfile(os.path.join(folder, "summary.json")):
-            p.error(f"{folder} has no summary.json: run `npcosteff run` there to the end first")
-        runs.append((label, load_run(folder)))
-    md, records = table(runs, args.target, args.glue_dir, args.repeats if args.time else 0, args.baseline)
-    if args.plot:
-        from npcosteff.sweep import plot_sweeps
+    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=FOLDER")
+    p.add_argument("--naive", help="model folder of the naive-exits baseline")
+    p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
+    p.add_argument("--target", type=float, default=0.965)
+    p.add_argument("--pad-to", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--output", help="results file (default: results/<task>.json)")
+    p.add_argument("--markdown", help="also write the table here")
+    a = p.parse_args(argv)
 
-        summary, models, sweeps = runs[0][1]
-        curves = {"teacher": sweeps["teacher"]}
-        if "ta" in sweeps:
-            curves["TA"] = sweeps["ta"]
-        curves.update({f"student: {label}": s["student"] for label, (_, _, s) in runs if "student" in s})
-        plot_sweeps(curves, args.plot, metric_name=f"dev {summary['main_metric']}",
-                    title=f"{summary['task']}: early exit ({summary['criterion']}), every model")
-        print(f"plot: {args.plot}")
+    from npcosteff.data.batching import iterate_batches
+    from npcosteff.flops import count_parameters
+    from npcosteff.metrics import main_metric
+    from npcosteff.model import CostEffModel
+    from npcosteff.pipeline import load_task_data
+    from npcosteff.recipe import Recipe
+
+    def split(spec):
+        label, sep, folder = spec.rpartition("=")
+        if not sep or not label or not os.path.isfile(os.path.join(folder, "summary.json")):
+            p.error(f"{spec!r}: give LABEL=FOLDER of a finished `npcosteff run` (with summary.json)")
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+            return label, json.load(f)
+
+    runs = [split(s) for s in a.run]
+    ablations = [split(s) for s in a.ablation]
+    recipe = Recipe.from_dict(runs[0][1]["recipe"])
+    folders = {m["name"]: m["folder"] for m in runs[0][1]["models"]}
+    entries = [("teacher", "teacher", folders["teacher"])]
+    if "ta" in folders:
+        entries.append(("TA", "ta", folders["ta"]))
+    if a.naive:
+        entries.append(("naive exits", "naive", a.naive))
+    for label, summary in runs + ablations:
+        student = {m["name"]: m["folder"] for m in summary["models"]}.get("student")
+        if student:
+            entries.append((f"student: {label}", "student", student))
+
+    data = load_task_data(recipe.task, a.glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
+    labels = np.asarray(data.dev.labels)
+    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
+    loaded, measured = {}, {}
+    for name, role, folder in entries:
+        model = CostEffModel.from_pretrained(folder)
+        logits, n_tokens = exit_logits(model, batches)
+        loaded[name] = model
+        measured[name] = dict(role=role, config=model.config, parameters=count_parameters(model.config)["total"],
+                              logits=logits, exit_layers=[i + 1 for i in model.config.exit_layers],
+                              n_tokens=n_tokens, num_layers=model.config.num_hidden_layers)
+    maj, _ = majority(recipe.task, data.train.labels, labels)
+    probe_file = os.path.join(ROOT, "results", "probe", f"{recipe.task}.json")
+    probe = None
+    if os.path.isfile(probe_file):
+        with open(probe_file, encoding="utf-8") as f:
+            probe = json.load(f)["probe"][1:]                  # layers 1..L
+    thresholds = list(recipe.thresholds)
+    if recipe.criterion == "entropy":                          # a fine grid as well, up to ln C
+        thresholds = sorted(set(thresholds) | set(np.round(np.linspace(0, math.log(max(2, data.num_labels)), 41), 4)))
+    results = build(recipe.task, measured, labels, target=a.target, floor=maj, pad_to=a.pad_to,
+                    thresholds=thresholds, criterion=recipe.criterion, probe=probe, majority_metric=maj,
+                    metric_name=main_metric(recipe.task))
+    # Time every model side by side, each half of dev with the threshold chosen on the other.
+    from npcosteff.data.batching import EncodedSplit
+
+    order = np.random.default_rng(0).permutation(len(labels))
+    halves = (np.sort(order[: len(labels) // 2]), np.sort(order[len(labels) // 2:]))
+
+    def half_batches(idx):
+        sub = EncodedSplit([data.dev.input_ids[i] for i in idx], [data.dev.token_type_ids[i] for i in idx],
+                           labels[idx], data.dev.max_length, data.dev.pad_token_id)
+        return list(iterate_batches(sub, sub.labels, recipe.eval_batch_size, sort_by_length=True))
+
+    parts = (half_batches(halves[1]), half_batches(halves[0]))   # threshold chosen on A runs on B, and back
+    thresholds_of = {m["name"]: None if m["operating_point"]["threshold"] is None else
+                     {"halves": parts, "values": m["operating_point"]["threshold"]} for m in results["models"]}
+    seconds = _time(loaded, batches, thresholds_of, recipe.criterion, a.repeats)
+    for m in results["models"]:
+        m["operating_point"]["speedup_measured"] = seconds["teacher"] / seconds[m["name"]]
+    results["timing"] = {"repeats": a.repeats, "seconds": seconds, "cpu": _cpu(), "date": time.strftime("%Y-%m-%d"),
+                         "load_average": os.getloadavg()[0]}
+    out = a.output or os.path.join(ROOT, "results", f"{recipe.task}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    os.replace(out + ".tmp", out)
+    md = markdown(results)
     print(md)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
             f.write(md)
-        with open(os.path.splitext(args.output)[0] + ".json", "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=2)
+    return 0
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,30 +1,56 @@
-"""experiments/report.py: the early-exit operating point of the README's reproduction tables."""
+"""experiments/report.py: the results file of a task, built from measured models."""
 
 import importlib.util
 from pathlib import Path
+
+import numpy as np
+
+from npcosteff.config import CostEffConfig
+from npcosteff.flops import count_parameters, model_flops
 
 spec = importlib.util.spec_from_file_location("report", Path(__file__).parents[1] / "experiments" / "report.py")
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 
 
-def rows(*pairs):
-    return [{"threshold": t, "metric": m, "flops_per_sample": f} for t, m, f in pairs]
+def _config(heads, exit_start):
+    return CostEffConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=24, max_position_embeddings=64, heads_per_layer=[heads] * 2,
+                         num_labels=2, exit_start=exit_start)
 
 
-def test_operating_point_takes_the_fewest_flops_that_keep_the_target():
-    sweep = rows((0.0, 0.90, 100.0), (0.2, 0.88, 60.0), (0.4, 0.87, 40.0), (0.6, 0.80, 20.0))
-    row, reached = report.operating_point(sweep, teacher_metric=0.90, target=0.965)   # needs >= 0.8685
-    assert reached and row["threshold"] == 0.4
+def _models(N=100, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, N)
+    onehot = np.eye(2)[y] * 6.0
+    teacher_cfg, student_cfg = _config(4, 2), _config(1, 1)
+    shallow = np.where(rng.random((N, 1)) < 0.8, onehot, onehot[:, ::-1])   # right 80% of the time, confident
+    n_tokens = rng.integers(5, 30, N)
+    models = {
+        "teacher": dict(role="teacher", config=teacher_cfg, parameters=count_parameters(teacher_cfg)["total"],
+                        logits=onehot[None], exit_layers=[2], n_tokens=n_tokens, num_layers=2),
+        "student": dict(role="student", config=student_cfg, parameters=count_parameters(student_cfg)["total"],
+                        logits=np.stack([shallow, onehot]), exit_layers=[1, 2], n_tokens=n_tokens, num_layers=2),
+    }
+    return models, y, n_tokens
 
 
-def test_operating_point_without_a_threshold_at_the_target_takes_the_best_metric():
-    sweep = rows((0.0, 0.70, 100.0), (0.3, 0.72, 50.0), (0.6, 0.72, 30.0))
-    row, reached = report.operating_point(sweep, teacher_metric=0.90, target=0.965)
-    assert not reached and row["threshold"] == 0.6          # the best metric, then the fewest FLOPs
-
-
-def test_operating_point_stays_above_the_majority_class():
-    sweep = rows((0.0, 0.77, 100.0), (0.4, 0.76, 50.0), (0.7, 0.748, 10.0))    # 0.7: everyone leaves at exit 1
-    row, reached = report.operating_point(sweep, teacher_metric=0.768, target=0.965, floor=0.748)
-    assert reached and row["threshold"] == 0.4
+def test_results_file_has_the_schema_and_the_definitions():
+    models, y, n_tokens = _models()
+    res = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.01, 0.5], probe=[0.6, 0.7],
+                       majority_metric=0.5)
+    assert {"task", "metric", "teacher", "majority", "probe", "models"} <= set(res)
+    assert res["teacher"] == 1.0 and res["metric"] == "accuracy"
+    teacher, student = res["models"]
+    assert teacher["role"] == "teacher" and teacher["params_ratio"] == 1.0
+    assert teacher["operating_point"]["flops_ratio"] == 1.0 and teacher["operating_point"]["threshold"] is None
+    assert student["exits"][1] == 1.0 and 0.7 < student["exits"][0] < 0.9
+    op = student["operating_point"]
+    # Every sample leaves at exit 1 under the reached threshold: FLOPs of one layer of the student.
+    assert op["mean_exit_layer"] == 1.0 and op["metric"] == student["exits"][0]
+    expected = np.mean([model_flops(models["student"]["config"], int(n), 1) for n in n_tokens]) / \
+        np.mean([model_flops(models["teacher"]["config"], int(n)) for n in n_tokens])
+    assert abs(op["flops_ratio"] - expected) < 1e-12
+    padded = model_flops(models["student"]["config"], 128, 1) / model_flops(models["teacher"]["config"], 128)
+    assert abs(op["flops_ratio_padded"] - padded) < 1e-12
+    assert "| linear probe (frozen)" in report.markdown(res)
