@@ -1,4 +1,4 @@
-"""The ``npcosteff`` command line: each stage of the COST-EFF recipe (SPEC 5) as a subcommand.
+"""The ``npcosteff`` command line: each stage of the COST-EFF recipe (docs/method.md, 6) as a subcommand.
 
 ::
 
