@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# The reproduction's long CPU jobs, one at a time, in order. Every step resumes where it
-# stopped (finished search trials and finished run stages are skipped), so after an
+# The reproduction's long CPU jobs, one at a time, task after task. Every step resumes where
+# it stopped (finished search trials, run stages and prunes are skipped), so after an
 # interruption the same command carries on:
 #
-#   nohup bash experiments/queue.sh GLUE_DIR > logs/queue.log 2>&1 &
+#   nohup bash experiments/queue.sh GLUE_DIR [TASK ...] > logs/queue.log 2>&1 &
 #
-# A step that fails stops the queue (set -e); its log says why.
+# Per task: the search (teacher, then TA learning rate, on held-out training data), the main
+# run with the chosen rates (student 2 heads / FFN 128 / rank 32), a second width
+# (6 / 768 / 192), the ablations (last-exit importance, no TA, no exits), the naive-exits
+# baseline, the linear probes and results/<task>.json. A step that fails stops the queue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 glue="${1:?give the GLUE folder}"
-mkdir -p logs
-# Wait for a search already running (started by hand) to finish first: one heavy job at a time.
+shift
+tasks=("${@:-mrpc rte stsb cola sst2}")
+read -r -a tasks <<< "${tasks[*]}"
+mkdir -p logs runs
+# One heavy job at a time: wait for a search started by hand.
 while pgrep -f "experiments/search.py" > /dev/null; do sleep 30; done
-for task in mrpc rte stsb cola; do
-    python experiments/search.py --task "$task" --stage teacher --glue-dir "$glue" >> "logs/search-$task.log" 2>&1
+
+for task in "${tasks[@]}"; do
+    log="logs/$task.log"
+    echo "== $task $(date -u +%FT%TZ)"
+    python experiments/search.py --task "$task" --stage teacher --glue-dir "$glue" >> "$log" 2>&1
+    python experiments/search.py --task "$task" --stage ta --glue-dir "$glue" >> "$log" 2>&1
+    python experiments/search.py --table > /dev/null
+    read -r -a best <<< "$(python experiments/search.py --task "$task" --best)"
+    echo "   chosen: ${best[*]}"
+    run() { npcosteff run --preset "$task" "${best[@]}" --glue-dir "$glue" --no-progress "$@" >> "$log" 2>&1; }
+    run --output "runs/$task"
+    run --reuse "runs/$task" --set heads=6 --set ffn=768 --set rank=192 --output "runs/$task-w6"
+    run --reuse "runs/$task" --last-exit-only --output "runs/$task-last-exit"
+    run --reuse "runs/$task" --no-ta --output "runs/$task-no-ta"
+    run --reuse "runs/$task" --no-exits --output "runs/$task-no-exits"
+    ta_lr=$(python -c "import json,sys; r=json.load(open('runs/$task/recipe.json')); print(r['ta_learning_rate'], r['ta_epochs'], r['max_length'])")
+    read -r lr epochs max_length <<< "$ta_lr"
+    [ -f "runs/$task/naive/ta_vs_naive.json" ] || python experiments/ta_vs_naive.py --task "$task" \
+        --teacher "runs/$task/teacher" --ta "runs/$task/ta" --glue-dir "$glue" --epochs "$epochs" \
+        --learning-rate "$lr" --max-length "$max_length" --output "runs/$task/naive" >> "$log" 2>&1
+    [ -f "results/probe/$task.json" ] || python experiments/linear_probe.py --task "$task" --glue-dir "$glue" \
+        --max-length "$max_length" >> "$log" 2>&1
+    python experiments/report.py --task "$task" --glue-dir "$glue" \
+        --run "2 / 128 / 32=runs/$task" --run "6 / 768 / 192=runs/$task-w6" \
+        --ablation "last-exit importance=runs/$task-last-exit" --ablation "no TA=runs/$task-no-ta" \
+        --ablation "no exits=runs/$task-no-exits" --naive "runs/$task/naive/naive_exits/best" \
+        --markdown "results/$task.md" >> "$log" 2>&1
+    echo "   done $(date -u +%FT%TZ): results/$task.json"
 done
-for task in mrpc rte stsb cola; do
-    python experiments/search.py --task "$task" --stage ta --glue-dir "$glue" >> "logs/search-$task.log" 2>&1
-done
-python experiments/search.py --table > /dev/null

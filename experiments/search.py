@@ -157,6 +157,23 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def best_settings(task) -> dict:
+    """The overrides of the best finished trial of each stage of `task` (teacher, then TA)."""
+    chosen = {}
+    for stage in ("teacher", "ta"):
+        rs = [r for r in _done(task) if r["stage"] == stage]
+        if rs:
+            chosen.update(max(rs, key=lambda r: r["holdout"])["overrides"])
+    chosen.pop("max_train", None)            # a search-only cap, never a setting of the run
+    if "finetune_learning_rate" in chosen:
+        # Not searched: pruning and recovery keep the paper's ratios to the fine-tuning rate
+        # (BERT-base: 2e-5 fine-tuning, 1e-5 pruning, 3e-5 hidden and 2e-5 pred recovery).
+        lr = chosen["finetune_learning_rate"]
+        chosen.update(prune_learning_rate=lr / 2, recover_hidden_learning_rate=1.5 * lr,
+                      recover_pred_learning_rate=lr)
+    return chosen
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task")
@@ -164,7 +181,11 @@ def main(argv=None):
     p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
     p.add_argument("--preset", help="the recipe the trials start from (default: the task's preset)")
     p.add_argument("--table", action="store_true", help="write docs/search.md from the finished trials")
+    p.add_argument("--best", action="store_true", help="print the chosen settings of --task as --set flags")
     a = p.parse_args(argv)
+    if a.best:
+        print(" ".join(f"--set {k}={v}" for k, v in best_settings(a.task).items()))
+        return 0
     if a.table:
         text = table()
         with open(os.path.join(ROOT, "docs", "search.md"), "w", encoding="utf-8") as f:
