@@ -138,3 +138,63 @@ def test_reads_glue_through_glue_source(name):
     if "load_task_data(" in sources or "load_glue(" in sources:
         assert 'glue_source(default="shipped" if SIZE == "small"' in sources, (
             f"{name} reads GLUE without glue_source: the small size must run on the shipped slices")
+
+
+# --------------------------------------------------------------------------- exercises
+
+# The exercises of each notebook: the check of npcosteff.exercises that each one calls.
+EXERCISES = {
+    "01_bert_forward.ipynb": ["check_flops"],
+    "02_backprop_by_hand.ipynb": ["check_softmax_backward", "check_attention_backward"],
+    "04_slenderization.ipynb": ["check_head_scores"],
+    "06_early_exit.ipynb": ["check_entropy_exit"],
+}
+SOLUTIONS_SWITCH = re.compile(
+    r"""^SHOW_SOLUTIONS\s*=\s*os\.environ\.get\(\s*["']NPCOSTEFF_SOLUTIONS["']\s*,\s*["']1["']\s*\)\s*==\s*["']1["']""",
+    re.MULTILINE)
+
+
+def _is_solution_switch(stmt) -> bool:
+    """``if not SHOW_SOLUTIONS: raise NotImplementedError(...)``."""
+    return (isinstance(stmt, ast.If) and isinstance(stmt.test, ast.UnaryOp) and isinstance(stmt.test.op, ast.Not)
+            and getattr(stmt.test.operand, "id", None) == "SHOW_SOLUTIONS" and len(stmt.body) == 1
+            and isinstance(stmt.body[0], ast.Raise)
+            and getattr(getattr(stmt.body[0].exc, "func", None), "id", None) == "NotImplementedError")
+
+
+def _exercise_calls(source: str):
+    """(check name, learner's function name) for every ``check_x(my_fn)`` expression of a cell."""
+    for node in ast.walk(ast.parse(_python(source))):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", "").startswith("check_")
+                and node.func.id != "check_gradient" and node.args and isinstance(node.args[0], ast.Name)):
+            yield node.func.id, node.args[0].id
+
+
+def test_at_least_four_notebooks_have_exercises():
+    assert len(EXERCISES) >= 4 and set(EXERCISES) <= set(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_exercises_have_a_stub_a_check_and_a_solution(name):
+    nb = _load(name)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert any(SOLUTIONS_SWITCH.search("".join(c["source"])) for c in code[:2]), (
+        f'{name} needs SHOW_SOLUTIONS = os.environ.get("NPCOSTEFF_SOLUTIONS", "1") == "1" in its first two code cells')
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    found = []
+    for cell in code:
+        source = "".join(cell["source"])
+        for check, fn in _exercise_calls(source):
+            found.append(check)
+            defs = [n for n in ast.parse(_python(source)).body if isinstance(n, ast.FunctionDef) and n.name == fn]
+            assert defs, f"{name}: {check}({fn}) is called in a cell that does not define {fn} (the stub)"
+            body = [s for s in defs[0].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            assert body and _is_solution_switch(body[0]), (
+                f"{name}: {fn} must start with `if not SHOW_SOLUTIONS: raise NotImplementedError(...)`")
+            assert len(body) > 1, f"{name}: {fn} has no solution after its stub"
+            assert re.search(r"<details>.*?def " + re.escape(fn) + r"\(.*?</details>", markdown, re.DOTALL), (
+                f"{name}: the solution of {fn} is not in a collapsible <details> block of a markdown cell")
+            # committed with the solutions filled in: the check ran and passed
+            texts = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
+            assert f"{fn}: passed" in texts, f"{name}: the committed outputs do not show '{fn}: passed'"
+    assert sorted(found) == sorted(EXERCISES[name]), f"{name}: exercises {sorted(found)}, expected {EXERCISES[name]}"
