@@ -382,4 +382,5 @@ def check_gradient(forward, backward, inputs: dict, *, seed: int = 0, h: float =
     for k, g in grads.items():
         _compare(label, f"d{k}", g, finite_difference_gradient(loss, arrays[k], h), rtol,
                  f" (against finite differences, {k} of shape {arrays[k].shape})")
-    return _passed(label, f"{', '.join('d' + k for k in grads)} equal central finite differences")
+    verb = "equals" if len(grads) == 1 else "equal"
+    return _passed(label, f"{', '.join('d' + k for k in grads)} {verb} central finite differences")
