@@ -221,12 +221,25 @@ def main(argv=None):
     from npcosteff.pipeline import load_task_data
     from npcosteff.recipe import Recipe
 
+    def model_folder(run_folder, path):
+        """A model folder named in a run's summary.json: as written (absolute, or relative to where
+        the run was started), else relative to the folder that holds the run."""
+        if os.path.isabs(path) or os.path.isdir(path):
+            return path
+        beside = os.path.join(os.path.dirname(os.path.abspath(run_folder)), path)
+        if os.path.isdir(beside):
+            return beside
+        p.error(f"the model folder {path!r} named in {run_folder}/summary.json is not there")
+
     def split(spec):
         label, sep, folder = spec.rpartition("=")
         if not sep or not label or not os.path.isfile(os.path.join(folder, "summary.json")):
             p.error(f"{spec!r}: give LABEL=FOLDER of a finished `npcosteff run` (with summary.json)")
         with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
-            return label, json.load(f)
+            summary = json.load(f)
+        for m in summary["models"]:
+            m["folder"] = model_folder(folder, m["folder"])
+        return label, summary
 
     runs = [split(s) for s in a.run]
     ablations = [split(s) for s in a.ablation]
