@@ -42,9 +42,12 @@ TEACHER_GRID = {
     "cola": [dict(finetune_learning_rate=lr, finetune_epochs=4.0) for lr in (5e-5, 1e-4)],
     "sst2": [dict(finetune_learning_rate=lr, finetune_epochs=1.0, max_train=20000) for lr in (5e-5, 1e-4)],
 }
+# TA trials run 2 epochs (2/3 of `hidden`, then 2 of `pred_ta`) to keep the search affordable;
+# the runs then use the preset's epochs with the chosen rate.
 TA_GRID = {
-    task: [dict(ta_learning_rate=lr) for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
+    task: [dict(ta_learning_rate=lr, ta_epochs=2.0) for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
 }
+SEARCH_ONLY = ("max_train", "ta_epochs")     # settings of a trial that never go into a run
 
 
 def holdout_split(encoded, seed=0, fraction=0.1, cap=2000):
@@ -164,7 +167,8 @@ def best_settings(task) -> dict:
         rs = [r for r in _done(task) if r["stage"] == stage]
         if rs:
             chosen.update(max(rs, key=lambda r: r["holdout"])["overrides"])
-    chosen.pop("max_train", None)            # a search-only cap, never a setting of the run
+    for key in SEARCH_ONLY:
+        chosen.pop(key, None)
     if "finetune_learning_rate" in chosen:
         # Not searched: pruning and recovery keep the paper's ratios to the fine-tuning rate
         # (BERT-base: 2e-5 fine-tuning, 1e-5 pruning, 3e-5 hidden and 2e-5 pred recovery).
@@ -184,7 +188,8 @@ def main(argv=None):
     p.add_argument("--best", action="store_true", help="print the chosen settings of --task as --set flags")
     a = p.parse_args(argv)
     if a.best:
-        print(" ".join(f"--set {k}={v}" for k, v in best_settings(a.task).items()))
+        print(" ".join(f"--set {k}={v:g}" if isinstance(v, float) else f"--set {k}={v}"
+                       for k, v in best_settings(a.task).items()))
         return 0
     if a.table:
         text = table()
