@@ -307,16 +307,19 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
                          f"of these arguments; use another output_dir or resume=False")
 
     pad_to = train_data.max_length if args.importance_hidden_loss == "padded" else None
+
+    def train_period(prunes_done):
+        clock = time.perf_counter()
+        logs = _train_period(student, teacher, train_data, args, prunes_done, period_steps, hidden_steps)
+        return logs, time.perf_counter() - clock
+
     for step in schedule[done:]:
         t = step.t
         # "end" (the authors'): the period of the student after t-1 prunes, then prune t;
         # "start": prune t, then the period of the student after t prunes.
         trained = t - 1 if args.prune_timing == "end" else t
-        train_seconds, logs = 0.0, []
         if args.prune_timing == "end":
-            clock = time.perf_counter()
-            logs = _train_period(student, teacher, train_data, args, trained, period_steps, hidden_steps)
-            train_seconds = time.perf_counter() - clock
+            logs, train_seconds = train_period(trained)
         clock = time.perf_counter()
         batches = importance_batches(train_data, args.importance_examples, args.batch_size, seed=(args.seed, t))
         importance = taylor_importance(student, batches, teacher, last_exit_only=args.last_exit_only,
@@ -331,9 +334,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         importance_seconds = time.perf_counter() - clock
 
         if args.prune_timing == "start":
-            clock = time.perf_counter()
-            logs = _train_period(student, teacher, train_data, args, trained, period_steps, hidden_steps)
-            train_seconds = time.perf_counter() - clock
+            logs, train_seconds = train_period(trained)
         history.append({
             "prune": t, **_widths(student.config), **_size(student.config, args.flops_tokens),
             "kept_heads": [k.tolist() for k in keep_heads], "prune_timing": args.prune_timing,
