@@ -279,14 +279,11 @@ def main(argv=None):
                     thresholds=thresholds, criterion=recipe.criterion, probe=probe, majority_metric=maj,
                     metric_name=main_metric(recipe.task))
     # Time every model side by side, each half of dev with the threshold chosen on the other.
-    from npcosteff.data.batching import EncodedSplit
-
     order = np.random.default_rng(0).permutation(len(labels))
     halves = (np.sort(order[: len(labels) // 2]), np.sort(order[len(labels) // 2:]))
 
     def half_batches(idx):
-        sub = EncodedSplit([data.dev.input_ids[i] for i in idx], [data.dev.token_type_ids[i] for i in idx],
-                           labels[idx], data.dev.max_length, data.dev.pad_token_id)
+        sub = data.dev.subset(idx)
         return list(iterate_batches(sub, sub.labels, recipe.eval_batch_size, sort_by_length=True))
 
     parts = (half_batches(halves[1]), half_batches(halves[0]))   # threshold chosen on A runs on B, and back

@@ -53,18 +53,10 @@ SEARCH_ONLY = ("max_train", "ta_epochs")     # settings of a trial that never go
 def holdout_split(encoded, seed=0, fraction=0.1, cap=2000):
     """(train part, held-out part) of an EncodedSplit: a seeded shuffle, the last
     ``min(cap, fraction * n)`` examples held out."""
-    from npcosteff.data.batching import EncodedSplit
-
     n = len(encoded)
     k = min(cap, max(1, int(round(fraction * n))))
     order = np.random.default_rng(seed).permutation(n)
-
-    def take(idx):
-        idx = np.sort(idx)
-        return EncodedSplit([encoded.input_ids[i] for i in idx], [encoded.token_type_ids[i] for i in idx],
-                            np.asarray(encoded.labels)[idx], encoded.max_length, encoded.pad_token_id)
-
-    return take(order[:-k]), take(order[-k:])
+    return encoded.subset(np.sort(order[:-k])), encoded.subset(np.sort(order[-k:]))
 
 
 def _done(task):

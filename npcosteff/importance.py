@@ -176,6 +176,5 @@ def importance_batches(encoded: EncodedSplit, num_examples: Optional[int] = None
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         chosen = np.sort(np.random.default_rng(seed).choice(n, size=int(num_examples), replace=False))
-    sample = EncodedSplit([encoded.input_ids[k] for k in chosen], [encoded.token_type_ids[k] for k in chosen],
-                          np.asarray(encoded.labels)[chosen], encoded.max_length, encoded.pad_token_id)
+    sample = encoded.subset(chosen)
     return list(iterate_batches(sample, sample.labels, batch_size, sort_by_length=True))

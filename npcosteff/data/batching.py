@@ -64,6 +64,13 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices) -> "EncodedSplit":
+        """The examples at `indices` (in that order), with their labels."""
+        idx = np.asarray(indices, dtype=np.int64)
+        labels = None if self.labels is None else np.asarray(self.labels)[idx]
+        return EncodedSplit([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx], labels,
+                            self.max_length, self.pad_token_id)
+
     @property
     def lengths(self) -> np.ndarray:
         """(N,) number of tokens of each example, special tokens included."""
