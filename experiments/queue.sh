@@ -28,22 +28,37 @@ for task in "${tasks[@]}"; do
     read -r -a best <<< "$(python experiments/search.py --task "$task" --best)"
     echo "   chosen: ${best[*]}"
     run() { npcosteff run --preset "$task" "${best[@]}" --glue-dir "$glue" --no-progress "$@" >> "$log" 2>&1; }
+    # The report is rewritten after every step, from the runs finished so far, so that a
+    # session that ends mid-task still leaves results/<task>.json for what is done.
+    report() {
+        local args=(--run "2 / 128 / 32=runs/$task")
+        [ -f "runs/$task-w6/summary.json" ] && args+=(--run "6 / 768 / 192=runs/$task-w6")
+        [ -f "runs/$task-last-exit/summary.json" ] && args+=(--ablation "last-exit importance=runs/$task-last-exit")
+        [ -f "runs/$task-no-ta/summary.json" ] && args+=(--ablation "no TA=runs/$task-no-ta")
+        [ -f "runs/$task-no-exits/summary.json" ] && args+=(--ablation "no exits=runs/$task-no-exits")
+        [ -f "runs/$task/naive/ta_vs_naive.json" ] && args+=(--naive "runs/$task/naive/naive_exits/best")
+        python experiments/report.py --task "$task" --glue-dir "$glue" "${args[@]}" \
+            --markdown "results/$task.md" >> "$log" 2>&1
+        echo "   report $(date -u +%FT%TZ): results/$task.json (${args[*]})"
+    }
     run --output "runs/$task"
-    run --reuse "runs/$task" --set heads=6 --set ffn=768 --set rank=192 --output "runs/$task-w6"
-    run --reuse "runs/$task" --last-exit-only --output "runs/$task-last-exit"
-    run --reuse "runs/$task" --no-ta --output "runs/$task-no-ta"
-    run --reuse "runs/$task" --no-exits --output "runs/$task-no-exits"
     ta_lr=$(python -c "import json,sys; r=json.load(open('runs/$task/recipe.json')); print(r['ta_learning_rate'], r['ta_epochs'], r['max_length'])")
     read -r lr epochs max_length <<< "$ta_lr"
+    [ -f "results/probe/$task.json" ] || python experiments/linear_probe.py --task "$task" --glue-dir "$glue" \
+        --max-length "$max_length" >> "$log" 2>&1
+    report
+    # In the order of what the issue's targets need: the naive baseline, then the ablations.
     [ -f "runs/$task/naive/ta_vs_naive.json" ] || python experiments/ta_vs_naive.py --task "$task" \
         --teacher "runs/$task/teacher" --ta "runs/$task/ta" --glue-dir "$glue" --epochs "$epochs" \
         --learning-rate "$lr" --max-length "$max_length" --output "runs/$task/naive" >> "$log" 2>&1
-    [ -f "results/probe/$task.json" ] || python experiments/linear_probe.py --task "$task" --glue-dir "$glue" \
-        --max-length "$max_length" >> "$log" 2>&1
-    python experiments/report.py --task "$task" --glue-dir "$glue" \
-        --run "2 / 128 / 32=runs/$task" --run "6 / 768 / 192=runs/$task-w6" \
-        --ablation "last-exit importance=runs/$task-last-exit" --ablation "no TA=runs/$task-no-ta" \
-        --ablation "no exits=runs/$task-no-exits" --naive "runs/$task/naive/naive_exits/best" \
-        --markdown "results/$task.md" >> "$log" 2>&1
+    report
+    run --reuse "runs/$task" --no-ta --output "runs/$task-no-ta"
+    report
+    run --reuse "runs/$task" --last-exit-only --output "runs/$task-last-exit"
+    report
+    run --reuse "runs/$task" --set heads=6 --set ffn=768 --set rank=192 --output "runs/$task-w6"
+    report
+    run --reuse "runs/$task" --no-exits --output "runs/$task-no-exits"
+    report
     echo "   done $(date -u +%FT%TZ): results/$task.json"
 done

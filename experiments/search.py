@@ -87,20 +87,28 @@ def run_search(task, stage, glue_dir, preset=None):
     grid = (TEACHER_GRID if stage == "teacher" else TA_GRID)[task]
     finished = {r["trial"] for r in _done(task)}
     teacher = None
-    if stage == "ta":
+
+    def load_teacher():
+        """The best teacher trial's model, loaded only when a TA trial is left to run."""
         teachers = [r for r in _done(task) if r["stage"] == "teacher"]
         if not teachers:
             raise SystemExit(f"no finished teacher trial for {task}: run --stage teacher first")
         best = max(teachers, key=lambda r: r["holdout"])
+        if not os.path.isdir(best["model_dir"]):
+            raise SystemExit(f"the best teacher trial's model {best['model_dir']} is gone: remove its line "
+                             f"from results/search/{task}.jsonl and rerun --stage teacher")
         from npcosteff.model import CostEffModel
-        teacher = CostEffModel.from_pretrained(best["model_dir"])
         print(f"[search] TA trials distill from {best['trial']} (held-out {best['holdout']:.4f})", flush=True)
+        return CostEffModel.from_pretrained(best["model_dir"])
+
     for overrides in grid:
         name = _trial_name(stage, overrides)
         if name in finished:
             print(f"[search] {task} {name}: done before, skipped", flush=True)
             continue
         recipe = base.replace(**overrides)
+        if stage == "ta" and teacher is None:
+            teacher = load_teacher()
         data = load_task_data(task, glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
         train, held = holdout_split(data.train)
         data = dataclasses.replace(data, train=train, dev=held)
