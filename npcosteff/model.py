@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .config import CostEffConfig
-from .nn.attention import attention_backward, attention_forward
+from .nn.attention import AttentionCache, attention_backward, attention_forward
 from .nn.dropout import Dropout
-from .nn.embeddings import (embeddings_backward, embeddings_forward,
+from .nn.embeddings import (EmbeddingsCache, WordCache, embeddings_backward, embeddings_forward,
                             word_embeddings_backward, word_embeddings_forward)
-from .nn.exits import exit_backward, exit_forward
-from .nn.ffn import ffn_backward, ffn_forward
+from .nn.exits import ExitCache, exit_backward, exit_forward
+from .nn.ffn import FFNCache, ffn_backward, ffn_forward
 from .nn.prefixed import Prefixed
 from . import weights as W
 
@@ -90,6 +90,25 @@ def init_params(config: CostEffConfig, dtype=np.float32, seed=0, names=None) -> 
     return out
 
 
+class LayerCache(NamedTuple):
+    """The caches of one encoder layer's two blocks."""
+
+    attention: AttentionCache
+    ffn: FFNCache
+
+
+class ForwardCache(NamedTuple):
+    """Everything ``CostEffModel.backward`` needs from a forward pass (``return_cache=True``)."""
+
+    word: Optional[WordCache]            # None when the forward got inputs_embeds
+    embeddings: EmbeddingsCache
+    layers: list                          # LayerCache of layers 0..L-1
+    exits: dict                           # 0-based layer -> ExitCache
+    L: int                                # layers run (max_layer)
+    exit_layers: tuple                    # 1-based layers whose exits ran
+    gradient_equilibrium: Optional[str]   # the rule in force: None | "authors" | "exit_layers"
+
+
 @dataclass
 class ModelOutput:
     """What a forward pass returns. Shapes: hidden_states L+1 x (B, T, d); logits one (B, C)
@@ -98,7 +117,7 @@ class ModelOutput:
     logits: tuple
     exit_layers: tuple
     attentions: Optional[tuple] = None
-    cache: Optional[dict] = None
+    cache: Optional[ForwardCache] = None
 
     @property
     def last_hidden_state(self):
@@ -264,8 +283,8 @@ class CostEffModel:
                 exit_layers.append(i + 1)
         cache = None
         if return_cache:
-            cache = dict(word=word_cache, emb=emb_cache, layers=layer_caches, exits=exit_caches,
-                         L=L, exit_layers=tuple(exit_layers), gradient_equilibrium=equilibrium)
+            cache = ForwardCache(word_cache, emb_cache, layer_caches, exit_caches, L, tuple(exit_layers),
+                                 equilibrium)
         return ModelOutput(tuple(hidden_states), tuple(logits), tuple(exit_layers),
                            tuple(attentions) if output_attentions else None, cache)
 
@@ -302,7 +321,7 @@ class CostEffModel:
             output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)))
         h, f_cache = ffn_forward(a, Prefixed(self.params, f"encoder.layer.{i}."), c.layer_norm_eps,
                                  ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)))
-        return h, probs, (a_cache, f_cache)
+        return h, probs, LayerCache(a_cache, f_cache)
 
     def run_exit(self, i, h, attention_mask, drop=_no_dropout):
         """The exit after layer i (0-based): h (B, T, d) -> logits (B, C), cache."""
@@ -321,7 +340,7 @@ class CostEffModel:
         if cache is None:
             raise ValueError("backward needs the cache of a forward pass run with return_cache=True")
         c, P, G = self.config, self.params, self.grads
-        L, exit_layers = cache["L"], cache["exit_layers"]
+        L, exit_layers = cache.L, cache.exit_layers
         n_total = c.num_hidden_layers
         ghs = list(grad_hidden_states) if grad_hidden_states is not None else [None] * (L + 1)
         gz = list(grad_logits) if grad_logits is not None else [None] * len(exit_layers)
@@ -340,13 +359,13 @@ class CostEffModel:
                 if g is not None and np.shape(g) != shape:   # no silent broadcasting or reshaping
                     raise ValueError(f"{name}[{k}] has shape {np.shape(g)}, expected {shape}")
         exit_index = {layer - 1: k for k, layer in enumerate(exit_layers)}
-        rule = cache["gradient_equilibrium"]               # None | "authors" | "exit_layers"
+        rule = cache.gradient_equilibrium               # None | "authors" | "exit_layers"
         g_deeper = None                                    # gradient reaching h_{i+1} from layer i+2
         for i in reversed(range(L)):
             l = i + 1                                      # 1-based layer number (docs/method.md, 2)
             g_exit = None
             if i in exit_index and gz[exit_index[i]] is not None:
-                g_exit = exit_backward(gz[exit_index[i]], cache["exits"][i], Prefixed(G, f"exits.{i}."))
+                g_exit = exit_backward(gz[exit_index[i]], cache.exits[i], Prefixed(G, f"exits.{i}."))
             g_hid = ghs[l]                                 # a loss on h_l itself (hidden distillation)
             if l < n_total and (rule == "authors" or (rule == "exit_layers" and i in exit_index)):
                 # Gradient equilibrium: the raw gradient of h_l is
@@ -363,7 +382,7 @@ class CostEffModel:
                 continue
             if g is None:
                 g = np.zeros(_hidden_shape(cache, i), self.dtype)   # only attention distillation reaches here
-            a_cache, f_cache = cache["layers"][i]
+            a_cache, f_cache = cache.layers[i]
             lp = Prefixed(G, f"encoder.layer.{i}.")
             da = ffn_backward(g, f_cache, Prefixed(P, f"encoder.layer.{i}."), lp)
             g_deeper = attention_backward(da, a_cache, Prefixed(P, f"encoder.layer.{i}.attention."),
@@ -372,9 +391,9 @@ class CostEffModel:
         if g is None:
             return None
         emb_p, emb_g = Prefixed(P, "embeddings."), Prefixed(G, "embeddings.")
-        d_inputs_embeds = embeddings_backward(g, cache["emb"], emb_p, emb_g)
-        if cache["word"] is not None:
-            word_embeddings_backward(d_inputs_embeds, cache["word"], emb_p, emb_g)
+        d_inputs_embeds = embeddings_backward(g, cache.embeddings, emb_p, emb_g)
+        if cache.word is not None:
+            word_embeddings_backward(d_inputs_embeds, cache.word, emb_p, emb_g)
         return d_inputs_embeds
 
     # ------------------------------------------------------------------ saving
@@ -460,4 +479,4 @@ def _add(a, b):
 
 def _hidden_shape(cache, i):
     """(B, T, d) of layer i's output, read from its FFN cache."""
-    return cache["layers"][i][1][-1]
+    return cache.layers[i].ffn.shape

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from . import kernels
+
 __all__ = ["no_decay", "AdamW", "LinearSchedule", "clip_grad_norm"]
 
 
@@ -193,83 +195,11 @@ class AdamW:
             p, m, v = self.params[name], self.exp_avg[name], self.exp_avg_sq[name]
             self.step_count[name] += 1
             t = self.step_count[name]
-            wd = self.decay[name]
-            bias_correction1 = 1.0 - beta1 ** t
-            bias_correction2 = 1.0 - beta2 ** t
-            step_size = lr / bias_correction1
-            if _fused_update is not None and p.flags.c_contiguous and g.dtype == p.dtype \
-                    and m.flags.c_contiguous and v.flags.c_contiguous:
-                # One compiled pass over p, g, m, v instead of ~12 NumPy passes: the same
-                # operations in the same order, each rounded to the dtype (see _adamw_loop).
-                _fused_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1),
-                              p.dtype.type(1.0 - lr * wd), wd != 0.0, 1.0 - beta1 < 0.5,
-                              p.dtype.type(1.0 - beta1), p.dtype.type(1.0 - beta1 - 1.0),
-                              p.dtype.type(beta2), p.dtype.type(1.0 - beta2),
-                              p.dtype.type(bias_correction2 ** 0.5), p.dtype.type(self.eps),
-                              p.dtype.type(-step_size))
-                continue
-            work = self._work(p.dtype, p.shape)
-
-            if wd != 0.0:
-                p *= 1.0 - lr * wd                            # decoupled weight decay, before Adam
-
-            # m <- lerp(m, g, 1 - beta1), with torch's two-sided lerp formula
-            weight = 1.0 - beta1
-            if weight < 0.5:
-                np.subtract(g, m, out=work)                   # g - m
-                work *= weight
-                m += work                                     # m + w (g - m)
-            else:
-                np.subtract(g, m, out=work)
-                work *= weight - 1.0
-                np.add(g, work, out=m)                        # g - (1 - w)(g - m)
-
-            np.multiply(g, g, out=work)                       # v <- beta2 v + (1 - beta2) g^2
-            work *= 1.0 - beta2
-            v *= beta2
-            v += work
-
-            np.sqrt(v, out=work)                              # denom = sqrt(v)/sqrt(bc2) + eps
-            work /= bias_correction2 ** 0.5
-            work += self.eps
-            np.divide(m, work, out=work)                      # m / denom
-            work *= -step_size
-            p += work
+            # The arithmetic, in torch's order, is npcosteff.kernels.reference.adamw_update; the
+            # fast kernels do it in one compiled pass over p, g, m and v, with the same bits.
+            kernels.adamw_update(p, g, m, v, lr=lr, weight_decay=self.decay[name], beta1=beta1, beta2=beta2,
+                                 eps=self.eps, step=t, work=self._work(p.dtype, p.shape))
         self.num_steps += 1
-
-
-def _make_fused_update():
-    """The update of :meth:`AdamW.step` as one compiled loop (None when Numba is missing).
-
-    Element by element it performs the NumPy branch's operations in the same order, with the
-    scalars already rounded to the array dtype (as NumPy does with Python floats) and no
-    fused multiply-add, so both paths give identical bits.
-    """
-    try:
-        from numba import njit, prange
-    except ImportError:                                       # pragma: no cover
-        return None
-
-    @njit(parallel=True, fastmath=False, cache=True)
-    def _adamw_loop(p, g, m, v, decay_factor, decay, lerp_low, w, w_minus_1, beta2, one_minus_beta2,
-                    sqrt_bc2, eps, neg_step):
-        for i in prange(p.shape[0]):
-            pi = p[i] * decay_factor if decay else p[i]       # p *= 1 - lr wd
-            gi = g[i]
-            if lerp_low:
-                mi = m[i] + (gi - m[i]) * w                   # m + w (g - m)
-            else:
-                mi = gi + (gi - m[i]) * w_minus_1             # g - (1 - w)(g - m)
-            vi = v[i] * beta2 + (gi * gi) * one_minus_beta2   # beta2 v + (1 - beta2) g^2
-            denom = np.sqrt(vi) / sqrt_bc2 + eps
-            p[i] = pi + (mi / denom) * neg_step
-            m[i] = mi
-            v[i] = vi
-
-    return _adamw_loop
-
-
-_fused_update = _make_fused_update()
 
 
 class LinearSchedule:

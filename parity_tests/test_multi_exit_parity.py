@@ -114,7 +114,7 @@ def test_default_equilibrium_is_the_authors(device, stage, exit_start):
 
     masks = shared_dropout(student, ids, mask, tt, seed=3)
     out = student(ids, mask, tt, training=True, dropout=replay(masks), return_cache=True)
-    assert out.cache["gradient_equilibrium"] == "authors"
+    assert out.cache.gradient_equilibrium == "authors"
     loss = stage_loss(stage, out, labels, mask, teacher=t_np(ids, mask, tt))
     student.zero_grad()
     student.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)

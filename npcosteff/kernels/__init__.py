@@ -1,14 +1,20 @@
-"""Elementwise and row-reduction kernels: GELU, masked softmax, LayerNorm, dropout masks.
+"""Every numerical kernel the layers and the optimizer call, behind one switch.
 
-Two implementations share one API and one numerical policy (float64 inside, result
-rounded once to the input dtype):
+Row kernels (GELU, masked softmax, LayerNorm, dropout masks), the fused steps of the layers
+(bias + GELU, the attention weights and their backward, the embedding scatter-add), the
+heads' batched matrix products and the AdamW update. Two implementations share one API:
 
-* :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition;
-* :mod:`npcosteff.kernels.fast`: Numba loops, parallel over rows, tested against it.
+* :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition (the teaching path);
+* ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, fused steps in
+  :mod:`~npcosteff.kernels.fused`) and the heads' products split over threads
+  (:mod:`~npcosteff.kernels.batched`), each tested against its reference twin.
 
-The package-level functions (``kernels.gelu``, ``kernels.softmax``, ...) forward to the
-active implementation: ``fast`` by default, ``reference`` when the environment variable
-``NPCOSTEFF_KERNELS=reference`` is set at import, or whichever :func:`use` last selected.
+Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
+the same inputs with the same messages. The package-level functions (``kernels.gelu``,
+``kernels.adamw_update``, ...) forward to the active implementation: ``fast`` by default,
+``reference`` when the environment variable ``NPCOSTEFF_KERNELS=reference`` is set at
+import, or whichever :func:`use` last selected. With ``reference`` no compiled function and
+no worker thread runs at all.
 Because they look the implementation up on every call, ``use`` also takes effect for code
 that imported the functions earlier. If Numba cannot be imported, the package falls back
 to ``reference`` with a warning.
@@ -31,20 +37,7 @@ except ImportError as exc:  # Numba missing or broken: the reference still works
 else:
     _FAST_IMPORT_ERROR = None
 
-__all__ = [
-    "gelu",
-    "gelu_backward",
-    "softmax",
-    "softmax_backward",
-    "layer_norm",
-    "layer_norm_backward",
-    "add_layer_norm",
-    "dropout_mask",
-    "use",
-    "current",
-    "reference",
-    "fast",
-]
+__all__ = [*reference.__all__, "use", "current", "reference", "fast"]
 
 _IMPLEMENTATION_NAMES = ("fast", "reference")
 _active: ModuleType = reference  # set by use() below
@@ -87,6 +80,13 @@ layer_norm = _dispatch("layer_norm")
 layer_norm_backward = _dispatch("layer_norm_backward")
 add_layer_norm = _dispatch("add_layer_norm")
 dropout_mask = _dispatch("dropout_mask")
+bias_gelu = _dispatch("bias_gelu")
+bias_gelu_backward = _dispatch("bias_gelu_backward")
+attention_weights = _dispatch("attention_weights")
+attention_probs_backward = _dispatch("attention_probs_backward")
+scatter_add_rows = _dispatch("scatter_add_rows")
+batched_matmul = _dispatch("batched_matmul")
+adamw_update = _dispatch("adamw_update")
 
 
 def _initial_choice() -> str:

@@ -1,6 +1,6 @@
 """Numba kernels with the same signatures and results as :mod:`npcosteff.kernels.reference`.
 
-Each public function validates its inputs with the reference's checks (so both reject the
+Each public function validates its inputs with the checks the reference uses (:mod:`.checks`) (so both reject the
 same inputs with the same messages), views the data as a contiguous 2-D array of rows
 ``(N, n)`` (leading axes flattened, the reduced axis last), and runs a compiled loop that
 is parallel over rows (``prange``) and reads each row once or twice while it is in cache,
@@ -28,7 +28,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import checks as _checks
 from . import reference as _ref
+from .batched import batched_matmul  # noqa: F401  (the layers' steps: threaded and fused twins)
+from .fused import (adamw_update, attention_probs_backward, attention_weights, bias_gelu,  # noqa: F401
+                    bias_gelu_backward, scatter_add_rows)
 
 __all__ = list(_ref.__all__)
 
@@ -282,7 +286,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
     x: any shape, float32 or float64. Returns y with x's shape and dtype.
     """
-    x = _ref._float_array("x", x)
+    x = _checks._float_array("x", x)
     flat = np.ascontiguousarray(x).reshape(-1)  # (N,)
     y = np.empty_like(flat)
     _gelu_loop(flat, y)
@@ -294,10 +298,10 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     dy, x: same shape and dtype. Returns dx with that shape and dtype.
     """
-    dy = _ref._float_array("dy", dy)
-    x = _ref._float_array("x", x)
-    _ref._same_shape("dy", dy, "x", x)
-    _ref._same_dtype("dy", dy, "x", x)
+    dy = _checks._float_array("dy", dy)
+    x = _checks._float_array("x", x)
+    _checks._same_shape("dy", dy, "x", x)
+    _checks._same_dtype("dy", dy, "x", x)
     flat_x = np.ascontiguousarray(x).reshape(-1)  # (N,)
     dx = np.empty_like(flat_x)
     _gelu_backward_loop(np.ascontiguousarray(dy).reshape(-1), flat_x, dx)
@@ -332,7 +336,7 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
     scores, typically (B, 1, 1, T) with 0 or finfo(dtype).min (handled without expanding it).
     Returns probs with scores' shape and dtype. A row of all -inf raises ValueError.
     """
-    scores, mask = _ref._check_softmax_inputs(scores, additive_mask)
+    scores, mask = _checks._check_softmax_inputs(scores, additive_mask)
     s = _rows(scores)  # (N, n)
     if mask is None:
         mask2, rows_per_group = np.zeros((1, s.shape[1])), max(1, s.shape[0])
@@ -341,7 +345,7 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
     probs = np.empty_like(s)
     n_empty = _softmax_loop(s, mask2, rows_per_group, probs)
     if n_empty:
-        raise ValueError(_ref._EMPTY_ROW_MESSAGE)
+        raise ValueError(_checks._EMPTY_ROW_MESSAGE)
     return probs.reshape(scores.shape)
 
 
@@ -350,11 +354,11 @@ def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     dprobs, probs: (..., n), same shape and dtype. Returns dscores with that shape and dtype.
     """
-    dprobs = _ref._float_array("dprobs", dprobs)
-    probs = _ref._float_array("probs", probs)
-    _ref._same_shape("dprobs", dprobs, "probs", probs)
-    _ref._same_dtype("dprobs", dprobs, "probs", probs)
-    _ref._last_axis("probs", probs)
+    dprobs = _checks._float_array("dprobs", dprobs)
+    probs = _checks._float_array("probs", probs)
+    _checks._same_shape("dprobs", dprobs, "probs", probs)
+    _checks._same_dtype("dprobs", dprobs, "probs", probs)
+    _checks._last_axis("probs", probs)
     p = _rows(probs)  # (N, n)
     ds = np.empty_like(p)
     _softmax_backward_loop(_rows(dprobs), p, ds)
@@ -367,7 +371,7 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
     x: (..., d); gamma, beta: (d,), one dtype; eps >= 0.
     Returns ``(y, mean, rstd)``: y (..., d) in x's dtype; mean, rstd (...) float64.
     """
-    x, gamma, beta, eps = _ref._check_layer_norm_params(x, gamma, beta, eps)
+    x, gamma, beta, eps = _checks._check_layer_norm_params(x, gamma, beta, eps)
     x2 = _rows(x)  # (N, d)
     y = np.empty_like(x2)
     mean = np.empty(x2.shape[0])  # (N,) float64
@@ -383,11 +387,11 @@ def add_layer_norm(x: np.ndarray, residual: np.ndarray, gamma: np.ndarray, beta:
     x, residual: (..., d), same shape and dtype; gamma, beta: (d,).
     Returns ``(y, s, mean, rstd)``; backward: ``layer_norm_backward(dy, s, gamma, mean, rstd)``.
     """
-    x = _ref._float_array("x", x)
-    residual = _ref._float_array("residual", residual)
-    _ref._same_shape("residual", residual, "x", x)
-    _ref._same_dtype("residual", residual, "x", x)
-    x, gamma, beta, eps = _ref._check_layer_norm_params(x, gamma, beta, eps)
+    x = _checks._float_array("x", x)
+    residual = _checks._float_array("residual", residual)
+    _checks._same_shape("residual", residual, "x", x)
+    _checks._same_dtype("residual", residual, "x", x)
+    x, gamma, beta, eps = _checks._check_layer_norm_params(x, gamma, beta, eps)
     x2 = _rows(x)  # (N, d)
     y = np.empty_like(x2)
     s = np.empty_like(x2)
@@ -404,7 +408,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: 
 
     Returns ``(dx, dgamma, dbeta)`` in x's dtype: dx (..., d), dgamma and dbeta (d,).
     """
-    dy, x, gamma, mean, rstd = _ref._check_layer_norm_backward(dy, x, gamma, mean, rstd)
+    dy, x, gamma, mean, rstd = _checks._check_layer_norm_backward(dy, x, gamma, mean, rstd)
     x2 = _rows(x)  # (N, d)
     n_rows, d = x2.shape
     n_chunks = max(1, min(n_rows, numba.get_num_threads()))
@@ -431,7 +435,7 @@ def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray
     Draws exactly what the reference draws (``rng.random(shape, dtype)``), so the same
     generator state gives the same mask; the threshold and scale are applied in place.
     """
-    shape, p, dtype = _ref._check_dropout_args(rng, shape, p, dtype)
+    shape, p, dtype = _checks._check_dropout_args(rng, shape, p, dtype)
     if p == 0.0:
         return np.ones(shape, dtype=dtype)
     u = rng.random(shape, dtype=dtype)  # (shape) uniform [0, 1), overwritten by the mask

@@ -1,7 +1,10 @@
-"""Reference kernels in plain NumPy: GELU, masked softmax, LayerNorm, dropout masks.
+"""Reference kernels in plain NumPy: GELU, masked softmax, LayerNorm, dropout masks, the
+fused steps of the layers (bias + GELU, the attention weights and their backward, the
+embedding scatter-add, the heads' batched products) and the AdamW update.
 
 This is the teaching path. Every kernel is a direct transcription of its formula, and the
-Numba kernels in :mod:`npcosteff.kernels.fast` are tested against these functions.
+compiled kernels (:mod:`npcosteff.kernels.fast`, :mod:`npcosteff.kernels.fused`, the
+threaded :mod:`npcosteff.kernels.batched`) are tested against these functions.
 
 Numerical policy (shared with :mod:`npcosteff.kernels.fast`)
 -----------------------------------------------------------
@@ -20,10 +23,14 @@ Shapes: ``...`` is any number of leading axes; ``n`` is the last (reduced) axis.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 from scipy.special import erfc
+
+from .checks import (_check_attention_probs_backward, _check_attention_weights, _check_bias_gelu,
+                     _check_bias_gelu_backward, _check_dropout_args, _check_layer_norm_backward,
+                     _check_layer_norm_params, _check_scatter_add, _check_softmax_inputs, _float_array,
+                     _last_axis, _raise_if_empty_rows, _same_dtype, _same_shape)
 
 __all__ = [
     "gelu",
@@ -34,127 +41,17 @@ __all__ = [
     "layer_norm_backward",
     "add_layer_norm",
     "dropout_mask",
+    "bias_gelu",
+    "bias_gelu_backward",
+    "attention_weights",
+    "attention_probs_backward",
+    "scatter_add_rows",
+    "batched_matmul",
+    "adamw_update",
 ]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _SQRT_HALF = 1.0 / math.sqrt(2.0)  # 1 / sqrt(2): GELU's argument scale
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # normal density constant
-
-
-# ---------------------------------------------------------------------------
-# Input checks (shared with fast.py so both implementations reject the same inputs
-# with the same messages).
-# ---------------------------------------------------------------------------
-
-
-def _float_array(name: str, a) -> np.ndarray:
-    """Return ``a`` as an ndarray, requiring a float32 or float64 dtype."""
-    a = np.asarray(a)
-    if a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
-    return a
-
-
-def _same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
-    if a.shape != ref.shape:
-        raise ValueError(f"{name} has shape {a.shape} but {ref_name} has shape {ref.shape}")
-
-
-def _same_dtype(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}")
-
-
-def _last_axis(name: str, a: np.ndarray) -> int:
-    """Length of the reduced (last) axis, which must exist and be non-empty."""
-    if a.ndim == 0 or a.shape[-1] == 0:
-        raise ValueError(f"{name} needs a non-empty last axis, got shape {a.shape}")
-    return a.shape[-1]
-
-
-def _check_softmax_inputs(scores, additive_mask):
-    """Validate softmax inputs; return ``(scores, mask)`` with the mask as float64 or None."""
-    scores = _float_array("scores", scores)
-    _last_axis("scores", scores)
-    if additive_mask is None:
-        return scores, None
-    mask = np.asarray(additive_mask)
-    if mask.dtype == np.bool_ or not np.issubdtype(mask.dtype, np.number) or np.iscomplexobj(mask):
-        raise TypeError(
-            "additive_mask must be a real additive mask (0 to keep a key, a large negative "
-            f"number such as finfo(dtype).min to drop it), got dtype {mask.dtype}"
-        )
-    try:
-        broadcast = np.broadcast_shapes(mask.shape, scores.shape)
-    except ValueError:
-        broadcast = None
-    if broadcast != scores.shape:
-        raise ValueError(
-            f"additive_mask of shape {mask.shape} does not broadcast to scores of shape "
-            f"{scores.shape} (expected e.g. (B, 1, 1, T) for scores (B, H, T, T))"
-        )
-    return scores, mask.astype(np.float64, copy=False)
-
-
-_EMPTY_ROW_MESSAGE = (
-    "softmax row has every score equal to -inf (all keys masked with -inf); "
-    "mask with finfo(dtype).min instead, which gives a uniform row"
-)
-
-
-def _raise_if_empty_rows(row_max: np.ndarray) -> None:
-    """A row whose scores are all -inf has no softmax; name the problem instead of NaN."""
-    if np.any(np.isneginf(row_max)):
-        raise ValueError(_EMPTY_ROW_MESSAGE)
-
-
-def _check_layer_norm_params(x, gamma, beta, eps):
-    x = _float_array("x", x)
-    d = _last_axis("x", x)
-    gamma = _float_array("gamma", gamma)
-    beta = _float_array("beta", beta)
-    for name, p in (("gamma", gamma), ("beta", beta)):
-        if p.shape != (d,):
-            raise ValueError(f"{name} must have shape ({d},) to match x {x.shape}, got {p.shape}")
-        _same_dtype(name, p, "x", x)
-    if not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return x, gamma, beta, float(eps)
-
-
-def _check_layer_norm_backward(dy, x, gamma, mean, rstd):
-    dy = _float_array("dy", dy)
-    x = _float_array("x", x)
-    gamma = _float_array("gamma", gamma)
-    _same_shape("dy", dy, "x", x)
-    _same_dtype("dy", dy, "x", x)
-    d = _last_axis("x", x)
-    if gamma.shape != (d,):
-        raise ValueError(f"gamma must have shape ({d},) to match x {x.shape}, got {gamma.shape}")
-    _same_dtype("gamma", gamma, "x", x)
-    mean = _float_array("mean", mean)
-    rstd = _float_array("rstd", rstd)
-    for name, s in (("mean", mean), ("rstd", rstd)):
-        if s.shape != x.shape[:-1]:
-            raise ValueError(f"{name} must have shape {x.shape[:-1]} (x without its last axis), got {s.shape}")
-    return dy, x, gamma, mean, rstd
-
-
-def _check_dropout_args(rng, shape, p, dtype):
-    """Validate dropout arguments; return ``(shape tuple, p float, dtype)``."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if isinstance(shape, numbers.Integral):
-        shape = (shape,)
-    shape = tuple(shape)
-    if not all(isinstance(s, numbers.Integral) and s >= 0 for s in shape):
-        raise ValueError(f"shape must be a tuple of non-negative integers, got {shape}")
-    if not isinstance(p, numbers.Real) or not (0.0 <= p < 1.0):
-        raise ValueError(f"dropout probability p must satisfy 0 <= p < 1, got {p!r}")
-    dtype = np.dtype(dtype)
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dropout mask dtype must be float32 or float64, got {dtype}")
-    return tuple(int(s) for s in shape), float(p), dtype
 
 
 # ---------------------------------------------------------------------------
@@ -346,3 +243,131 @@ def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray
     threshold = dtype.type(p)  # compare in dtype, as the draws are in dtype
     keep = rng.random(shape, dtype=dtype) >= threshold  # (shape) True with probability 1 - p
     return keep.astype(dtype) * scale
+
+
+# ---------------------------------------------------------------------------
+# Steps of the layers (npcosteff.nn), each a few of the kernels above in a row
+# ---------------------------------------------------------------------------
+
+
+def bias_gelu(pre, bias, ffn_mask=None, out=None):
+    """The FFN's activation: ``pre += bias`` (in place), then ``act = gelu(pre) * ffn_mask``.
+
+    pre (N, F) C-contiguous, the output of ``x @ W.T``; bias (F,); ffn_mask (F,) or None.
+    Returns act (N, F) (written into `out` when given).
+    """
+    _, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
+    pre += bias                                  # (N, F) kept for the backward pass
+    act[...] = gelu(pre)
+    if ffn_mask is not None:
+        act *= mask                              # switched-off neurons give 0
+    return act
+
+
+def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
+    """Backward of :func:`bias_gelu`: ``dpre = gelu'(pre) * (dact * ffn_mask)``, in place in dact.
+
+    dact, pre (N, F) C-contiguous, one dtype. When `act_out` (N, F) is given, the forward's
+    ``act = gelu(pre) * ffn_mask`` is recomputed into it (a layer that did not keep `act`
+    needs it for its weight gradient). Returns dpre (the dact array).
+    """
+    mask = _check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
+    if ffn_mask is not None:
+        dact *= mask
+    dact[...] = gelu_backward(dact, pre)
+    if act_out is not None:
+        act_out[...] = gelu(pre)
+        if ffn_mask is not None:
+            act_out *= mask
+    return dact
+
+
+def attention_weights(probs, probs_dropout=None, head_mask=None):
+    """The weights that mix the values: ``probs * probs_dropout * head_mask`` (B, H, T, T).
+
+    probs (B, H, T, T); probs_dropout (B, H, T, T) or None; head_mask (H,) or None. Returns
+    probs itself when there is nothing to apply, else a new array.
+    """
+    if probs_dropout is None and head_mask is None:
+        return probs
+    head_scale, mask = _check_attention_weights(probs, probs_dropout, head_mask)
+    weights = probs * mask if mask is not None else probs.copy()
+    if head_mask is not None:
+        weights *= head_scale.reshape(1, -1, 1, 1)               # (1, H, 1, 1) over heads
+    return weights
+
+
+def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None, dprobs_extra=None):
+    """Gradient of the attention scores from that of the mixing weights, in place in dweights.
+
+    The forward was ``weights = softmax(scores) * probs_dropout * head_mask``, so
+    ``dprobs = dweights * head_mask * probs_dropout (+ dprobs_extra)`` and then the softmax
+    backward ``dscores = probs * (dprobs - sum_k dprobs_k probs_k)``. dprobs_extra is a
+    gradient put on the probabilities themselves (attention distillation).
+
+    dweights, probs (B, H, T, T), one dtype. Returns dscores (the dweights array).
+    """
+    head_scale, mask, extra = _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
+                                                              dprobs_extra)
+    if head_mask is not None:
+        dweights *= head_scale.reshape(1, -1, 1, 1)
+    if mask is not None:
+        dweights *= mask
+    if extra is not None:
+        dweights += extra
+    dweights[...] = softmax_backward(dweights, probs)
+    return dweights
+
+
+def scatter_add_rows(table, ids, rows):
+    """``table[ids[n]] += rows[n]`` for every n, repeated ids adding up (the word-embedding
+    gradient: one row per token). table (V, d); ids (N,) in [0, V); rows (N, d).
+
+    A fancy ``table[ids] += rows`` would keep only one of the rows of a repeated id;
+    ``np.add.at`` adds each of them, in order.
+    """
+    ids, rows = _check_scatter_add(table, ids, rows)
+    np.add.at(table, ids, rows)
+
+
+def batched_matmul(a, b, out=None):
+    """``a @ b`` over leading batch axes: a (..., p, k), b (..., k, q) -> (..., p, q).
+
+    The attention heads' products (Q K^T and P V, and those of the backward pass).
+    """
+    return np.matmul(a, b, out=out)
+
+
+def adamw_update(p, g, m, v, *, lr, weight_decay, beta1, beta2, eps, step, work=None):
+    """One AdamW update of one parameter in place, in torch.optim.AdamW's order of operations.
+
+        p <- p (1 - lr wd)                          decoupled weight decay, before Adam
+        m <- m + (1 - beta1) (g - m)                the first moment (torch's lerp)
+        v <- beta2 v + (1 - beta2) g^2              the second moment
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    p, g, m, v: one shape and dtype; `step` is t, counted from 1; `work` an optional scratch
+    array of p's shape and dtype (one is made when None). Every step is rounded to the dtype
+    as NumPy rounds it, so float32 gives torch's float32 results.
+    """
+    work = np.empty_like(p) if work is None else work
+    if weight_decay != 0.0:
+        p *= 1.0 - lr * weight_decay
+    weight = 1.0 - beta1
+    np.subtract(g, m, out=work)                   # g - m
+    if weight < 0.5:                              # torch's two-sided lerp: m + w (g - m) ...
+        work *= weight
+        m += work
+    else:                                         # ... or g - (1 - w)(g - m), whichever is exact-er
+        work *= weight - 1.0
+        np.add(g, work, out=m)
+    np.multiply(g, g, out=work)                   # v <- beta2 v + (1 - beta2) g^2
+    work *= 1.0 - beta2
+    v *= beta2
+    v += work
+    np.sqrt(v, out=work)                          # denominator sqrt(v) / sqrt(bc2) + eps
+    work /= (1.0 - beta2 ** step) ** 0.5
+    work += eps
+    np.divide(m, work, out=work)                  # m / denominator
+    work *= -(lr / (1.0 - beta1 ** step))
+    p += work

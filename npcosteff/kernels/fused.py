@@ -14,11 +14,13 @@ The loops below do the same steps in one pass each, row-parallel:
 * :func:`attention_probs_backward`: the head mask, dropout mask and softmax backward of the
   attention probabilities in one pass per row, in place;
 * :func:`scatter_add_rows`: ``table[ids] += rows`` with repeated ids adding up, in the order of
-  ``np.add.at`` (so the sums are the same to the last bit), without its per-element overhead.
+  ``np.add.at`` (so the sums are the same to the last bit), without its per-element overhead;
+* :func:`adamw_update`: the optimizer's ~12 NumPy passes over a parameter, its gradient and
+  its two moments in one.
 
-When the reference kernels are selected (``NPCOSTEFF_KERNELS=reference`` or
-``kernels.use("reference")``) or Numba is missing, every function here runs the unfused NumPy
-steps through :mod:`npcosteff.kernels` instead, so the whole model stays plain NumPy.
+Each function has a plain twin of the same name in :mod:`npcosteff.kernels.reference`, the
+unfused NumPy steps, which the tests compare it with; the layers reach either through the
+switch of :mod:`npcosteff.kernels` (``NPCOSTEFF_KERNELS=reference`` selects the twins).
 
 Every step rounds to the array's dtype where the unfused code does, so the results are
 those of the unfused code, with one exception on purpose:
@@ -49,20 +51,15 @@ import math
 
 import numpy as np
 
-from .. import kernels
+from numba import njit, prange
 
-try:
-    from numba import njit, prange
-    _HAVE_NUMBA = True
-except ImportError:                            # the package then runs on the NumPy reference kernels
-    _HAVE_NUMBA = False
-    prange = range
+from . import reference
 
-    def njit(*args, **kwargs):                 # keeps the module importable; the loops are not called
-        return args[0] if args and callable(args[0]) else (lambda f: f)
+from .checks import (_check_attention_probs_backward, _check_attention_weights, _check_bias_gelu,
+                     _check_bias_gelu_backward, _check_scatter_add)
 
 __all__ = ["bias_gelu", "bias_gelu_backward", "attention_weights", "attention_probs_backward", "scatter_add_rows",
-           "fit_coefficients"]
+           "adamw_update", "fit_coefficients"]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)              # 1 / sqrt(2): GELU's argument scale
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # normal density constant
@@ -166,53 +163,13 @@ def _bias_gelu_exact(pre, bias, mask, act):    # the same with the C library's e
             act[r, j] = y * mask[j]
 
 
-def _compiled() -> bool:
-    """True when the compiled loops run: Numba is there and the fast kernels are selected."""
-    return _HAVE_NUMBA and kernels.current() == "fast"
-
-
-def _check_rows(name, a, width=None, dtype=None):
-    if not isinstance(a, np.ndarray) or a.ndim != 2 or not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous 2-D array (rows, features), got "
-                         f"{type(a).__name__} {getattr(a, 'shape', '')}")
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
-    if width is not None and a.shape[1] != width:
-        raise ValueError(f"{name} has {a.shape[1]} columns, expected {width}")
-
-
-def _vector(name, v, width, dtype):
-    """A (width,) contiguous vector of `dtype`; None gives ones (multiplying by 1 is exact)."""
-    if v is None:
-        return np.ones(width, dtype)
-    v = np.ascontiguousarray(v, dtype=dtype)
-    if v.shape != (width,):
-        raise ValueError(f"{name} has shape {v.shape}, expected ({width},)")
-    return v
-
-
 def bias_gelu(pre, bias, ffn_mask=None, out=None):
     """In one pass: ``pre += bias`` (in place) and ``act = gelu(pre) * ffn_mask``.
 
     pre (N, F) C-contiguous float32/float64, the output of ``x @ W.T``; bias (F,);
     ffn_mask (F,) or None. Returns act (N, F) (written into `out` when given).
     """
-    _check_rows("pre", pre)
-    N, F = pre.shape
-    bias = _vector("bias", bias, F, pre.dtype)
-    mask = _vector("ffn_mask", ffn_mask, F, pre.dtype)
-    act = np.empty_like(pre) if out is None else out
-    _check_rows("out", act, F, pre.dtype)
-    if act.shape[0] != N:
-        raise ValueError(f"out has {act.shape[0]} rows, pre has {N}")
-    if not _compiled():                                      # the unfused steps
-        pre += bias
-        act[...] = kernels.gelu(pre)
-        if ffn_mask is not None:
-            act *= mask
-        return act
+    bias, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
     (_bias_gelu_f32 if pre.dtype == np.float32 else _bias_gelu_exact)(pre, bias, mask, act)
     return act
 
@@ -256,26 +213,8 @@ def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
     given, the forward's ``act = gelu(pre) * ffn_mask`` is recomputed into it in the same pass
     (identical to the forward's values). Returns dpre (the dact array).
     """
-    _check_rows("pre", pre)
-    N, F = pre.shape
-    _check_rows("dact", dact, F, pre.dtype)
-    if dact.shape[0] != N:
-        raise ValueError(f"dact has {dact.shape[0]} rows, pre has {N}")
-    mask = _vector("ffn_mask", ffn_mask, F, pre.dtype)
+    mask = _check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
     recompute = act_out is not None
-    if recompute:
-        _check_rows("act_out", act_out, F, pre.dtype)
-        if act_out.shape[0] != N:
-            raise ValueError(f"act_out has {act_out.shape[0]} rows, pre has {N}")
-    if not _compiled():                                      # the unfused steps
-        if ffn_mask is not None:
-            dact *= mask
-        dact[...] = kernels.gelu_backward(dact, pre)
-        if recompute:
-            act_out[...] = kernels.gelu(pre)
-            if ffn_mask is not None:
-                act_out *= mask
-        return dact
     act = act_out if recompute else dact                      # unused when not recomputing
     (_gelu_backward_f32 if pre.dtype == np.float32 else _gelu_backward_exact)(dact, pre, mask, act, recompute)
     return dact
@@ -297,17 +236,7 @@ def scatter_add_rows(table, ids, rows):
 
     table (V, d) C-contiguous; ids (N,) integers in [0, V); rows (N, d) of table's dtype.
     """
-    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    rows = np.ascontiguousarray(rows, dtype=table.dtype)
-    if table.ndim != 2 or not table.flags.c_contiguous:
-        raise ValueError(f"table must be a C-contiguous (V, d) array, got shape {table.shape}")
-    if rows.shape != (ids.size, table.shape[1]):
-        raise ValueError(f"rows has shape {rows.shape}, expected ({ids.size}, {table.shape[1]})")
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise ValueError(f"ids must lie in 0..{table.shape[0] - 1}, got {ids.min()}..{ids.max()}")
-    if not _compiled():
-        np.add.at(table, ids, rows)
-        return
+    ids, rows = _check_scatter_add(table, ids, rows)
     _scatter_add_rows(table, ids, rows)
 
 
@@ -347,37 +276,13 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
     dweights, probs (B, H, T, T) C-contiguous, one dtype; head_mask (H,) or None;
     probs_dropout, dprobs_extra (B, H, T, T) or None. Returns dscores (the dweights array).
     """
-    for name, a in (("dweights", dweights), ("probs", probs)):
-        if not isinstance(a, np.ndarray) or a.ndim != 4 or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous (B, H, T, T) array, got shape {np.shape(a)}")
-    if dweights.shape != probs.shape or dweights.dtype != probs.dtype:
-        raise ValueError(f"dweights {dweights.shape} {dweights.dtype} and probs {probs.shape} {probs.dtype} differ")
+    head_scale, mask, extra = _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
+                                                              dprobs_extra)
     B, H, T, n = probs.shape
-    dtype = probs.dtype
-    head_scale = _vector("head_mask", head_mask, H, dtype)
-    dummy = np.zeros((1, 1), dtype)
-
-    def rows(name, a):
-        if a is None:
-            return dummy, False
-        a = np.ascontiguousarray(a, dtype=dtype)
-        if a.shape != probs.shape:
-            raise ValueError(f"{name} has shape {a.shape}, probs have {probs.shape}")
-        return a.reshape(-1, n), True
-
-    mask, has_mask = rows("probs_dropout", probs_dropout)
-    extra, has_extra = rows("dprobs_extra", dprobs_extra)
-    if not _compiled():                                      # the unfused steps
-        if head_mask is not None:
-            dweights *= head_scale.reshape(1, H, 1, 1)
-        if has_mask:
-            dweights *= mask.reshape(probs.shape)
-        if has_extra:
-            dweights += extra.reshape(probs.shape)
-        dweights[...] = kernels.softmax_backward(dweights, probs)
-        return dweights
+    dummy = np.zeros((1, 1), probs.dtype)                     # stands for an absent mask (never read)
     _probs_backward_loop(dweights.reshape(-1, n), probs.reshape(-1, n), head_scale,
-                         mask, has_mask, extra, has_extra, H, T)
+                         dummy if mask is None else mask.reshape(-1, n), mask is not None,
+                         dummy if extra is None else extra.reshape(-1, n), extra is not None, H, T)
     return dweights
 
 
@@ -400,22 +305,48 @@ def attention_weights(probs, probs_dropout=None, head_mask=None):
     """
     if probs_dropout is None and head_mask is None:
         return probs
-    if not isinstance(probs, np.ndarray) or probs.ndim != 4 or not probs.flags.c_contiguous:
-        raise ValueError(f"probs must be a C-contiguous (B, H, T, T) array, got shape {np.shape(probs)}")
+    head_scale, mask = _check_attention_weights(probs, probs_dropout, head_mask)
     B, H, T, n = probs.shape
-    head_scale = _vector("head_mask", head_mask, H, probs.dtype)
-    if probs_dropout is None:
-        mask, has_mask = np.zeros((1, 1), probs.dtype), False
-    else:
-        mask = np.ascontiguousarray(probs_dropout, dtype=probs.dtype)
-        if mask.shape != probs.shape:
-            raise ValueError(f"probs_dropout has shape {mask.shape}, probs have {probs.shape}")
-        mask, has_mask = mask.reshape(-1, n), True
-    if not _compiled():                                      # the unfused steps
-        weights = probs * mask.reshape(probs.shape) if has_mask else probs.copy()
-        if head_mask is not None:
-            weights *= head_scale.reshape(1, H, 1, 1)
-        return weights
     out = np.empty_like(probs)
-    _mask_probs_loop(probs.reshape(-1, n), mask, has_mask, head_scale, H, T, out.reshape(-1, n))
+    _mask_probs_loop(probs.reshape(-1, n), np.zeros((1, 1), probs.dtype) if mask is None else mask.reshape(-1, n),
+                     mask is not None, head_scale, H, T, out.reshape(-1, n))
     return out
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _adamw_loop(p, g, m, v, decay_factor, decay, lerp_low, w, w_minus_1, beta2, one_minus_beta2,
+                sqrt_bc2, eps, neg_step):
+    for i in prange(p.shape[0]):
+        pi = p[i] * decay_factor if decay else p[i]           # p *= 1 - lr wd
+        gi = g[i]
+        if lerp_low:
+            mi = m[i] + (gi - m[i]) * w                       # m + w (g - m)
+        else:
+            mi = gi + (gi - m[i]) * w_minus_1                 # g - (1 - w)(g - m)
+        vi = v[i] * beta2 + (gi * gi) * one_minus_beta2       # beta2 v + (1 - beta2) g^2
+        denom = np.sqrt(vi) / sqrt_bc2 + eps
+        p[i] = pi + (mi / denom) * neg_step
+        m[i] = mi
+        v[i] = vi
+
+
+def adamw_update(p, g, m, v, *, lr, weight_decay, beta1, beta2, eps, step, work=None):
+    """:func:`npcosteff.kernels.reference.adamw_update` as one compiled pass over p, g, m, v.
+
+    Element by element the same operations in the same order, with the scalars rounded to
+    the array dtype first (as NumPy does with Python floats) and no fused multiply-add, so
+    both give identical bits. Arrays that are not contiguous, or a gradient of another
+    dtype, take the reference's steps.
+    """
+    if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous and g.dtype == p.dtype
+            and g.shape == p.shape == m.shape == v.shape):
+        return reference.adamw_update(p, g, m, v, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
+                                      eps=eps, step=step, work=work)
+    t = p.dtype.type
+    _adamw_loop(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1),
+                t(1.0 - lr * weight_decay), weight_decay != 0.0, 1.0 - beta1 < 0.5, t(1.0 - beta1),
+                t(1.0 - beta1 - 1.0), t(beta2), t(1.0 - beta2), t((1.0 - beta2 ** step) ** 0.5), t(eps),
+                t(-(lr / (1.0 - beta1 ** step))))

@@ -1,0 +1,225 @@
+"""Argument checks shared by every kernel implementation.
+
+The plain kernels (:mod:`npcosteff.kernels.reference`) and the compiled ones
+(:mod:`npcosteff.kernels.fast`, :mod:`npcosteff.kernels.fused`) call the same checks, so
+both reject the same inputs with the same messages, and the formulas in ``reference`` are
+not interrupted by validation code.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_array(name: str, a) -> np.ndarray:
+    """Return ``a`` as an ndarray, requiring a float32 or float64 dtype."""
+    a = np.asarray(a)
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    return a
+
+
+def _same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+    if a.shape != ref.shape:
+        raise ValueError(f"{name} has shape {a.shape} but {ref_name} has shape {ref.shape}")
+
+
+def _same_dtype(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def _last_axis(name: str, a: np.ndarray) -> int:
+    """Length of the reduced (last) axis, which must exist and be non-empty."""
+    if a.ndim == 0 or a.shape[-1] == 0:
+        raise ValueError(f"{name} needs a non-empty last axis, got shape {a.shape}")
+    return a.shape[-1]
+
+
+def _check_softmax_inputs(scores, additive_mask):
+    """Validate softmax inputs; return ``(scores, mask)`` with the mask as float64 or None."""
+    scores = _float_array("scores", scores)
+    _last_axis("scores", scores)
+    if additive_mask is None:
+        return scores, None
+    mask = np.asarray(additive_mask)
+    if mask.dtype == np.bool_ or not np.issubdtype(mask.dtype, np.number) or np.iscomplexobj(mask):
+        raise TypeError(
+            "additive_mask must be a real additive mask (0 to keep a key, a large negative "
+            f"number such as finfo(dtype).min to drop it), got dtype {mask.dtype}"
+        )
+    try:
+        broadcast = np.broadcast_shapes(mask.shape, scores.shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != scores.shape:
+        raise ValueError(
+            f"additive_mask of shape {mask.shape} does not broadcast to scores of shape "
+            f"{scores.shape} (expected e.g. (B, 1, 1, T) for scores (B, H, T, T))"
+        )
+    return scores, mask.astype(np.float64, copy=False)
+
+
+_EMPTY_ROW_MESSAGE = (
+    "softmax row has every score equal to -inf (all keys masked with -inf); "
+    "mask with finfo(dtype).min instead, which gives a uniform row"
+)
+
+
+def _raise_if_empty_rows(row_max: np.ndarray) -> None:
+    """A row whose scores are all -inf has no softmax; name the problem instead of NaN."""
+    if np.any(np.isneginf(row_max)):
+        raise ValueError(_EMPTY_ROW_MESSAGE)
+
+
+def _check_layer_norm_params(x, gamma, beta, eps):
+    x = _float_array("x", x)
+    d = _last_axis("x", x)
+    gamma = _float_array("gamma", gamma)
+    beta = _float_array("beta", beta)
+    for name, p in (("gamma", gamma), ("beta", beta)):
+        if p.shape != (d,):
+            raise ValueError(f"{name} must have shape ({d},) to match x {x.shape}, got {p.shape}")
+        _same_dtype(name, p, "x", x)
+    if not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return x, gamma, beta, float(eps)
+
+
+def _check_layer_norm_backward(dy, x, gamma, mean, rstd):
+    dy = _float_array("dy", dy)
+    x = _float_array("x", x)
+    gamma = _float_array("gamma", gamma)
+    _same_shape("dy", dy, "x", x)
+    _same_dtype("dy", dy, "x", x)
+    d = _last_axis("x", x)
+    if gamma.shape != (d,):
+        raise ValueError(f"gamma must have shape ({d},) to match x {x.shape}, got {gamma.shape}")
+    _same_dtype("gamma", gamma, "x", x)
+    mean = _float_array("mean", mean)
+    rstd = _float_array("rstd", rstd)
+    for name, s in (("mean", mean), ("rstd", rstd)):
+        if s.shape != x.shape[:-1]:
+            raise ValueError(f"{name} must have shape {x.shape[:-1]} (x without its last axis), got {s.shape}")
+    return dy, x, gamma, mean, rstd
+
+
+def _check_dropout_args(rng, shape, p, dtype):
+    """Validate dropout arguments; return ``(shape tuple, p float, dtype)``."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if isinstance(shape, numbers.Integral):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not all(isinstance(s, numbers.Integral) and s >= 0 for s in shape):
+        raise ValueError(f"shape must be a tuple of non-negative integers, got {shape}")
+    if not isinstance(p, numbers.Real) or not (0.0 <= p < 1.0):
+        raise ValueError(f"dropout probability p must satisfy 0 <= p < 1, got {p!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dropout mask dtype must be float32 or float64, got {dtype}")
+    return tuple(int(s) for s in shape), float(p), dtype
+
+
+# ---------------------------------------------------------------------------
+# The fused layer steps (reference.bias_gelu ... and their compiled twins in fused.py)
+# ---------------------------------------------------------------------------
+
+
+def _check_rows(name, a, width=None, dtype=None):
+    """A C-contiguous (rows, features) float array, optionally of a given width and dtype."""
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous 2-D array (rows, features), got "
+                         f"{type(a).__name__} {getattr(a, 'shape', '')}")
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    if width is not None and a.shape[1] != width:
+        raise ValueError(f"{name} has {a.shape[1]} columns, expected {width}")
+
+
+def _vector(name, v, width, dtype):
+    """A (width,) contiguous vector of `dtype`; None gives ones (multiplying by 1 is exact)."""
+    if v is None:
+        return np.ones(width, dtype)
+    v = np.ascontiguousarray(v, dtype=dtype)
+    if v.shape != (width,):
+        raise ValueError(f"{name} has shape {v.shape}, expected ({width},)")
+    return v
+
+
+def _check_bias_gelu(pre, bias, ffn_mask, out):
+    """-> (bias (F,), mask (F,) (ones when None), act (N, F): `out` or a new array)."""
+    _check_rows("pre", pre)
+    N, F = pre.shape
+    bias = _vector("bias", bias, F, pre.dtype)
+    mask = _vector("ffn_mask", ffn_mask, F, pre.dtype)
+    act = np.empty_like(pre) if out is None else out
+    _check_rows("out", act, F, pre.dtype)
+    if act.shape[0] != N:
+        raise ValueError(f"out has {act.shape[0]} rows, pre has {N}")
+    return bias, mask, act
+
+
+def _check_bias_gelu_backward(dact, pre, ffn_mask, act_out):
+    """-> mask (F,) (ones when None)."""
+    _check_rows("pre", pre)
+    N, F = pre.shape
+    _check_rows("dact", dact, F, pre.dtype)
+    if dact.shape[0] != N:
+        raise ValueError(f"dact has {dact.shape[0]} rows, pre has {N}")
+    if act_out is not None:
+        _check_rows("act_out", act_out, F, pre.dtype)
+        if act_out.shape[0] != N:
+            raise ValueError(f"act_out has {act_out.shape[0]} rows, pre has {N}")
+    return _vector("ffn_mask", ffn_mask, F, pre.dtype)
+
+
+def _check_scatter_add(table, ids, rows):
+    """-> (ids (N,) int64, rows (N, d) contiguous in table's dtype)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    rows = np.ascontiguousarray(rows, dtype=table.dtype)
+    if table.ndim != 2 or not table.flags.c_contiguous:
+        raise ValueError(f"table must be a C-contiguous (V, d) array, got shape {table.shape}")
+    if rows.shape != (ids.size, table.shape[1]):
+        raise ValueError(f"rows has shape {rows.shape}, expected ({ids.size}, {table.shape[1]})")
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"ids must lie in 0..{table.shape[0] - 1}, got {ids.min()}..{ids.max()}")
+    return ids, rows
+
+
+def _check_probs(name, a):
+    if not isinstance(a, np.ndarray) or a.ndim != 4 or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous (B, H, T, T) array, got shape {np.shape(a)}")
+
+
+def _like_probs(name, a, probs):
+    """None, or `a` as a contiguous array of probs' shape and dtype."""
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype=probs.dtype)
+    if a.shape != probs.shape:
+        raise ValueError(f"{name} has shape {a.shape}, probs have {probs.shape}")
+    return a
+
+
+def _check_attention_weights(probs, probs_dropout, head_mask):
+    """-> (head_scale (H,) (ones when None), probs_dropout (B, H, T, T) or None)."""
+    _check_probs("probs", probs)
+    return _vector("head_mask", head_mask, probs.shape[1], probs.dtype), _like_probs("probs_dropout", probs_dropout, probs)
+
+
+def _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout, dprobs_extra):
+    """-> (head_scale (H,), probs_dropout or None, dprobs_extra or None)."""
+    _check_probs("dweights", dweights)
+    _check_probs("probs", probs)
+    if dweights.shape != probs.shape or dweights.dtype != probs.dtype:
+        raise ValueError(f"dweights {dweights.shape} {dweights.dtype} and probs {probs.shape} {probs.dtype} differ")
+    return (_vector("head_mask", head_mask, probs.shape[1], probs.dtype),
+            _like_probs("probs_dropout", probs_dropout, probs), _like_probs("dprobs_extra", dprobs_extra, probs))
