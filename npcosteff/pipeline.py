@@ -22,7 +22,8 @@ import numpy as np
 
 from .data.batching import EncodedSplit, encode_split
 from .data.glue import get_task, load_glue
-from .model import CostEffModel, init_params, param_shapes
+from .model import CostEffModel
+from .surgery import attach_exits
 from .train import Trainer, TrainingArguments
 
 
@@ -68,16 +69,6 @@ def _num_layers(pretrained) -> int:
     from .pretrained import resolve_model_dir
 
     return CostEffConfig.from_json(resolve_model_dir(pretrained)).num_hidden_layers
-
-
-def attach_exits(model: CostEffModel, exit_start=1, seed=0) -> CostEffModel:
-    """A copy of `model` with exits after every layer from `exit_start` on; exits it already
-    has keep their weights (the last one stays the model's classifier), new ones are fresh."""
-    config = model.config.replace(exit_start=exit_start)
-    params = {n: p.copy() for n, p in model.params.items()}
-    missing = [n for n in param_shapes(config) if n not in params]
-    params.update(init_params(config, model.dtype, seed, names=set(missing)))
-    return CostEffModel(config, {n: params[n] for n in param_shapes(config)}, dtype=model.dtype)
 
 
 def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=None, dtype=np.float32,

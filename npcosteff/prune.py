@@ -4,18 +4,9 @@ A slender layer keeps H'_i of its heads and F'_i of its FFN neurons. Two ways to
 
 * **masks** (``model(..., head_mask=, ffn_mask=)``): a 0 switches a head or neuron off while
   the matrices keep their size -- for teaching and importance studies;
-* **slicing** (:func:`slice_model`): the rows and columns of the removed heads and neurons are
-  cut out, giving a smaller model (fewer parameters, fewer FLOPs) whose outputs are *exactly*
-  those of the masked model:
-
-      head h of layer i  <->  rows h*d_h..(h+1)*d_h-1 of Q, K, V (weights and biases)
-                              and the same columns of attention.output.dense.weight (d, A_i)
-      neuron j of layer i <-> row j of intermediate.dense (weight and bias)
-                              and column j of output.dense.weight (d, F_i)
-
-  A masked head contributes ``0 * probs @ V`` to the context, so the output dense multiplies
-  zeros in its columns; without those rows and columns nothing else changes. The same holds
-  for a neuron whose activation is multiplied by 0.
+* **slicing** (`npcosteff.surgery.slice_model`): the rows and columns of the removed heads and
+  neurons are cut out, giving a smaller model whose outputs are *exactly* those of the masked
+  model (the correspondence is in `npcosteff.surgery`).
 
 :func:`factorize_embedding` replaces the word embedding E (V, d) by its best rank-r
 approximation ``E' @ P`` with E' (V, r) and P (r, d) (truncated SVD, Eckart-Young), or
@@ -32,7 +23,7 @@ import numpy as np
 from .model import CostEffModel
 
 __all__ = ["keep_top", "keep_from_importance", "masks_from_keep", "masks_from_importance",
-           "slice_model", "factorize_embedding", "embedding_rank_of"]
+           "factorize_embedding", "embedding_rank_of"]
 
 
 # --------------------------------------------------------------------------- choosing what to keep
@@ -132,7 +123,7 @@ def masks_from_importance(importance, heads_per_layer_target, ffn_per_layer_targ
             _masks(keep_neurons, [np.size(s) for s in importance.neurons]))
 
 
-# --------------------------------------------------------------------------- slicing
+# --------------------------------------------------------------------------- keep lists
 def _check_keep(keep, widths: Sequence[int], what: str, unit: str) -> list:
     """`keep` (None, or L index arrays / Nones) as L sorted int64 arrays, or a clear error."""
     L = len(widths)
@@ -161,54 +152,6 @@ def _check_keep(keep, widths: Sequence[int], what: str, unit: str) -> list:
             raise ValueError(f"{what}[{i}] repeats the {unit} index(es) {unique[counts > 1].tolist()}")
         out.append(np.sort(k).astype(np.int64))
     return out
-
-
-def _head_columns(keep_heads: np.ndarray, head_size: int) -> np.ndarray:
-    """The attention inner indices (k * d_h,) of the kept heads: head h owns h*d_h..h*d_h+d_h-1."""
-    return (keep_heads[:, None] * head_size + np.arange(head_size)[None, :]).reshape(-1)
-
-
-def slice_model(model: CostEffModel, keep_heads=None, keep_neurons=None) -> CostEffModel:
-    """A new, smaller model with only the kept heads and FFN neurons of each layer.
-
-    Args:
-        model: the model to slice (not changed).
-        keep_heads: L index arrays into each layer's current heads (None, or a None entry:
-            keep the whole layer).
-        keep_neurons: L index arrays into each layer's current FFN neurons (same rules).
-
-    The result equals ``model`` run with ``head_mask`` = 1 on the kept heads (0 elsewhere)
-    and ``ffn_mask`` likewise, on every hidden state and exit. Kept heads and neurons keep
-    their relative order. Its config records the new widths (``heads_per_layer``,
-    ``intermediate_per_layer``), so it saves and reloads like any checkpoint.
-    """
-    if not isinstance(model, CostEffModel):
-        raise TypeError(f"model must be a CostEffModel, got {type(model).__name__}")
-    c = model.config
-    keep_heads = _check_keep(keep_heads, c.heads_per_layer, "keep_heads", "head")
-    keep_neurons = _check_keep(keep_neurons, c.intermediate_per_layer, "keep_neurons", "neuron")
-    old, params = model.params, {}                            # params: the sliced tensors (fresh arrays)
-    for i in range(c.num_hidden_layers):
-        pre = f"encoder.layer.{i}."
-        cols = _head_columns(keep_heads[i], c.attention_head_size)               # (A'_i,)
-        for proj in ("query", "key", "value"):
-            w, b = f"{pre}attention.self.{proj}.weight", f"{pre}attention.self.{proj}.bias"
-            params[w] = old[w][cols]                                              # (A'_i, d)
-            params[b] = old[b][cols]                                              # (A'_i,)
-        w = f"{pre}attention.output.dense.weight"
-        params[w] = old[w][:, cols]                                               # (d, A'_i)
-        rows = keep_neurons[i]                                                    # (F'_i,)
-        w, b = f"{pre}intermediate.dense.weight", f"{pre}intermediate.dense.bias"
-        params[w] = old[w][rows]                                                  # (F'_i, d)
-        params[b] = old[b][rows]                                                  # (F'_i,)
-        w = f"{pre}output.dense.weight"
-        params[w] = old[w][:, rows]                                               # (d, F'_i)
-    for name, p in old.items():                               # the rest, copied: nothing shared with `model`
-        if name not in params:
-            params[name] = p.copy()
-    config = c.replace(heads_per_layer=[int(k.size) for k in keep_heads],
-                       intermediate_per_layer=[int(k.size) for k in keep_neurons])
-    return CostEffModel(config, params, dtype=model.dtype)
 
 
 # --------------------------------------------------------------------------- low-rank embedding

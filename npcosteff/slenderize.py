@@ -7,7 +7,7 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
    losses of all exits (or of the last exit alone: the ablation);
 2. keep the top ``H - t`` heads of every layer and the top ``F_t`` FFN neurons, where
    ``F_t = F - (F - F_target) * t / max_prunes`` (rounded), and physically slice them
-   (npcosteff.prune.slice_model);
+   (npcosteff.surgery.slice_model);
 3. factorize the word embedding to rank ``r_t = d - (d - r_target) * t / max_prunes``
    (truncated SVD of E, or of E @ P when it is already factorized);
 4. train for one pruning period (``prune_period`` epochs) with a fresh AdamW and a fresh
@@ -35,7 +35,8 @@ from . import weights as W
 from .flops import count_parameters, model_flops
 from .importance import importance_batches, taylor_importance
 from .model import CostEffModel
-from .prune import factorize_embedding, keep_from_importance, slice_model
+from .prune import factorize_embedding, keep_from_importance
+from .surgery import slice_model
 from .train import Trainer, TrainingArguments, evaluate
 
 __all__ = ["PruneStep", "prune_schedule", "SlenderizeArguments", "slenderize",

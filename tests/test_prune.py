@@ -7,8 +7,8 @@ import pytest
 from npcosteff.config import CostEffConfig
 from npcosteff.importance import Importance
 from npcosteff.model import CostEffModel
-from npcosteff.prune import (factorize_embedding, keep_from_importance, keep_top, masks_from_importance,
-                             masks_from_keep, slice_model)
+from npcosteff.prune import factorize_embedding, keep_from_importance, keep_top, masks_from_importance, masks_from_keep
+from npcosteff.surgery import slice_model
 
 # Slicing removes exact zeros from sums (a masked head multiplies 0 * V, a masked neuron
 # 0 * column); only BLAS's summation order over the remaining terms can differ: ~1e-16 of
