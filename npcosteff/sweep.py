@@ -14,9 +14,8 @@ import numpy as np
 from .early_exit import early_exit_predict
 from .flops import count_parameters, model_flops
 from .metrics import compute_metrics, main_metric, predictions_from_logits
+from .recipe import DEFAULT_ENTROPY_THRESHOLDS
 from .weights import write_text
-
-DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def mean_flops(config, n_tokens, exit_layers=None) -> float:
