@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from npcosteff.cli import resolve_model_dir  # noqa: E402
 from npcosteff.metrics import main_metric  # noqa: E402
 from npcosteff.model import CostEffModel  # noqa: E402
 from npcosteff.pipeline import load_task_data, train_naive_exits, train_ta  # noqa: E402
+from npcosteff.pretrained import resolve_model_dir  # noqa: E402
 from npcosteff.train import TrainingArguments, evaluate  # noqa: E402
 
 
@@ -62,12 +62,12 @@ def main(argv=None):
 
     data = load_task_data(args.task, args.glue_dir, max_length=args.max_length, max_train=args.max_train,
                           max_eval=args.max_eval)
-    teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, "teacher"))
+    teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, what="teacher"))
     targs = TrainingArguments(task=data.task, epochs=args.epochs, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, seed=args.seed)
     rows = {"fine-tuned teacher": evaluate(teacher, data.dev, data.task)}
     if args.ta is not None:
-        ta = CostEffModel.from_pretrained(resolve_model_dir(args.ta, "TA"))
+        ta = CostEffModel.from_pretrained(resolve_model_dir(args.ta, what="TA"))
     else:
         ta, _ = train_ta(data, teacher, targs, os.path.join(args.output, "ta"), pooler=teacher.config.pooler)
     rows["TA (hidden, then pred; GE)"] = evaluate(ta, data.dev, data.task)
