@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from npcosteff import cli
-from npcosteff.cli import DONE_FILE, STAGE_FILE, build_parser, main
+from npcosteff.cli import build_parser, main
+from npcosteff.pretrained import resolve_model_dir
+from npcosteff.runs import DONE_FILE, LOG_FILE, STAGE_FILE, StageFolder, UserError, run_stage
+from npcosteff.surgery import only_final_exit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -433,19 +436,19 @@ def test_stage_folder_records_settings_and_refuses_others(tmp_path):
 
     run = tmp_path / "run"
     recipe = get_preset("quick")
-    stage = cli.StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"})
+    stage = StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"})
     assert stage.finished() is None
     stage.begin()                                                  # writes stage.json
     assert json.loads((run / "teacher" / STAGE_FILE).read_text()) == stage.settings
     # An interrupted stage resumes with the same settings only.
-    cli.StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"}).begin()
-    other = cli.StageFolder("finetune", run / "teacher", recipe.replace(finetune_epochs=2.0),
+    StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"}).begin()
+    other = StageFolder("finetune", run / "teacher", recipe.replace(finetune_epochs=2.0),
                             {"pretrained": "/models/minilm"})
-    with pytest.raises(cli.UserError, match=r"unfinished finetune run with other settings "
+    with pytest.raises(UserError, match=r"unfinished finetune run with other settings "
                                             r"\(finetune_epochs: 1\.0 there, 2\.0 now\)"):
         other.begin()
     # Settings of other stages do not matter to this one.
-    cli.StageFolder("finetune", run / "teacher", recipe.replace(heads=4), {"pretrained": "/models/minilm"}).begin()
+    StageFolder("finetune", run / "teacher", recipe.replace(heads=4), {"pretrained": "/models/minilm"}).begin()
 
     model_dir = run / "teacher" / "best"
     model_dir.mkdir()
@@ -454,16 +457,75 @@ def test_stage_folder_records_settings_and_refuses_others(tmp_path):
     record = stage.finish(str(model_dir), {"dev": {}}, {"result": {"steps": 3}})
     assert record["model_dir"] == "best" and record["result"] == {"steps": 3}
     assert stage.finished()["settings"] == stage.settings
-    assert cli.resolve_model_dir(run / "teacher") == str(model_dir)     # a stage folder names its model
+    assert resolve_model_dir(run / "teacher") == str(model_dir)     # a stage folder names its model
 
 
 def test_stage_inputs_inside_the_run_are_relative(tmp_path):
     from npcosteff.recipe import get_preset
 
-    stage = cli.StageFolder("recover", tmp_path / "run" / "recover", get_preset("quick"),
+    stage = StageFolder("recover", tmp_path / "run" / "recover", get_preset("quick"),
                             {"student": tmp_path / "run" / "slenderize" / "student", "teacher": "/elsewhere/ta"})
     assert stage.settings["inputs"] == {"student": os.path.join("..", "slenderize", "student"),
                                         "teacher": "/elsewhere/ta"}
+
+
+def _tiny_config(**kw):
+    from npcosteff.config import CostEffConfig
+
+    base = dict(vocab_size=30, hidden_size=8, num_hidden_layers=3, num_attention_heads=2, intermediate_size=12,
+                max_position_embeddings=16, num_labels=2, exit_start=1)
+    return CostEffConfig(**{**base, **kw})
+
+
+def test_run_stage_resumes_an_interrupted_stage_and_skips_a_finished_one(tmp_path, capsys):
+    import numpy as np
+
+    from npcosteff.data.batching import EncodedSplit
+    from npcosteff.model import CostEffModel
+    from npcosteff.pipeline import TaskData
+    from npcosteff.recipe import get_preset
+
+    recipe = get_preset("quick")
+    model = CostEffModel(_tiny_config(), dtype=np.float32, seed=1)
+    rng = np.random.default_rng(0)
+    dev = EncodedSplit([rng.integers(1, 30, 5) for _ in range(4)], [np.zeros(5, np.int64) for _ in range(4)],
+                       np.array([0, 1, 0, 1]), 8)
+    data = TaskData("sst2", 2, False, None, dev)
+    folder = tmp_path / "run" / "teacher"
+    calls = []
+
+    def train():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise KeyboardInterrupt                            # the first attempt is stopped midway
+        return model, os.fspath(model.save_pretrained(folder / "best")), {"result": {"steps": 3}}
+
+    def stage(r=recipe):
+        return run_stage("finetune", r, data, folder, {"pretrained": "/models/minilm"}, "fine-tuning", train)
+
+    with pytest.raises(KeyboardInterrupt):
+        stage()
+    assert (folder / STAGE_FILE).is_file() and not (folder / DONE_FILE).exists()
+    # An unfinished stage resumes with its own settings only; other settings never reach train().
+    with pytest.raises(UserError, match="unfinished finetune run with other settings"):
+        stage(recipe.replace(finetune_epochs=2.0))
+    assert len(calls) == 1
+    trained, record = stage()                                  # resumed: trains again, then DONE.json
+    assert len(calls) == 2 and trained is model and trained.folder == str(folder / "best")
+    assert json.loads((folder / DONE_FILE).read_text()) == record
+    assert record["model_dir"] == "best" and record["result"] == {"steps": 3}
+    assert list(record["dev"]["exits"]) == ["1", "2", "3"] and record["parameters"] > 0
+    assert "[finetune] sst2: fine-tuning -> " in capsys.readouterr().out
+
+    loaded, again = stage()                                    # finished: skipped, its model loaded
+    assert len(calls) == 2 and again == record
+    assert loaded is not model and loaded.folder == str(folder / "best")
+    np.testing.assert_array_equal(loaded.params["exits.2.classifier.weight"], model.params["exits.2.classifier.weight"])
+    assert "[finetune] already done" in capsys.readouterr().out
+    assert "already done" in (folder / LOG_FILE).read_text()
+    with pytest.raises(UserError, match="finished finetune run with other settings"):
+        stage(recipe.replace(finetune_epochs=2.0))
+    assert len(calls) == 2
 
 
 def test_only_final_exit_keeps_the_last_classifier():
@@ -475,7 +537,7 @@ def test_only_final_exit_keeps_the_last_classifier():
     config = CostEffConfig(vocab_size=30, hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
                            intermediate_size=12, max_position_embeddings=16, num_labels=2, exit_start=1)
     model = CostEffModel(config, dtype=np.float64, seed=1)
-    single = cli.only_final_exit(model)
+    single = only_final_exit(model)
     assert single.config.exit_layers == [2]
     ids = np.random.default_rng(0).integers(0, 30, (3, 5))
     # Same weights, same final exit: the logits agree to rounding (float64, identical arithmetic).

@@ -1,0 +1,288 @@
+"""Run and stage folders: the console and its logs, user errors, models and data by folder, and
+the resume bookkeeping of a stage (stage.json, DONE.json).
+
+Every stage writes one folder::
+
+    <stage>/stage.json    the settings it runs with (a rerun with other settings is refused)
+    <stage>/log.txt       what it printed, with times
+    <stage>/metrics.jsonl training and dev records (npcosteff.train.Trainer)
+    <stage>/best/ ...     checkpoints: config.json, model.safetensors, tokenizer.json
+    <stage>/DONE.json     written last: the results and where the final model is
+
+A model argument is a model folder or a finished stage folder; `npcosteff.pretrained.resolve_model_dir`
+tells which and finds the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from ..pretrained import DONE_FILE, STAGE_FILE, resolve_model_dir
+from ..recipe import Recipe
+
+__all__ = ["UserError", "DataUnavailable", "Console", "console", "DONE_FILE", "STAGE_FILE", "LOG_FILE",
+           "STAGE_KEYS", "StageFolder", "model_folder", "load_model", "pretrained_dir", "tokenizer_dir",
+           "load_data", "dtype_of", "write_json", "link_stages"]
+
+LOG_FILE = "log.txt"
+
+
+class UserError(Exception):
+    """A mistake in the command's input: reported as one line, exit code 2, no traceback."""
+
+
+class DataUnavailable(UserError):
+    """The GLUE task could not be loaded (no folder, no network, no cache, a slice too small).
+
+    The message is one line and lists every way to get GLUE (`npcosteff.data.ways_to_get_glue`)."""
+
+    def __init__(self, task, reason):
+        self.task, self.reason = task, " ".join(str(reason).split())
+        text = self.reason if self.reason.startswith("could not load GLUE") else \
+            f"could not load GLUE task {task}: {self.reason}"
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------- console and logs
+class Console:
+    """Prints to stdout and appends the same lines, with the time, to the open log files."""
+
+    def __init__(self):
+        self.logs = []
+
+    def say(self, text=""):
+        print(text, flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for f in self.logs:
+            for line in str(text).splitlines() or [""]:
+                f.write(f"[{stamp}] {line}\n")
+            f.flush()
+
+    @contextlib.contextmanager
+    def logging_to(self, path):
+        """Also write to `path` (appended) inside the block."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path, "a", encoding="utf-8")
+        self.logs.append(f)
+        try:
+            yield
+        finally:
+            self.logs.remove(f)
+            f.close()
+
+
+console = Console()
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def write_json(path, obj):
+    """`obj` as indented JSON (numpy values as Python ones), written atomically."""
+    from ..weights import write_text
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); delete it to rerun that stage") from None
+
+
+def _normalized(obj):
+    """`obj` as it reads back from JSON (tuples -> lists, numpy -> Python), for comparisons."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+# --------------------------------------------------------------------------- models and data
+def model_folder(path, what="model") -> str:
+    """The model folder a model or stage folder names (`npcosteff.pretrained.resolve_model_dir`),
+    its errors as one-line UserErrors."""
+    try:
+        return resolve_model_dir(path, what=what)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+
+
+def load_model(path, dtype, what="model", task_spec=None, need_exits=True):
+    """Load a CostEffModel from a model or stage folder, checked against the task."""
+    from ..config import ConfigError
+    from ..model import CostEffModel
+    from ..weights import CheckpointError
+
+    folder = model_folder(path, what)
+    try:
+        model = CostEffModel.from_pretrained(folder, dtype=dtype)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        raise UserError(f"{what} folder {folder!r} cannot be loaded: {e}") from None
+    if need_exits and model.config.num_labels == 0:
+        raise UserError(f"{what} in {folder!r} has no classifier (num_labels = 0): it is a pretrained encoder, "
+                        f"not a fine-tuned model")
+    if task_spec is not None and need_exits and model.config.num_labels != task_spec.num_labels:
+        raise UserError(f"{what} in {folder!r} has {model.config.num_labels} output(s), task {task_spec.name} "
+                        f"needs {task_spec.num_labels}")
+    model.folder = folder
+    return model
+
+
+def pretrained_dir(path) -> str:
+    """The pretrained checkpoint folder (`path`, or the packaged MiniLM when None)."""
+    try:
+        return resolve_model_dir(path)
+    except FileNotFoundError as e:
+        raise UserError(f"pretrained model: {e}") from None
+
+
+def tokenizer_dir(*candidates) -> str:
+    """The first folder among `candidates` that holds a tokenizer.json."""
+    for folder in candidates:
+        if folder is not None and os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            return folder
+    raise UserError(f"no tokenizer.json in {' or '.join(repr(c) for c in candidates if c is not None)}: "
+                    f"copy the checkpoint's tokenizer.json (Hugging Face 'fast' tokenizer file) next to its weights")
+
+
+def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
+    """Tokenized train and dev splits of the recipe's task (see npcosteff.pipeline.load_task_data).
+
+    `glue_dir`: a folder in GLUE's TSV layout, "shipped", "hub", or None ($NPCOSTEFF_GLUE_DIR,
+    else the hub); see `npcosteff.data.glue_source`. Without `need_train` only the dev split is
+    read (evaluate, sweep): the returned TaskData has ``train=None``.
+    """
+    from ..data.batching import encode_split
+    from ..data.glue import SliceTooSmall, get_task, glue_source, load_glue
+    from ..pipeline import TaskData, load_task_data
+    from ..tokenizer import Tokenizer
+
+    try:
+        source = glue_source(glue_dir, task=recipe.task)
+        if need_train:
+            return load_task_data(recipe.task, source, tokenizer_folder, recipe.max_length, recipe.max_train,
+                                  recipe.max_eval)
+        spec = get_task(recipe.task)
+        tok = Tokenizer.from_pretrained(tokenizer_folder)
+        split = "validation_matched" if spec.name == "mnli" else "validation"
+        dev = encode_split(tok, load_glue(spec, split, source, recipe.max_eval), recipe.max_length)
+        return TaskData(spec.name, spec.num_labels, spec.is_regression, None, dev,
+                        os.path.join(tokenizer_folder, "tokenizer.json"))
+    except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:   # no folder / file / hub; a slice too small
+        raise DataUnavailable(recipe.task, e) from None
+
+
+def dtype_of(recipe: Recipe):
+    """The NumPy dtype a recipe trains in."""
+    return np.float32 if recipe.dtype == "float32" else np.float64
+
+
+# --------------------------------------------------------------------------- stage folders
+# Recipe fields that change a stage's result (a finished stage reruns only with the same ones).
+_DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "seed")
+_TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every",
+               "gradient_equilibrium", "regression_distill")
+STAGE_KEYS = {
+    "finetune": _DATA_KEYS + _TRAIN_KEYS + ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
+                                            "finetune_max_steps", "teacher_pooler"),
+    "train-ta": _DATA_KEYS + _TRAIN_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size", "ta_max_steps",
+                                            "ta_hidden_fraction", "ta_schedule", "pooler"),
+    "slenderize": _DATA_KEYS + _TRAIN_KEYS + ("heads", "ffn", "rank", "prune_period", "repr_proportion",
+                                              "prune_learning_rate", "lr_restore", "prune_batch_size",
+                                              "importance_examples", "last_exit_only", "prune_timing",
+                                              "min_warmup_steps", "importance_hidden_loss", "last_exit_hard"),
+    "recover": _DATA_KEYS + _TRAIN_KEYS + ("recover_hidden_epochs", "recover_pred_epochs",
+                                           "recover_hidden_learning_rate", "recover_pred_learning_rate",
+                                           "recover_batch_size", "recover_hidden_max_steps",
+                                           "recover_pred_max_steps"),
+}
+
+
+class StageFolder:
+    """One stage's folder: its settings, its log, its DONE.json (see the module docstring)."""
+
+    def __init__(self, stage, folder, recipe: Recipe, inputs: dict):
+        self.stage, self.folder = stage, os.fspath(folder)
+        self.settings = _normalized({"stage": stage, "inputs": {k: self._where(v) for k, v in inputs.items()},
+                                     "recipe": {k: getattr(recipe, k) for k in STAGE_KEYS[stage]}})
+        self.clock = None
+
+    def _where(self, value):
+        """An input as recorded: folders inside the run folder (the stage's parent) relative to the
+        stage, so that a moved run folder still matches; other folders absolute; numbers as they are."""
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        path, run = os.path.abspath(value), os.path.dirname(os.path.abspath(self.folder))
+        return os.path.relpath(path, os.path.abspath(self.folder)) if path.startswith(run + os.sep) else path
+
+    def _compare(self, recorded, what):
+        if recorded == self.settings:
+            return
+        diffs = []
+        for part in ("stage", "inputs", "recipe"):
+            old, new = recorded.get(part), self.settings[part]
+            if isinstance(new, dict) and isinstance(old, dict):
+                diffs += [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in new if old.get(k) != new.get(k)]
+            elif old != new:
+                diffs.append(f"{part}: {old!r} there, {new!r} now")
+        raise UserError(f"{self.folder} holds {what} with other settings ({'; '.join(diffs) or 'format'}): "
+                        f"give another output folder or delete this one")
+
+    def finished(self) -> Optional[dict]:
+        """The DONE.json record when this stage already ran to the end with these settings."""
+        path = os.path.join(self.folder, DONE_FILE)
+        if not os.path.isfile(path):
+            return None
+        record = _read_json(path)
+        self._compare(record.get("settings", {}), f"a finished {self.stage} run")
+        return record
+
+    def begin(self):
+        """Check or write stage.json (an interrupted run resumes only with the same settings)."""
+        path = os.path.join(self.folder, STAGE_FILE)
+        if os.path.isfile(path):
+            self._compare(_read_json(path), f"an unfinished {self.stage} run")
+        else:
+            write_json(path, self.settings)
+        self.clock = time.perf_counter()
+
+    def finish(self, model_dir, summary: dict, extra=None) -> dict:
+        """Write DONE.json: settings, where the model is (relative), its dev metrics and sizes."""
+        record = {"stage": self.stage, "model_dir": os.path.relpath(model_dir, self.folder),
+                  "settings": self.settings, "seconds": time.perf_counter() - self.clock,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary, **(extra or {})}
+        write_json(os.path.join(self.folder, DONE_FILE), record)
+        return record
+
+
+def link_stages(source, output, stages=("teacher", "ta")) -> None:
+    """Link the finished `stages` of run folder `source` into the existing run folder `output`
+    (relative symbolic links), so that another student (other widths, an ablation) reuses its
+    teacher and TA. A stage whose settings differ from the new recipe's is refused when the run
+    reads it, as any stage folder is."""
+    source, output = os.path.abspath(source), os.path.abspath(output)
+    if source == output:
+        raise UserError("--reuse names the run folder itself")
+    for stage in stages:
+        src, dst = os.path.join(source, stage), os.path.join(output, stage)
+        if not os.path.isfile(os.path.join(src, DONE_FILE)):
+            raise UserError(f"--reuse {source}: its {stage} stage has not finished (no {os.path.join(src, DONE_FILE)})")
+        if os.path.lexists(dst):
+            if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+                continue                                   # linked by an earlier, interrupted run
+            raise UserError(f"--reuse: {dst} exists already; give a new output folder")
+        os.symlink(os.path.relpath(src, output), dst, target_is_directory=True)

@@ -1,0 +1,175 @@
+"""What a run reports: a model's dev metrics and sizes, the early-exit sweep of several models, and
+the run's summary table (docs/method.md, 7 and 8).
+
+`describe` is the record every finished stage keeps in its DONE.json; `sweep_models` writes
+<folder>/<name>.csv/.json and <folder>/sweep.png; `build_summary` turns both into summary.md
+and summary.json; `sweep_table` prints one model's sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..recipe import Recipe
+from .folders import UserError, console
+
+__all__ = ["describe", "metric_line", "sweep_models", "build_summary", "sweep_table", "fmt_count"]
+
+
+def _n_tokens(split):
+    return np.array([len(x) for x in split.input_ids], dtype=np.int64)         # (N,)
+
+
+def describe(model, dev, task, eval_batch_size=64) -> dict:
+    """Dev metrics of every exit, parameters and mean FLOPs per dev sample of a model."""
+    from ..flops import count_parameters
+    from ..sweep import mean_flops
+    from ..train import evaluate
+
+    result = evaluate(model, dev, task, eval_batch_size)
+    n = _n_tokens(dev)
+    c = model.config
+    return {
+        "dev": {"exits": {str(k): v for k, v in result["exits"].items()}, "average": result["average"],
+                "final": result["final"], "main_metric": result["main_metric"]},
+        "parameters": int(count_parameters(c)["total"]),
+        "encoder_parameters": int(count_parameters(c, include_exits=False)["total"]),
+        "flops_per_sample": mean_flops(c, n),
+        "flops_to_exit": {str(i + 1): mean_flops(c, n, np.full(len(n), i + 1)) for i in c.exit_layers},
+        "dev_examples": int(len(n)), "mean_tokens": float(n.mean()),
+        "widths": {"num_hidden_layers": c.num_hidden_layers, "heads_per_layer": list(c.heads_per_layer),
+                   "intermediate_per_layer": list(c.intermediate_per_layer),
+                   "embedding_rank": c.embedding_rank, "exit_start": c.exit_start},
+    }
+
+
+def metric_line(summary) -> str:
+    """The dev metric of a `describe` record in a few words: its one exit's, or averaged over
+    the exits and at the last one."""
+    dev = summary["dev"]
+    exits = dev["exits"]
+    name = dev["main_metric"]
+    if len(exits) == 1:
+        (layer, m), = exits.items()
+        return f"dev {name} {100 * m[name]:.1f} (exit {layer})"
+    return (f"dev {name} averaged over {len(exits)} exits {100 * dev['average']:.1f}, "
+            f"last exit {100 * dev['final']:.1f}")
+
+
+# --------------------------------------------------------------------------- sweep and summary
+def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thresholds=None, criterion=None):
+    """Early-exit sweep of each model on dev: <folder>/<name>.csv/.json and <folder>/sweep.png.
+
+    Returns (curves: name -> rows, png path). A model with one exit leaves at its last layer
+    whatever the threshold, so its sweep is run once and repeated for every threshold."""
+    from ..data.batching import iterate_batches
+    from ..metrics import main_metric
+    from ..sweep import plot_sweeps, threshold_sweep, write_sweep
+
+    thresholds = list(recipe.thresholds if thresholds is None else thresholds)
+    criterion = criterion or recipe.criterion
+    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
+    labels = np.concatenate([b["labels"] for b in batches])                  # (N,) in batch order
+    curves = {}
+    for name, model in models.items():
+        one_exit = len(model.config.exit_layers) == 1
+        try:
+            rows = threshold_sweep(model, batches, labels, recipe.task, thresholds[:1] if one_exit else thresholds,
+                                   criterion=criterion, progress=progress)
+        except ValueError as e:                      # e.g. entropy on a regression model
+            raise UserError(f"sweep of {name}: {e}") from None
+        if one_exit:
+            key = "patience" if criterion == "patience" else "threshold"
+            rows = [{**rows[0], key: (int(t) if criterion == "patience" else float(t))} for t in thresholds]
+        curves[name] = rows
+        paths = write_sweep(rows, folder, name)
+        console.say(f"[sweep] {name}: {paths['csv']}, {paths['json']}")
+    png = plot_sweeps(curves, os.path.join(folder, "sweep.png"), metric_name=f"dev {main_metric(recipe.task)}",
+                      title=f"{recipe.task}: early exit ({criterion})")
+    return curves, png
+
+
+def fmt_count(n) -> str:
+    """A count (parameters, FLOPs) with a k, M or G suffix."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_threshold(t, criterion) -> str:
+    return f"{int(t)}" if criterion == "patience" else f"{t:g}"
+
+
+def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
+    """The run's summary as (markdown, JSON-ready dict).
+
+    `entries`: dicts with ``name``, ``folder`` and the stage's describe() record. For each model:
+    dev metric per exit and averaged, parameters, mean FLOPs per dev sample, and at a few
+    thresholds the dev metric, the layer speed-up ``L N / sum(exit layers)``, the FLOPs
+    reduction relative to the teacher's full forward pass, and the measured speed-up: the
+    teacher's wall-clock time per dev sample in the sweep over this model's at that threshold."""
+    from ..metrics import main_metric
+
+    key = main_metric(recipe.task)
+    L = max(e["widths"]["num_hidden_layers"] for e in entries)
+    reference = entries[0]["flops_per_sample"]                 # the teacher's full forward pass
+    teacher_rows = curves.get(entries[0]["name"], [])
+    reference_ms = teacher_rows[0]["ms_per_sample"] if teacher_rows else None   # its timed sweep pass
+    shown = recipe.summary_threshold_values()
+    head = ["model", "params", "FLOPs/sample"] + [f"exit {l}" for l in range(1, L + 1)] + ["avg"]
+    head += [f"{recipe.criterion} {_fmt_threshold(t, recipe.criterion)}" for t in shown]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    models = []
+    for e in entries:
+        exits = e["dev"]["exits"]
+        row = [e["name"], fmt_count(e["parameters"]), fmt_count(e["flops_per_sample"])]
+        row += [f"{100 * exits[str(l)][key]:.1f}" if str(l) in exits else "-" for l in range(1, L + 1)]
+        row.append(f"{100 * e['dev']['average']:.1f}")
+        at = {}
+        for t in shown:
+            match = [r for r in curves.get(e["name"], [])
+                     if math.isclose(r["patience"] if recipe.criterion == "patience" else r["threshold"], t)]
+            if not match:
+                row.append("-")
+                continue
+            r = match[0]
+            reduction = reference / r["flops_per_sample"]
+            measured = reference_ms / r["ms_per_sample"] if reference_ms and r.get("ms_per_sample") else None
+            row.append(f"{100 * r['metric']:.1f} @ {r['expected_speedup']:.2f}x, 1/{reduction:.1f} FLOPs"
+                       + (f", {measured:.2f}x time" if measured else ""))
+            at[_fmt_threshold(t, recipe.criterion)] = {
+                "metric": r["metric"], "expected_speedup": r["expected_speedup"], "measured_speedup": measured,
+                "ms_per_sample": r.get("ms_per_sample"),
+                "flops_per_sample": r["flops_per_sample"], "flops_reduction_vs_teacher": reduction,
+                "mean_exit_layer": r["mean_exit_layer"]}
+        lines.append("| " + " | ".join(row) + " |")
+        models.append({"name": e["name"], "folder": e["folder"], "parameters": e["parameters"],
+                       "encoder_parameters": e["encoder_parameters"], "flops_per_sample": e["flops_per_sample"],
+                       "flops_reduction_vs_teacher": reference / e["flops_per_sample"],
+                       "dev": e["dev"], "widths": e["widths"], "early_exit": at})
+    n = entries[0]["dev_examples"]
+    legend = (f"Dev {key} (%) of {recipe.task} ({n} examples) at each exit and averaged over exits; parameters "
+              f"with exits; FLOPs: mean analytic FLOPs per dev example through every layer and exit. Columns "
+              f"'{recipe.criterion} t': dev {key} with early exit at threshold t @ layer speed-up "
+              f"L*N/sum(exit layers), FLOPs relative to the teacher's full forward pass, and the measured "
+              f"speed-up: wall-clock time per dev example of the teacher's forward pass over this model's with early "
+              f"exit (batches of {recipe.eval_batch_size}, timed once during the sweep).")
+    text = "\n".join(lines) + "\n\n" + legend + "\n"
+    return text, {"task": recipe.task, "main_metric": key, "criterion": recipe.criterion,
+                  "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
+
+
+def sweep_table(rows, criterion) -> str:
+    """One model's sweep rows as a printed table: per threshold the metric, mean exit layer,
+    layer speed-up, FLOPs and time per example."""
+    key = "patience" if criterion == "patience" else "threshold"
+    out = [f"  {key:>9} | metric | mean exit | speed-up | FLOPs/example | ms/example"]
+    for r in rows:
+        out.append(f"  {r[key]:>9g} | {100 * r['metric']:6.2f} | {r['mean_exit_layer']:9.2f} | "
+                   f"{r['expected_speedup']:7.2f}x | {fmt_count(r['flops_per_sample']):>13} | "
+                   f"{r['ms_per_sample']:.2f}")
+    return "\n".join(out)
