@@ -103,7 +103,7 @@ def build(task, models, labels, teacher_name="teacher", target=0.965, floor=None
     num_layers). ``speedup_measured`` is left None: the command line times the models.
     """
     from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits
-    from npcosteff.operating_point import cross_fit
+    from npcosteff.operating_point import cross_fit, simulate_exit
 
     teacher = models[teacher_name]
     t_pred = predictions_from_logits(teacher["logits"][-1], teacher["logits"].shape[2] == 1)
@@ -130,6 +130,17 @@ def build(task, models, labels, teacher_name="teacher", target=0.965, floor=None
             metric, layers, thr = per_exit[-1], np.full(len(labels), L), None
         flops = flops_of(m["config"], m["n_tokens"], layers)
         flops_padded = flops_of(m["config"], pad_to, layers)
+        # The whole trade-off on all of dev, threshold by threshold, for plots (the operating
+        # point above is cross-fitted, not read off this curve).
+        curve = []
+        for t in (thresholds if len(m["exit_layers"]) > 1 else []):
+            kw = dict(patience=int(t)) if criterion == "patience" else dict(threshold=float(t))
+            left_at, z = simulate_exit(m["logits"], m["exit_layers"], criterion=criterion, **kw)
+            pred = predictions_from_logits(z, z.shape[1] == 1)
+            curve.append({"threshold": float(t), "metric": float(compute_metrics(task, pred, labels)[key]),
+                          "flops_ratio": float(flops_of(m["config"], m["n_tokens"], left_at).mean() / t_flops.mean()),
+                          "flops_ratio_padded": float(flops_of(m["config"], pad_to, left_at).mean()
+                                                      / t_flops_padded.mean())})
         out_models.append({
             "name": name, "role": m["role"], "parameters": int(m["parameters"]),
             "params_ratio": m["parameters"] / teacher["parameters"], "exits": exits,
@@ -140,6 +151,7 @@ def build(task, models, labels, teacher_name="teacher", target=0.965, floor=None
                 "flops_ratio": float(flops.mean() / t_flops.mean()),
                 "flops_ratio_padded": float(flops_padded.mean() / t_flops_padded.mean()),
                 "mean_exit_layer": float(np.mean(layers)), "speedup_measured": None},
+            "curve": curve,
         })
     t_metric = teacher_metric_of(np.arange(len(labels)))
     return {"task": task, "metric": metric_name or key, "teacher": t_metric, "majority": majority_metric,

@@ -74,7 +74,7 @@ def early_exit_forward(model, input_ids, attention_mask=None, token_type_ids=Non
                        shrink_tokens=True) -> EarlyExitResult:
     """Run one batch with per-sample early exit. input_ids, attention_mask, token_type_ids (B, T)."""
     exits, exit_start, tau = _validate(model, criterion, threshold, patience, exit_start)
-    input_ids, attention_mask, token_type_ids, _ = model._check_inputs(input_ids, attention_mask,
+    input_ids, attention_mask, token_type_ids, _ = model.check_inputs(input_ids, attention_mask,
                                                                        token_type_ids, None)
     c = model.config
     B = input_ids.shape[0]

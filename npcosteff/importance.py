@@ -38,9 +38,8 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .data.batching import EncodedSplit, iterate_batches
-from .losses import stage_loss
+from .losses import stage_loss, teacher_outputs
 from .model import CostEffModel
-from .train import teacher_outputs
 
 __all__ = ["Importance", "taylor_importance", "head_scores", "neuron_scores", "importance_batches"]
 

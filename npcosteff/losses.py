@@ -385,6 +385,14 @@ def _teacher_layer(l: int, student_layers: int, teacher_layers: int) -> int:
     return (l * teacher_layers) // student_layers
 
 
+def teacher_outputs(teacher, batch, use_attention=False):
+    """The teacher's outputs on a batch, in evaluation mode (no dropout, no cache)."""
+    if teacher is None:
+        return None
+    return teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                   output_attentions=use_attention)
+
+
 def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
                temperature: float = 1.0, final_only: bool = False,
                use_attention: bool = False, regression: bool = False,

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import weights as W
 from .data.batching import iterate_batches
-from .losses import stage_loss
+from .losses import stage_loss, teacher_outputs
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 from .model import CostEffModel
 from .nn.dropout import Dropout
@@ -72,14 +72,6 @@ class TrainingArguments:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-
-
-def teacher_outputs(teacher: Optional[CostEffModel], batch, use_attention=False):
-    """The teacher's outputs on a batch, in evaluation mode (no dropout, no cache)."""
-    if teacher is None:
-        return None
-    return teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                   output_attentions=use_attention)
 
 
 def loss_and_backward(model, batch, stage, teacher=None, *, dropout=None, training=True, temperature=1.0,

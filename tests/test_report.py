@@ -54,3 +54,14 @@ def test_results_file_has_the_schema_and_the_definitions():
     padded = model_flops(models["student"]["config"], 128, 1) / model_flops(models["teacher"]["config"], 128)
     assert abs(op["flops_ratio_padded"] - padded) < 1e-12
     assert "| linear probe (frozen)" in report.markdown(res)
+    # The curve replays every threshold on all of dev: at 0 nobody leaves early (the last exit's
+    # metric and the student's full FLOPs), at 0.5 everyone leaves at exit 1 (as above).
+    assert teacher["curve"] == []
+    by_threshold = {c["threshold"]: c for c in student["curve"]}
+    assert sorted(by_threshold) == [0.0, 0.01, 0.5]
+    assert by_threshold[0.0]["metric"] == student["exits"][1]
+    full = np.mean([model_flops(models["student"]["config"], int(n)) for n in n_tokens]) / \
+        np.mean([model_flops(models["teacher"]["config"], int(n)) for n in n_tokens])
+    assert abs(by_threshold[0.0]["flops_ratio"] - full) < 1e-12
+    assert by_threshold[0.5]["metric"] == student["exits"][0]
+    assert abs(by_threshold[0.5]["flops_ratio_padded"] - padded) < 1e-12
