@@ -163,7 +163,14 @@ class CostEffModel:
         return dict(self.params)
 
     # ------------------------------------------------------------------ input checks
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, inputs_embeds):
+    def check_inputs(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None):
+        """Validate a batch and fill in the defaults; every entry point (forward, early exit) calls it.
+
+        Returns ``(input_ids, attention_mask, token_type_ids, inputs_embeds)`` as arrays: a
+        missing attention_mask is all ones, missing token_type_ids all zeros. Raises a
+        ValueError/TypeError that names the problem: out-of-range ids, a mask other than 0/1,
+        a row with no real token, shapes that disagree, a sequence longer than the positions.
+        """
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -247,7 +254,7 @@ class CostEffModel:
         fresh generator. `max_layer` (1-based) stops after that layer (early exit).
         """
         c = self.config
-        input_ids, attention_mask, token_type_ids, inputs_embeds = self._check_inputs(
+        input_ids, attention_mask, token_type_ids, inputs_embeds = self.check_inputs(
             input_ids, attention_mask, token_type_ids, inputs_embeds)
         head_masks = self._layer_masks(head_mask, "head_mask")
         ffn_masks = self._layer_masks(ffn_mask, "ffn_mask")
