@@ -8,7 +8,7 @@ costs little on an idle machine, but when the cores are shared with other proces
 meeting waits for a descheduled thread, and the products become 10 to 50 times slower.
 
 :func:`batched_matmul` therefore gives each BLAS thread its own share of the batch instead:
-the batch axis (or, for a single sample, the heads axis) is cut into as many contiguous
+the batch axis is cut into as many contiguous
 chunks as BLAS has threads, each chunk is one ``np.matmul`` call in a worker thread with
 BLAS limited to one thread (NumPy releases the GIL inside), and the threads meet once per
 product. Results are those of
@@ -59,9 +59,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def batched_matmul(a, b, out=None):
     """``np.matmul(a, b, out=out)`` for a (n, ..., p, k) and b (n, ..., k, q) with the same
-    leading axes, run as one single-threaded BLAS share of a leading axis per BLAS thread
-    (the first axis with at least as many entries as threads: the batch, or the heads when
-    the batch is smaller).
+    leading axes, run as one single-threaded BLAS share of the batch axis per BLAS thread
+    (one single-threaded call when the batch has fewer entries than there are threads).
 
     Returns out (n, ..., p, q), a new array when `out` is None; `out` may be a strided view
     (for example the heads of a (B*T, H*d_h) array) as long as each matrix is BLAS-readable.
@@ -70,19 +69,19 @@ def batched_matmul(a, b, out=None):
     threads = 1 if blas is None else min(lib.num_threads for lib in blas.lib_controllers)
     if threads <= 1 or a.ndim < 3 or b.ndim != a.ndim or a.shape[:-2] != b.shape[:-2]:
         return np.matmul(a, b, out=out)
-    # Split the first batch axis that has enough entries: the batch, or the heads at batch 1.
-    axis = next((k for k in range(a.ndim - 2) if a.shape[k] >= threads), None)
-    if axis is None:
-        return np.matmul(a, b, out=out)
+    if a.shape[0] < threads:
+        # Fewer samples than threads (batch 1 at inference): a share of the heads per thread
+        # costs more in hand-offs than it saves; the heads' products of one sample are small
+        # enough that one BLAS thread runs them fastest, and no thread meets another.
+        with blas.limit(limits=1):
+            return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b))
-    n = a.shape[axis]
-    bounds = np.linspace(0, n, threads + 1).astype(int)             # contiguous shares of that axis
-    lead = (slice(None),) * axis
+    n = a.shape[0]
+    bounds = np.linspace(0, n, threads + 1).astype(int)             # contiguous shares of the batch
     pool = _pool(threads)
     with blas.limit(limits=1):
-        futures = [pool.submit(np.matmul, a[lead + (slice(lo, hi),)], b[lead + (slice(lo, hi),)],
-                               out=out[lead + (slice(lo, hi),)])
+        futures = [pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
                    for lo, hi in zip(bounds[:-1], bounds[1:])]
         for f in futures:
             f.result()

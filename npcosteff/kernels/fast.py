@@ -103,6 +103,66 @@ def _exp_shifted(e, shift, bits):
         e[j] = e[j] * two_pow[0, j] * two_pow[1, j]
 
 
+# exp(t) for float32 softmax rows, in float64 and vectorizable (AVX2 has no int64 <-> float64
+# conversion, which keeps _exp_shifted scalar), with no integer step at all:
+# exp(t) = exp(t / 128) ** 128, exp(t / 128) by its Taylor series around the middle c of
+# [_EXP_MIN_F32 / 128, 0] (|t / 128 - c| <= 0.43, degree 13: truncation below 1e-16), then
+# seven squarings, which multiply the relative error by 128: about 3e-14 in all, far below
+# float32's rounding step (6e-8), so the rounded probabilities equal the exact ones except
+# for a value within 3e-14 of a rounding boundary, which then differs by one float32 ulp
+# (the bargain of the float32 GELU in fused.py). Only t >= _EXP_MIN_F32 is needed: below it
+# exp(t) / sum (the sum is >= 1, the row maximum gives exp(0)) is under half the smallest
+# float32 subnormal and rounds to 0 in float32, as the exact value does.
+_EXP_MIN_F32 = -110.0
+_EXP_F32_SQUARINGS = 7
+_EXP_F32_CENTER = _EXP_MIN_F32 / 2.0 ** (_EXP_F32_SQUARINGS + 1)  # the middle of [t_min / 128, 0]
+_EXP_F32_TAYLOR = tuple(math.exp(_EXP_F32_CENTER) / math.factorial(k) for k in range(14))
+
+
+@njit(fastmath={"contract"}, cache=True, inline="always")
+def _exp_f32_range(t):
+    """exp(t) for float64 t <= 0, to ~3e-14 relative (t clamped at _EXP_MIN_F32); NaN gives NaN."""
+    c = _EXP_F32_TAYLOR
+    t = _EXP_MIN_F32 if t < _EXP_MIN_F32 else t  # written so that NaN passes through
+    u = t * (1.0 / 2.0 ** _EXP_F32_SQUARINGS) - _EXP_F32_CENTER  # |u| <= 0.43
+    p = c[len(c) - 1]
+    for k in range(len(c) - 2, -1, -1):  # Horner: e^c sum_k u^k / k!
+        p = p * u + c[k]
+    for _ in range(_EXP_F32_SQUARINGS):
+        p = p * p  # exp(t / 128) ** 128
+    return p
+
+
+@njit(**_jit)
+def _softmax_loop_f32(s, mask, rows_per_group, probs):
+    """:func:`_softmax_loop` for float32 scores, with :func:`_exp_f32_range` (vectorizable)."""
+    n_rows, n = s.shape
+    n_blocks = (n_rows + _SOFTMAX_BLOCK - 1) // _SOFTMAX_BLOCK
+    n_empty = 0
+    for blk in prange(n_blocks):
+        e = np.empty(n, dtype=np.float64)  # scratch row: kept in float64 until the divide
+        for r in range(blk * _SOFTMAX_BLOCK, min(n_rows, (blk + 1) * _SOFTMAX_BLOCK)):
+            m = mask[r // rows_per_group]  # (n,) this sample's additive mask
+            row_max = -np.inf
+            has_nan = False
+            for j in range(n):
+                v = np.float64(s[r, j]) + m[j]
+                e[j] = v
+                if v > row_max:
+                    row_max = v
+                has_nan |= v != v
+            if has_nan:
+                row_max = np.nan  # a NaN score makes the row NaN, as NumPy's max does
+            elif row_max == -np.inf:
+                n_empty += 1
+            for j in range(n):
+                e[j] = _exp_f32_range(e[j] - row_max)  # every exponent <= 0
+            total = _row_sum(e)
+            for j in range(n):
+                probs[r, j] = e[j] / total
+    return n_empty
+
+
 # Row reductions with four interleaved float64 accumulators: a fixed summation order (the
 # result does not depend on the thread count) whose four independent chains keep the CPU's
 # adders busy, where one accumulator would wait on each previous add.
@@ -343,7 +403,8 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
     else:
         mask2, rows_per_group = _mask_groups(mask, scores.shape)
     probs = np.empty_like(s)
-    n_empty = _softmax_loop(s, mask2, rows_per_group, probs)
+    loop = _softmax_loop_f32 if s.dtype == np.float32 else _softmax_loop
+    n_empty = loop(s, mask2, rows_per_group, probs)
     if n_empty:
         raise ValueError(_checks._EMPTY_ROW_MESSAGE)
     return probs.reshape(scores.shape)
