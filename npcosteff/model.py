@@ -404,8 +404,13 @@ class CostEffModel:
         return d_inputs_embeds
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, folder, tokenizer_file=None):
-        """Write config.json and model.safetensors (and a copy of tokenizer.json) atomically."""
+    def save_pretrained(self, folder, tokenizer_file=None, extra_files=None):
+        """Write config.json and model.safetensors (and a copy of tokenizer.json) atomically.
+
+        The one writer of model folders: checkpoints add their own files through
+        `extra_files` (name -> ``write(path)``), written into the same atomic folder, so a
+        crash never leaves a half-written folder (``weights.save_folder``).
+        """
         import shutil
 
         files = {
@@ -415,6 +420,7 @@ class CostEffModel:
         }
         if tokenizer_file is not None:
             files["tokenizer.json"] = lambda p: shutil.copyfile(tokenizer_file, p)
+        files.update(extra_files or {})
         return W.save_folder(folder, files)
 
     @classmethod

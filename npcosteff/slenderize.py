@@ -245,16 +245,7 @@ def _json_default(x):
 def _save(student, history, folder, tokenizer_file):
     """The student and the history so far, as one atomic checkpoint folder."""
     text = json.dumps(history, indent=2, default=_json_default)
-    files = {
-        "config.json": lambda p: W.write_text(p, student.config.to_json_string()),
-        "model.safetensors": lambda p: W.write_safetensors(p, student.params, student.param_names,
-                                                           metadata={"format": "pt"}),
-        HISTORY_FILE: lambda p: W.write_text(p, text),
-    }
-    if tokenizer_file is not None:
-        import shutil
-        files["tokenizer.json"] = lambda p: shutil.copyfile(tokenizer_file, p)
-    W.save_folder(folder, files)
+    student.save_pretrained(folder, tokenizer_file, extra_files={HISTORY_FILE: lambda p: W.write_text(p, text)})
 
 
 def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_data, eval_data,

@@ -235,16 +235,10 @@ class Trainer:
                  "optimizer_step": opt["step"], "optimizer_num_steps": opt["num_steps"]}
         moments = {f"exp_avg.{n}": opt["exp_avg"][n] for n in m.param_names}
         moments.update({f"exp_avg_sq.{n}": opt["exp_avg_sq"][n] for n in m.param_names})
-        files = {
-            "config.json": lambda p: W.write_text(p, m.config.to_json_string()),
-            "model.safetensors": lambda p: W.write_safetensors(p, m.params, m.param_names, {"format": "pt"}),
+        m.save_pretrained(folder, self.tokenizer_file or None, extra_files={
             "optimizer.safetensors": lambda p: W.write_safetensors(p, moments),
             "trainer_state.json": lambda p: W.write_text(p, json.dumps(state, indent=2)),
-        }
-        if self.tokenizer_file:
-            import shutil
-            files["tokenizer.json"] = lambda p: shutil.copyfile(self.tokenizer_file, p)
-        W.save_folder(folder, files)
+        })
 
     def load_checkpoint(self, folder):
         """Restore weights, optimizer and loop state saved by `save_checkpoint`."""
