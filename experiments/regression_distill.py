@@ -30,7 +30,7 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     from npcosteff.pipeline import finetune, load_task_data, train_ta
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
     recipe = get_preset("stsb").replace(finetune_epochs=a.epochs, ta_epochs=a.epochs, max_train=a.max_train,

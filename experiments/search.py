@@ -3,7 +3,7 @@
 The GLUE dev sets are what the reproduction reports, so the search never looks at them: each
 task's training set is split once (a seeded shuffle; the last ``holdout`` examples are held
 out, 10% and at most 2,000) and every trial trains on the rest and is scored on the held-out
-part. The chosen values go into ``npcosteff/recipe.py``; the table goes into
+part. The chosen values go into ``npcosteff/presets.py``; the table goes into
 ``docs/search.md`` (``--table``).
 
 Trials of a search run one at a time; each appends one JSON line to
@@ -80,7 +80,7 @@ def _trial_name(stage, overrides):
 
 def run_search(task, stage, glue_dir, preset=None):
     from npcosteff.pipeline import TaskData, finetune, load_task_data, train_ta
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
     base = get_preset(preset or task)

@@ -12,14 +12,9 @@ of the five stages:
 plus the ablations of the paper as switches (``use_ta``, ``use_exits``, ``use_slenderize``,
 ``last_exit_only``).
 
-Presets (:data:`PRESETS`, :func:`get_preset`):
-
-* ``quick``  -- a few minutes on a 2-core CPU: SST-2 capped to 512 training and 128 dev
-  examples, at most one epoch per stage. For demos and smoke tests; the numbers it
-  prints show the shape of the trade-off, not the paper's scores.
-* ``mrpc``   -- the paper's recipe scaled to the packaged MiniLM, on MRPC;
-* ``sst2``   -- the same on SST-2, with the training set capped for CPU time;
-* ``bert-base`` -- the paper's BERT-base settings (needs a BERT-base checkpoint folder).
+Presets, named recipes for the packaged MiniLM and for BERT-base, live in
+:mod:`npcosteff.presets` (``quick``, ``mrpc``, ``rte``, ``stsb``, ``cola``, ``sst2``,
+``bert-base``); a file or dictionary names one with its ``preset`` key.
 
 Recipes are read from JSON or TOML files with the field names below as keys; an optional
 ``preset`` key names the preset the file starts from::
@@ -52,8 +47,7 @@ from .early_exit import CRITERIA
 # early; ln 2 = 0.69 is the largest entropy of two classes.
 DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
-__all__ = ["Recipe", "RecipeError", "PRESETS", "PRESETS_NEEDING_MODEL", "get_preset", "load_recipe",
-           "parse_override", "default_thresholds"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_override", "default_thresholds"]
 
 
 class RecipeError(ValueError):
@@ -253,6 +247,8 @@ class Recipe:
         if preset is not None:
             if not isinstance(preset, str):
                 raise RecipeError(f"preset must be a preset name, got {preset!r}")
+            from .presets import get_preset   # presets build Recipes: imported when needed
+
             base = get_preset(preset)
         base = base or cls()
         return base.replace(**d)
@@ -409,127 +405,6 @@ def parse_override(text: str) -> tuple:
     except ValueError:
         raise RecipeError(f"{key}={raw!r}: not a valid {base.__name__}") from None
     return key, raw
-
-
-# --------------------------------------------------------------------------- presets
-def _quick() -> Recipe:
-    """A few minutes on a 2-core CPU: the whole pipeline on a sliver of SST-2.
-
-    512 training and 128 dev examples of at most 48 tokens, batch 16 (32 steps per epoch:
-    small batches give more updates for the same arithmetic). So few steps learn something
-    only at learning rates well above the paper's: 2e-4 for fine-tuning (one epoch), 1e-3 for
-    the TA (one epoch, a fifth of it on `hidden` distillation: its exits must become
-    confident for early exit to happen at all), 2e-4 while pruning and 5e-4 for recovery
-    (a quarter epoch of `hidden`, half an epoch of `pred`). Six prunes (12 -> 6 heads) of two
-    steps each, importance scored on 32 examples. Targets are the paper's "2x" widths scaled
-    to MiniLM (d = 384, FFN 1536): 6 heads, FFN 768, embedding rank 192. The sweep's
-    thresholds crowd below ln 2 = 0.69, where exits this briefly trained still hesitate.
-    Dev scores on 128 examples move by 0.8 points per example: read them as a demonstration
-    of the pipeline and of the shape of the trade-off, not as the paper's numbers.
-    """
-    return Recipe(
-        name="quick", task="sst2", max_length=48, max_train=512, max_eval=128, eval_batch_size=64,
-        finetune_epochs=1.0, finetune_learning_rate=2e-4, finetune_batch_size=16,
-        ta_epochs=1.0, ta_learning_rate=1e-3, ta_batch_size=16, ta_hidden_fraction=0.2,
-        heads=6, ffn=768, rank=192, prune_period=0.0625, repr_proportion=0.5, prune_learning_rate=2e-4,
-        prune_batch_size=16, importance_examples=32,
-        recover_hidden_epochs=0.25, recover_pred_epochs=0.5, recover_batch_size=16,
-        recover_hidden_learning_rate=5e-4, recover_pred_learning_rate=5e-4,
-        thresholds=(0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7))
-
-
-def _scaled_minilm(**changes) -> Recipe:
-    """The paper's recipe scaled to the packaged MiniLM and a 2-core CPU; see `_mrpc`."""
-    base = dict(
-        max_length=128, finetune_epochs=5.0, finetune_learning_rate=5e-5, ta_epochs=5.0, ta_learning_rate=1e-4,
-        pooler="mean", heads=2, ffn=128, rank=32, prune_period=0.5, prune_learning_rate=2.5e-5, lr_restore=0.12,
-        repr_proportion=0.6, importance_examples=None, recover_hidden_epochs=5.0, recover_pred_epochs=5.0,
-        recover_hidden_learning_rate=7.5e-5, recover_pred_learning_rate=5e-5)
-    base.update(changes)
-    return Recipe(**base)
-
-
-def _mrpc() -> Recipe:
-    """The paper's recipe scaled to the packaged MiniLM, on MRPC (3,668 training pairs).
-
-    Kept from the authors' scripts: AdamW, batch 32, 128 tokens, 10% warmup (at least 10 steps
-    per pruning period), clipping 1.0, lr_restore 0.12, repr_proportion 0.6, importance from
-    the whole training set, a third of the TA's epochs on `hidden` then all of them on
-    `pred_ta`, the teacher's dense pooler.
-
-    Chosen by measurement (docs/search.md, on a held-out tenth of the training set): the
-    learning rates of the teacher and the TA. Pruning and recovery keep the paper's ratios to
-    the fine-tuning rate (1/2, 3/2 and 1). The exits use the ``mean`` pooler: MiniLM was
-    pretrained as a sentence encoder that averages its token vectors.
-
-    Targets: 2 heads, FFN 128, embedding rank 32 (1/9.5 of the teacher's parameters); the
-    second width of the reproduction is 6 heads, FFN 768, rank 192.
-
-    Cut for a 2-core CPU (the authors' MRPC epochs at 2 heads in parentheses): fine-tuning 5
-    (12), TA 5/3 + 5 (4 + 12), pruning 10 periods of 0.5 epochs (of 2.0), recovery 5 + 5
-    (20 + 10).
-    """
-    return _scaled_minilm(name="mrpc", task="mrpc")
-
-
-def _sst2() -> Recipe:
-    """The paper's recipe scaled to the packaged MiniLM, on SST-2 (all 67,349 training
-    sentences, 872 dev).
-
-    The settings and targets of the ``mrpc`` preset, sentences at 64 tokens (99.9% of SST-2
-    fits), cut for a 2-core CPU (the authors' SST-2 epochs in parentheses): fine-tuning 2 (5),
-    TA 2/3 + 2 (5/3 + 5), pruning 10 periods of 0.1 epochs (of 0.5), importance from 8,000
-    sampled training sentences per prune (all 67,349), recovery 1 + 1 (10 + 6).
-    """
-    return _scaled_minilm(name="sst2", task="sst2", max_length=64, finetune_epochs=2.0, ta_epochs=2.0,
-                          prune_period=0.1, importance_examples=8000, recover_hidden_epochs=1.0,
-                          recover_pred_epochs=1.0)
-
-
-def _bert_base() -> Recipe:
-    """The paper's BERT-base settings (docs/method.md, 6): needs ``model`` = a BERT-base checkpoint folder.
-
-    Batch 32, 128 tokens, AdamW with weight decay 0.01, 10% warmup, clipping 1.0; learning
-    rate 2e-5 for fine-tuning and the TA (3 epochs each, a third of the TA's on `hidden`),
-    1e-5 while pruning with lr_restore 0.12, one epoch per pruning period with
-    repr_proportion 0.6, recovery 3 epochs of `hidden` at 3e-5 and 3 of `pred` at 2e-5;
-    targets 2 heads, FFN 512, embedding rank 128 (the paper's 1/8-of-the-parameters model).
-    """
-    return Recipe(name="bert-base", task="sst2", max_length=128, finetune_epochs=3.0, finetune_learning_rate=2e-5,
-                  finetune_batch_size=32, ta_epochs=3.0, ta_learning_rate=2e-5, ta_batch_size=32,
-                  heads=2, ffn=512, rank=128, prune_period=1.0, repr_proportion=0.6, prune_learning_rate=1e-5,
-                  lr_restore=0.12, prune_batch_size=32, recover_hidden_epochs=3.0, recover_pred_epochs=3.0,
-                  recover_hidden_learning_rate=3e-5, recover_pred_learning_rate=2e-5, recover_batch_size=32)
-
-
-def _rte() -> Recipe:
-    """The ``mrpc`` preset's settings on RTE (2,490 training pairs, 277 dev)."""
-    return _scaled_minilm(name="rte", task="rte")
-
-
-def _cola() -> Recipe:
-    """The ``mrpc`` preset's settings on CoLA (8,551 training sentences, 1,043 dev; Matthews
-    correlation), sentences at 64 tokens (the longest CoLA sentence has 47). The authors'
-    CoLA epochs: 8 fine-tuning and TA, 20 pruning, 20 + 10 recovery."""
-    return _scaled_minilm(name="cola", task="cola", max_length=64)
-
-
-def _stsb() -> Recipe:
-    """The ``mrpc`` preset's settings on STS-B (5,749 training pairs, 1,500 dev; regression).
-    Early exit uses the patience criterion: a regression exit has no class probabilities."""
-    return _scaled_minilm(name="stsb", task="stsb", criterion="patience", thresholds=(1, 2, 3, 4, 5))
-
-
-PRESETS = {"quick": _quick, "mrpc": _mrpc, "sst2": _sst2, "rte": _rte, "cola": _cola, "stsb": _stsb,
-           "bert-base": _bert_base}
-PRESETS_NEEDING_MODEL = ("bert-base",)      # presets that do not fit the packaged MiniLM
-
-
-def get_preset(name: str) -> Recipe:
-    """A fresh copy of a preset recipe."""
-    if name not in PRESETS:
-        raise RecipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]()
 
 
 def load_recipe(path) -> Recipe:

@@ -432,7 +432,7 @@ def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
 
 # --------------------------------------------------------------------------- stage folders
 def test_stage_folder_records_settings_and_refuses_others(tmp_path):
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
 
     run = tmp_path / "run"
     recipe = get_preset("quick")
@@ -461,7 +461,7 @@ def test_stage_folder_records_settings_and_refuses_others(tmp_path):
 
 
 def test_stage_inputs_inside_the_run_are_relative(tmp_path):
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
 
     stage = StageFolder("recover", tmp_path / "run" / "recover", get_preset("quick"),
                             {"student": tmp_path / "run" / "slenderize" / "student", "teacher": "/elsewhere/ta"})
@@ -483,7 +483,7 @@ def test_run_stage_resumes_an_interrupted_stage_and_skips_a_finished_one(tmp_pat
     from npcosteff.data.batching import EncodedSplit
     from npcosteff.model import CostEffModel
     from npcosteff.pipeline import TaskData
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
 
     recipe = get_preset("quick")
     model = CostEffModel(_tiny_config(), dtype=np.float32, seed=1)

@@ -87,7 +87,7 @@ def test_slices_are_the_only_shipped_tasks_and_stay_small():
 
 
 def test_the_quick_recipe_fits_the_sst2_slice():
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
 
     quick = get_preset("quick")
     assert quick.task == "sst2"

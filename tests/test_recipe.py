@@ -9,8 +9,8 @@ import pytest
 
 from npcosteff.config import CostEffConfig
 from npcosteff.pretrained import default_model_dir
-from npcosteff.recipe import (PRESETS, Recipe, RecipeError, default_thresholds, get_preset, load_recipe,
-                              parse_override)
+from npcosteff.presets import PRESETS, get_preset
+from npcosteff.recipe import Recipe, RecipeError, default_thresholds, load_recipe, parse_override
 
 
 # --------------------------------------------------------------------------- presets

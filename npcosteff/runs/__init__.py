@@ -10,7 +10,7 @@ line, the experiments and the tutorials call.
 
 ::
 
-    from npcosteff.recipe import get_preset
+    from npcosteff.presets import get_preset
     from npcosteff.runs import run_recipe
 
     summary = run_recipe(get_preset("quick"), "runs/quick", glue_dir="shipped")

@@ -14,7 +14,8 @@ import json
 import os
 import time
 
-from ..recipe import PRESETS_NEEDING_MODEL, Recipe
+from ..presets import PRESETS_NEEDING_MODEL
+from ..recipe import Recipe
 from .folders import DONE_FILE, LOG_FILE, StageFolder, UserError, _json_default, console, dtype_of, link_stages, \
     load_data, load_model, model_folder, pretrained_dir, tokenizer_dir, write_json
 from .summary import build_summary, describe, metric_line, sweep_models
