@@ -271,36 +271,31 @@ class Recipe:
                                  learning_rate=self.ta_learning_rate, **self._common(progress))
 
     def slenderize_arguments(self, progress=True):
-        """SlenderizeArguments of stage 3."""
+        """SlenderizeArguments of stage 3; its shared training settings peak at ``prune_learning_rate``."""
         from .slenderize import SlenderizeArguments
+        from .train import TrainingArguments
 
+        training = TrainingArguments(task=self.task, batch_size=self.prune_batch_size,
+                                     learning_rate=self.prune_learning_rate, **self._common(progress))
         return SlenderizeArguments(
             task=self.task, heads=self.heads, ffn=self.ffn, embedding_rank=self.rank,
             prune_period=self.prune_period, prune_timing=self.prune_timing, repr_proportion=self.repr_proportion,
-            learning_rate=self.prune_learning_rate, lr_restore=self.lr_restore,
-            min_warmup_steps=self.min_warmup_steps, importance_examples=self.importance_examples,
-            importance_hidden_loss=self.importance_hidden_loss, importance_equilibrium=self._equilibrium(),
-            last_exit_only=self.last_exit_only, last_exit_hard=self.last_exit_hard,
-            gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
-            temperature=self.temperature, batch_size=self.prune_batch_size, eval_batch_size=self.eval_batch_size,
-            weight_decay=self.weight_decay, warmup_proportion=self.warmup_proportion,
-            max_grad_norm=self.max_grad_norm, flops_tokens=self.max_length, log_every=self.log_every,
-            seed=self.seed, progress=progress)
+            lr_restore=self.lr_restore, min_warmup_steps=self.min_warmup_steps,
+            importance_examples=self.importance_examples, importance_hidden_loss=self.importance_hidden_loss,
+            importance_equilibrium=self._equilibrium(), last_exit_only=self.last_exit_only,
+            last_exit_hard=self.last_exit_hard, flops_tokens=self.max_length, training=training)
 
     def recover_arguments(self, progress=True):
         """RecoverArguments of stage 4."""
         from .slenderize import RecoverArguments
+        from .train import TrainingArguments
 
         return RecoverArguments(
             task=self.task, hidden_epochs=self.recover_hidden_epochs, pred_epochs=self.recover_pred_epochs,
             hidden_learning_rate=self.recover_hidden_learning_rate,
             pred_learning_rate=self.recover_pred_learning_rate, hidden_max_steps=self.recover_hidden_max_steps,
-            pred_max_steps=self.recover_pred_max_steps, batch_size=self.recover_batch_size,
-            eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
-            warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
-            temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every, seed=self.seed,
-            gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
-            progress=progress)
+            pred_max_steps=self.recover_pred_max_steps,
+            training=TrainingArguments(task=self.task, batch_size=self.recover_batch_size, **self._common(progress)))
 
     def _equilibrium(self):
         """The gradient-equilibrium rule as the training code takes it (``off`` -> False)."""

@@ -21,12 +21,13 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -126,7 +127,13 @@ IMPORTANCE_HIDDEN_LOSSES = ("padded", "per_token")
 
 @dataclass
 class SlenderizeArguments:
-    """Hyperparameters of slenderization (defaults: docs/method.md, 6, the authors' scripts)."""
+    """Hyperparameters of slenderization (defaults: docs/method.md, 6, the authors' scripts).
+
+    The settings every training stage shares (batch size, learning rate, weight decay,
+    warmup, clipping, temperature, gradient equilibrium, seed, ...) are one
+    ``TrainingArguments`` in `training`; its ``learning_rate`` is the peak of the first
+    period, restored by ``lr_restore`` after each prune (:meth:`period_learning_rate`).
+    """
     task: str
     heads: int                                 # target heads per layer H'
     ffn: Optional[int] = None                  # target FFN width F' (None: not pruned)
@@ -134,7 +141,6 @@ class SlenderizeArguments:
     prune_period: float = 1.0                  # epochs of each pruning period
     prune_timing: str = "end"                  # end: train a period, then prune (the authors'); start: prune, then train
     repr_proportion: float = 0.6               # share of a period's steps on the `hidden` stage
-    learning_rate: float = 1e-5
     lr_restore: float = 0.12                   # the period after prune t peaks at learning_rate * (1 + lr_restore)^t
     min_warmup_steps: int = 10                 # a period warms up over max(min_warmup_steps, warmup_proportion)
     importance_examples: Optional[int] = None  # training examples sampled for importance (None: all, the authors')
@@ -142,27 +148,19 @@ class SlenderizeArguments:
     importance_equilibrium: object = "authors"  # gradient-equilibrium rule of the importance pass (False: off)
     last_exit_only: bool = False               # importance from the final exit only (ablation)
     last_exit_hard: bool = False               # the ablation keeps 0.1 x hard of the last exit (not the authors')
-    temperature: float = 1.0
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    weight_decay: float = 0.01
-    warmup_proportion: float = 0.1
-    max_grad_norm: float = 1.0
-    gradient_equilibrium: object = "authors"   # authors | exit_layers | False (model.equilibrium_rule)
-    regression_distill: str = "all"            # regression: distill every exit, or the last (final)
-    use_attention: bool = False
     flops_tokens: int = 128                    # sequence length at which FLOPs are reported
-    log_every: int = 20
-    seed: int = 42
-    progress: bool = True
+    training: Optional[TrainingArguments] = None   # shared settings (None: the defaults at the paper's 1e-5)
 
     def __post_init__(self):
+        if self.training is None:
+            self.training = TrainingArguments(task=self.task, learning_rate=1e-5)
+        if self.training.task != self.task:
+            raise ValueError(f"the training arguments are for task {self.training.task!r}, not {self.task!r}")
         _positive_int(self.heads, "heads")
         for name in ("ffn", "embedding_rank", "importance_examples"):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
-        for name in ("batch_size", "eval_batch_size", "flops_tokens", "log_every"):
-            _positive_int(getattr(self, name), name)
+        _positive_int(self.flops_tokens, "flops_tokens")
         if self.prune_timing not in PRUNE_TIMINGS:
             raise ValueError(f"prune_timing must be one of {PRUNE_TIMINGS}, got {self.prune_timing!r}")
         if self.importance_hidden_loss not in IMPORTANCE_HIDDEN_LOSSES:
@@ -174,19 +172,19 @@ class SlenderizeArguments:
             raise ValueError(f"prune_period must be > 0 epochs, got {self.prune_period}")
         if not 0.0 <= self.repr_proportion <= 1.0:
             raise ValueError(f"repr_proportion {self.repr_proportion} is outside [0, 1]")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not (math.isfinite(self.training.learning_rate) and self.training.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be >= 0, got {self.training.learning_rate}")
         if not (math.isfinite(self.lr_restore) and self.lr_restore >= 0):
             raise ValueError(f"lr_restore must be >= 0, got {self.lr_restore}")
 
     def period_learning_rate(self, t: int) -> float:
         """The peak learning rate of the period after prune t: ``lr * (1 + lr_restore)^t``."""
-        return self.learning_rate * (1.0 + self.lr_restore) ** t
+        return self.training.learning_rate * (1.0 + self.lr_restore) ** t
 
     def period_warmup_steps(self, period_steps: int) -> int:
         """Warmup steps of one period: ``max(min_warmup_steps, ceil(warmup_proportion * steps))``,
         at most the period."""
-        return min(period_steps, max(self.min_warmup_steps, math.ceil(self.warmup_proportion * period_steps)))
+        return min(period_steps, max(self.min_warmup_steps, math.ceil(self.training.warmup_proportion * period_steps)))
 
 
 # --------------------------------------------------------------------------- slenderize
@@ -213,18 +211,14 @@ def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: in
     period (each Trainer builds it from ``max_steps = period_steps`` and runs its part of it),
     so the learning rate restarts once per prune. Returns the trainers' training logs.
     """
-    common = dict(task=args.task, max_steps=period_steps, batch_size=args.batch_size,
-                  eval_batch_size=args.eval_batch_size, learning_rate=args.period_learning_rate(t),
-                  weight_decay=args.weight_decay, warmup_steps=args.period_warmup_steps(period_steps),
-                  max_grad_norm=args.max_grad_norm, temperature=args.temperature,
-                  gradient_equilibrium=args.gradient_equilibrium, use_attention=args.use_attention,
-                  regression_distill=args.regression_distill,
-                  log_every=args.log_every, seed=args.seed + t, save_best=False, progress=args.progress)
+    period = dataclasses.replace(args.training, max_steps=period_steps, learning_rate=args.period_learning_rate(t),
+                                 warmup_steps=args.period_warmup_steps(period_steps), seed=args.training.seed + t,
+                                 eval_every=None, save_best=False)
     logs, optimizer = [], None
     for stage, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
         if stop <= start:
             continue
-        trainer = Trainer(student, TrainingArguments(stage=stage, **common), train_data, None, teacher=teacher)
+        trainer = Trainer(student, dataclasses.replace(period, stage=stage), train_data, None, teacher=teacher)
         trainer.step, trainer.total_steps = start, stop   # this stage's share of the period's schedule
         if optimizer is not None:
             trainer.optimizer = optimizer                # the period's AdamW moments carry over
@@ -274,13 +268,13 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         raise ValueError("the TA has no exits (num_labels == 0): slenderization distills exit by exit")
     teacher = ta_model if teacher is None else teacher
     schedule = prune_schedule(ta_model.config, args.heads, args.ffn, args.embedding_rank)
-    steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
+    steps_per_epoch = math.ceil(len(train_data) / args.training.batch_size)
     period_steps = max(1, math.ceil(args.prune_period * steps_per_epoch))
     hidden_steps = int(math.floor(args.repr_proportion * period_steps + 0.5))   # rounded, halves up
     folder = None if output_dir is None else os.path.join(os.fspath(output_dir), "student")
 
     def dev_metrics(model):
-        return None if eval_data is None else evaluate(model, eval_data, args.task, args.eval_batch_size)
+        return None if eval_data is None else evaluate(model, eval_data, args.task, args.training.eval_batch_size)
 
     student, history = None, []
     if folder is not None and resume and os.path.isfile(os.path.join(folder, HISTORY_FILE)):
@@ -313,11 +307,12 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         if args.prune_timing == "end":
             logs, train_seconds = train_period(trained)
         clock = time.perf_counter()
-        batches = importance_batches(train_data, args.importance_examples, args.batch_size, seed=(args.seed, t))
+        batches = importance_batches(train_data, args.importance_examples, args.training.batch_size,
+                                     seed=(args.training.seed, t))
         importance = taylor_importance(student, batches, teacher, last_exit_only=args.last_exit_only,
-                                       temperature=args.temperature, gradient_equilibrium=args.importance_equilibrium,
-                                       hidden_pad_to=pad_to, last_exit_hard=args.last_exit_hard,
-                                       progress=args.progress)
+                                       temperature=args.training.temperature,
+                                       gradient_equilibrium=args.importance_equilibrium, hidden_pad_to=pad_to,
+                                       last_exit_hard=args.last_exit_hard, progress=args.training.progress)
         keep_heads, keep_neurons = keep_from_importance(importance, list(step.heads_per_layer),
                                                         list(step.intermediate_per_layer))
         student = slice_model(student, keep_heads, keep_neurons)
@@ -343,7 +338,11 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
 # --------------------------------------------------------------------------- recovery
 @dataclass
 class RecoverArguments:
-    """Hyperparameters of recovery after slenderization (defaults: docs/method.md, 6)."""
+    """Hyperparameters of recovery after slenderization (defaults: docs/method.md, 6).
+
+    Two stages, each with its own epochs and learning rate; everything else they share is one
+    ``TrainingArguments`` in `training` (None: the defaults).
+    """
     task: str
     hidden_epochs: float = 3.0
     pred_epochs: float = 3.0
@@ -351,29 +350,22 @@ class RecoverArguments:
     pred_learning_rate: float = 2e-5
     hidden_max_steps: Optional[int] = None     # override the epochs when set
     pred_max_steps: Optional[int] = None
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    weight_decay: float = 0.01
-    warmup_proportion: float = 0.1
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0
-    gradient_equilibrium: object = "authors"   # authors | exit_layers | False (model.equilibrium_rule)
-    regression_distill: str = "all"            # regression: distill every exit, or the last (final)
-    use_attention: bool = False
-    eval_every: Optional[int] = None           # steps; None = once per epoch
-    log_every: int = 20
-    seed: int = 42
-    progress: bool = True
+    training: Optional[TrainingArguments] = None   # shared settings of both stages
+
+    def __post_init__(self):
+        if self.training is None:
+            self.training = TrainingArguments(task=self.task)
+        if self.training.task != self.task:
+            raise ValueError(f"the training arguments are for task {self.training.task!r}, not {self.task!r}")
 
     def training_arguments(self):
         """The ``(hidden, pred)`` TrainingArguments of the two stages."""
-        common = {k: v for k, v in asdict(self).items()
-                  if k not in ("hidden_epochs", "pred_epochs", "hidden_learning_rate", "pred_learning_rate",
-                               "hidden_max_steps", "pred_max_steps")}
-        hidden = TrainingArguments(stage="hidden", epochs=self.hidden_epochs, max_steps=self.hidden_max_steps,
-                                   learning_rate=self.hidden_learning_rate, save_best=False, **common)
-        pred = TrainingArguments(stage="pred", epochs=self.pred_epochs, max_steps=self.pred_max_steps,
-                                 learning_rate=self.pred_learning_rate, save_best=True, **common)
+        hidden = dataclasses.replace(self.training, stage="hidden", epochs=self.hidden_epochs,
+                                     max_steps=self.hidden_max_steps, learning_rate=self.hidden_learning_rate,
+                                     save_best=False)
+        pred = dataclasses.replace(self.training, stage="pred", epochs=self.pred_epochs,
+                                   max_steps=self.pred_max_steps, learning_rate=self.pred_learning_rate,
+                                   save_best=True)
         return hidden, pred
 
 
@@ -404,5 +396,5 @@ def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data,
         model = student
         if eval_data is not None and os.path.isfile(os.path.join(best_dir, "model.safetensors")):
             model = CostEffModel.from_pretrained(best_dir, dtype=student.dtype)
-            result["dev"] = evaluate(model, eval_data, args.task, args.eval_batch_size)
+            result["dev"] = evaluate(model, eval_data, args.task, args.training.eval_batch_size)
     return model, result

@@ -223,10 +223,11 @@ def test_stage_arguments_carry_the_recipe():
     assert (ta.epochs, ta.learning_rate, ta.batch_size) == (r.ta_epochs, r.ta_learning_rate, r.ta_batch_size)
     sl = r.slenderize_arguments()
     assert (sl.heads, sl.ffn, sl.embedding_rank) == (r.heads, r.ffn, r.rank)
-    assert (sl.prune_period, sl.repr_proportion, sl.learning_rate, sl.lr_restore) == \
+    assert (sl.prune_period, sl.repr_proportion, sl.training.learning_rate, sl.lr_restore) == \
         (r.prune_period, r.repr_proportion, r.prune_learning_rate, r.lr_restore)
-    assert (sl.importance_examples, sl.last_exit_only, sl.batch_size) == (r.importance_examples, True,
-                                                                           r.prune_batch_size)
+    assert (sl.importance_examples, sl.last_exit_only, sl.training.batch_size) == (r.importance_examples, True,
+                                                                                    r.prune_batch_size)
+    assert (sl.training.seed, sl.training.temperature) == (7, 2.0)        # the shared settings, once
     hidden, pred = r.recover_arguments().training_arguments()
     assert (hidden.epochs, hidden.learning_rate, pred.epochs, pred.learning_rate) == \
         (r.recover_hidden_epochs, r.recover_hidden_learning_rate, r.recover_pred_epochs,

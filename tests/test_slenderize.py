@@ -1,6 +1,7 @@
 """Slenderization (docs/method.md, 5): the per-prune schedule of widths, an end-to-end run on a tiny model
 that reaches the targets with the right learning rates and stages, resuming, and recovery."""
 
+import dataclasses
 import json
 import os
 from fractions import Fraction
@@ -13,6 +14,7 @@ from npcosteff.config import CostEffConfig
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.flops import count_parameters, model_flops
 from npcosteff.model import CostEffModel
+from npcosteff.train import TrainingArguments
 from npcosteff.slenderize import (HISTORY_FILE, RecoverArguments, SlenderizeArguments, prune_schedule, recover,
                                   slenderize)
 
@@ -37,10 +39,12 @@ def _split(n=24, seed=0, max_length=10):
 
 def _args(**kw):
     base = dict(task="sst2", heads=1, ffn=8, embedding_rank=5, prune_period=1.0, repr_proportion=0.6,
-                batch_size=8, importance_examples=16, learning_rate=1e-3, log_every=1, flops_tokens=10,
-                progress=False, seed=7)
-    base.update(kw)
-    return SlenderizeArguments(**base)
+                importance_examples=16, flops_tokens=10)
+    training = dict(task="sst2", batch_size=8, learning_rate=1e-3, log_every=1, progress=False, seed=7)
+    own = {f.name for f in dataclasses.fields(SlenderizeArguments)}
+    for k, v in kw.items():                    # the shared settings go into the training arguments
+        (base if k in own else training)[k] = v
+    return SlenderizeArguments(**base, training=TrainingArguments(**training))
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -239,8 +243,9 @@ def test_recover_keeps_the_best_averaged_checkpoint(tmp_path):
     ta = CostEffModel(_config(), dtype=np.float64, seed=3)
     student, _ = slenderize(ta, None, _split(), None, _args(heads=2, ffn=10, embedding_rank=None))
     train, dev = _split(seed=4), _split(12, seed=5)
-    args = RecoverArguments(task="sst2", hidden_max_steps=3, pred_max_steps=6, batch_size=8, eval_every=2,
-                            hidden_learning_rate=1e-3, pred_learning_rate=1e-3, progress=False)
+    args = RecoverArguments(task="sst2", hidden_max_steps=3, pred_max_steps=6, hidden_learning_rate=1e-3,
+                            pred_learning_rate=1e-3,
+                            training=TrainingArguments(task="sst2", batch_size=8, eval_every=2, progress=False))
     best, result = recover(student.copy(), ta, train, dev, args, output_dir=tmp_path)
     assert result["hidden"]["steps"] == 3 and result["pred"]["steps"] == 6
     assert result["dev"]["average"] == pytest.approx(result["best_average"], abs=1e-12)
