@@ -42,22 +42,6 @@ ROOT = os.path.dirname(HERE)
 
 
 # --------------------------------------------------------------------------- measuring a model
-def exit_logits(model, batches):
-    """(E, N, C) logits of every exit and (N,) token counts, in the split's order."""
-    per_exit, order, n_tokens = [[] for _ in model.config.exit_layers], [], []
-    for b in batches:
-        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-        for k, z in enumerate(out.logits):
-            per_exit[k].append(z)
-        order.append(b["indices"])
-        n_tokens.append(b["attention_mask"].sum(axis=1))
-    order = np.concatenate(order)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    logits = np.stack([np.concatenate(z)[inverse] for z in per_exit])
-    return logits, np.concatenate(n_tokens)[inverse]
-
-
 def exit_metrics(task, logits, labels):
     from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits
 
@@ -230,6 +214,7 @@ def main(argv=None):
     from npcosteff.flops import count_parameters
     from npcosteff.metrics import main_metric
     from npcosteff.model import CostEffModel
+    from npcosteff.operating_point import exit_logits
     from npcosteff.pipeline import load_task_data
     from npcosteff.recipe import Recipe
 

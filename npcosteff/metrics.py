@@ -105,3 +105,20 @@ def compute_metrics(task: str | TaskSpec, predictions, labels) -> dict[str, floa
                             zero_division=0.0))
         return {"f1": f1, "accuracy": accuracy, "combined": (f1 + accuracy) / 2}
     return {"accuracy": accuracy}
+
+
+def binomial_interval(correct, n, z: float = 1.96) -> tuple:
+    """Wilson score interval of an accuracy: ``correct`` right answers out of ``n``.
+
+    The interval holds every p whose binomial test ``|correct/n - p| <= z sqrt(p (1-p) / n)``
+    does not reject it (z = 1.96: 95%); unlike ``p +- z sqrt(p (1-p) / n)`` it stays inside
+    [0, 1] and is not empty at 0 or n right answers. Returns (low, high) as fractions.
+    """
+    correct, n = float(correct), float(n)
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
+    p = correct / n
+    scale = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / scale
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+    return float(max(0.0, center - half)), float(min(1.0, center + half))

@@ -23,7 +23,24 @@ import numpy as np
 from .losses import entropy
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 
-__all__ = ["simulate_exit", "cross_fit", "CrossFit"]
+__all__ = ["exit_logits", "simulate_exit", "cross_fit", "CrossFit"]
+
+
+def exit_logits(model, batches):
+    """One full pass that keeps every exit: (E, N, C) logits and (N,) real-token counts, in the
+    split's order (batches from ``iterate_batches``, which carry each row's ``indices``)."""
+    per_exit, order, n_tokens = [[] for _ in model.config.exit_layers], [], []
+    for b in batches:
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        for k, z in enumerate(out.logits):
+            per_exit[k].append(z)
+        order.append(b["indices"])
+        n_tokens.append(b["attention_mask"].sum(axis=1))
+    order = np.concatenate(order)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    logits = np.stack([np.concatenate(z)[inverse] for z in per_exit])
+    return logits, np.concatenate(n_tokens)[inverse]
 
 
 def simulate_exit(logits, exit_layers, criterion="entropy", threshold=0.0, patience=None,

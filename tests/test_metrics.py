@@ -167,3 +167,19 @@ def test_bad_input():
         predictions_from_logits(np.zeros((4, 2)), regression=True)
     with pytest.raises(ValueError, match="C >= 2"):
         predictions_from_logits(np.zeros((4, 1)), regression=False)
+
+
+def test_binomial_interval_is_the_wilson_interval():
+    from npcosteff.metrics import binomial_interval
+
+    low, high = binomial_interval(8, 10)
+    # 8 of 10 at 95%: the textbook Wilson interval (0.4902, 0.9433).
+    assert abs(low - 0.4902) < 1e-4 and abs(high - 0.9433) < 1e-4
+    # Its ends are where the score test |k/n - p| = z sqrt(p (1 - p) / n) holds with equality.
+    for k, n in [(8, 10), (430, 500), (1, 7)]:
+        for p in binomial_interval(k, n):
+            assert abs(abs(k / n - p) - 1.96 * np.sqrt(p * (1 - p) / n)) < 1e-12
+    assert binomial_interval(0, 20)[0] == 0.0 and binomial_interval(20, 20)[1] == 1.0
+    assert binomial_interval(0, 20)[1] > 0.0                      # not empty at 0 right answers
+    with pytest.raises(ValueError, match="0 <= correct <= n"):
+        binomial_interval(11, 10)

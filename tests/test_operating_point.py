@@ -73,3 +73,20 @@ def test_cross_fit_keeps_the_target_and_uses_the_other_half():
     best = cross_fit("sst2", logits, layers, y, thresholds, cost=lambda l: l.astype(float),
                      teacher_metric_of=lambda idx: 1.0, target=1.01)
     assert best.reached == (False, False) and best.metric == 1.0
+
+
+def test_exit_logits_puts_sorted_batches_back_in_the_split_order():
+    from npcosteff.data.batching import EncodedSplit, iterate_batches
+    from npcosteff.operating_point import exit_logits
+
+    model = _model(exit_start=1)
+    rng = np.random.default_rng(3)
+    ids = [np.concatenate([[2], rng.integers(4, 30, int(t)), [3]]) for t in rng.integers(1, 9, 13)]
+    split = EncodedSplit(ids, [np.zeros(len(x), np.int64) for x in ids], np.zeros(13, np.int64), 12)
+    logits, n_tokens = exit_logits(model, iterate_batches(split, split.labels, 4, sort_by_length=True))
+    assert logits.shape == (len(model.config.exit_layers), 13, model.config.num_labels)
+    np.testing.assert_array_equal(n_tokens, [len(x) for x in ids])
+    for i in (0, 5, 12):                                           # each row alone, unpadded
+        one = model(ids[i][None], np.ones((1, len(ids[i])), np.int64), np.zeros((1, len(ids[i])), np.int64))
+        # Padding changes nothing but float64 rounding (masked keys get weight exactly 0).
+        np.testing.assert_allclose(logits[:, i], np.concatenate(one.logits), rtol=1e-10, atol=1e-12)
