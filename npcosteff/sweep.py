@@ -53,21 +53,38 @@ def evaluate_threshold(model, batches, labels, task, threshold, criterion="entro
 
 
 def threshold_sweep(model, batches, labels, task, thresholds=DEFAULT_ENTROPY_THRESHOLDS, criterion="entropy",
-                    progress=True) -> list:
+                    progress=True, repeats: int = 1) -> list:
     """Rows of `evaluate_threshold` for each threshold (patience values for criterion='patience').
 
-    `batches` is a list (it is iterated once per threshold)."""
+    `batches` is a list (it is iterated once per threshold and round). With ``repeats > 1``
+    every threshold is timed that many times, the thresholds taking turns round after round
+    (so a busy moment slows all of them alike), and ``seconds`` is the median of its rounds
+    (``seconds_all`` keeps every round)."""
     from .progress import progress_bar as tqdm
 
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
     batches = list(batches)
     early_exit_predict(model, batches[:1], criterion=criterion, threshold=0.0,      # warm-up: every timed
                        patience=1 if criterion == "patience" else None)             # pass starts warm
-    rows = []
-    for t in tqdm(list(thresholds), desc=f"{criterion} sweep", disable=not progress):
+
+    def run(t):
         if criterion == "patience":
-            rows.append(evaluate_threshold(model, batches, labels, task, 0.0, criterion, patience=int(t)))
-        else:
-            rows.append(evaluate_threshold(model, batches, labels, task, t, criterion))
+            return evaluate_threshold(model, batches, labels, task, 0.0, criterion, patience=int(t))
+        return evaluate_threshold(model, batches, labels, task, t, criterion)
+
+    thresholds = list(thresholds)
+    rounds = [[] for _ in thresholds]
+    for _ in tqdm(range(repeats), desc=f"{criterion} sweep", disable=not progress):
+        for k, t in enumerate(thresholds):
+            rounds[k].append(run(t))
+    rows = []
+    for runs in rounds:
+        row = dict(runs[0])                      # everything but the time is the same in every round
+        row["seconds_all"] = [r["seconds"] for r in runs]
+        row["seconds"] = float(np.median(row["seconds_all"]))
+        row["ms_per_sample"] = 1e3 * row["seconds"] / len(labels)
+        rows.append(row)
     return rows
 
 

@@ -136,3 +136,22 @@ def test_bad_input():
             early_exit_forward(model, ids, left_padded, tt, threshold=0.1)
     with pytest.raises(ValueError, match="exit_start 5 is outside"):
         CostEffConfig(num_hidden_layers=4, exit_start=5, num_labels=2)
+
+
+def test_threshold_sweep_repeats_take_turns_and_report_the_median():
+    from npcosteff.sweep import threshold_sweep
+
+    model = _model(exit_start=1)
+    ids, mask, tt = _batch(B=12)
+    batches = [dict(input_ids=ids[:6], attention_mask=mask[:6], token_type_ids=tt[:6]),
+               dict(input_ids=ids[6:], attention_mask=mask[6:], token_type_ids=tt[6:])]
+    labels = np.arange(12) % 2
+    once = threshold_sweep(model, batches, labels, "sst2", [0.0, 0.5], progress=False)
+    thrice = threshold_sweep(model, batches, labels, "sst2", [0.0, 0.5], progress=False, repeats=3)
+    for a, b in zip(once, thrice):
+        assert len(b["seconds_all"]) == 3 and b["seconds"] == float(np.median(b["seconds_all"]))
+        assert b["ms_per_sample"] == 1e3 * b["seconds"] / 12
+        assert (a["metric"], a["mean_exit_layer"], a["exit_histogram"]) == \
+            (b["metric"], b["mean_exit_layer"], b["exit_histogram"])     # only the time differs between rounds
+    with pytest.raises(ValueError, match="repeats must be"):
+        threshold_sweep(model, batches, labels, "sst2", [0.0], progress=False, repeats=0)
