@@ -103,8 +103,9 @@ def _exp_shifted(e, shift, bits):
         e[j] = e[j] * two_pow[0, j] * two_pow[1, j]
 
 
-# exp(t) for float32 softmax rows, in float64 and vectorizable (AVX2 has no int64 <-> float64
-# conversion, which keeps _exp_shifted scalar), with no integer step at all:
+# exp(t) for float32 softmax rows, in float64 arithmetic with no integer step at all (the
+# int64 <-> float64 conversions of _exp_shifted have no AVX2 instruction); on the inference
+# shapes of MiniLM the float32 softmax runs about a third faster with it:
 # exp(t) = exp(t / 128) ** 128, exp(t / 128) by its Taylor series around the middle c of
 # [_EXP_MIN_F32 / 128, 0] (|t / 128 - c| <= 0.43, degree 13: truncation below 1e-16), then
 # seven squarings, which multiply the relative error by 128: about 3e-14 in all, far below
@@ -135,7 +136,7 @@ def _exp_f32_range(t):
 
 @njit(**_jit)
 def _softmax_loop_f32(s, mask, rows_per_group, probs):
-    """:func:`_softmax_loop` for float32 scores, with :func:`_exp_f32_range` (vectorizable)."""
+    """:func:`_softmax_loop` for float32 scores, with :func:`_exp_f32_range`."""
     n_rows, n = s.shape
     n_blocks = (n_rows + _SOFTMAX_BLOCK - 1) // _SOFTMAX_BLOCK
     n_empty = 0
