@@ -37,7 +37,9 @@ def progress_bar(iterable=None, *, total=None, desc="", initial=0, disable=False
     `file` is the stream written to (None: standard error, as tqdm)."""
     stream = sys.stderr if file is None else file
     if disable or is_terminal(stream):
-        from tqdm.auto import tqdm
+        # tqdm's plain class: tqdm.auto would pick its notebook widget, which needs ipywidgets and
+        # warns without them (a notebook's stream is no terminal: it gets PlainProgress anyway).
+        from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, initial=initial, disable=disable, leave=leave,
                     file=file, **tqdm_kwargs)

@@ -27,7 +27,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_a_terminal_gets_tqdm_and_a_file_gets_plain_lines():
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     terminal = FakeTerminal()
     bar = progress_bar(total=3, desc="x", file=terminal)

@@ -29,7 +29,7 @@ import npcosteff
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = REPO / "tutorials"
 NOTEBOOKS = ["01_bert_forward.ipynb", "02_backprop_by_hand.ipynb", "03_multi_exit.ipynb",
-             "04_slenderization.ipynb", "05_distillation.ipynb", "06_early_exit.ipynb"]
+             "04_slenderization.ipynb", "05_distillation.ipynb", "06_early_exit.ipynb", "07_capstone.ipynb"]
 SIZE_SWITCH = re.compile(r"""^SIZE\s*=\s*os\.environ\.get\(\s*["']NPCOSTEFF_TUTORIAL_SIZE["']\s*,\s*["']full["']\s*\)""",
                          re.MULTILINE)
 # The kernels every tutorial must take from the package; also caught by the package scan below,
