@@ -27,7 +27,10 @@ for task in "${tasks[@]}"; do
     python experiments/search.py --table > /dev/null
     read -r -a best <<< "$(python experiments/search.py --task "$task" --best)"
     echo "   chosen: ${best[*]}"
-    run() { npcosteff run --preset "$task" "${best[@]}" --glue-dir "$glue" --no-progress "$@" >> "$log" 2>&1; }
+    # NPCOSTEFF_QUEUE_CUTS: extra --set options that shorten the stages after fine-tuning, for
+    # a session that must finish within hours (the results record the recipe that ran).
+    read -r -a cuts <<< "${NPCOSTEFF_QUEUE_CUTS:-}"
+    run() { npcosteff run --preset "$task" "${best[@]}" "${cuts[@]}" --glue-dir "$glue" --no-progress "$@" >> "$log" 2>&1; }
     # The report is rewritten after every step, from the runs finished so far, so that a
     # session that ends mid-task still leaves results/<task>.json for what is done.
     report() {
