@@ -22,11 +22,16 @@ while pgrep -f "experiments/search.py" > /dev/null; do sleep 30; done
 for task in "${tasks[@]}"; do
     log="logs/$task.log"
     echo "== $task $(date -u +%FT%TZ)"
-    python experiments/search.py --task "$task" --stage teacher --glue-dir "$glue" >> "$log" 2>&1
-    python experiments/search.py --task "$task" --stage ta --glue-dir "$glue" >> "$log" 2>&1
-    python experiments/search.py --table > /dev/null
-    read -r -a best <<< "$(python experiments/search.py --task "$task" --best)"
-    echo "   chosen: ${best[*]}"
+    # NPCOSTEFF_QUEUE_RATES_FROM=TASK: skip this task's search and take the rates chosen by
+    # TASK's (a session without the hours for both; results/<task>.json records it).
+    rates_from="${NPCOSTEFF_QUEUE_RATES_FROM:-$task}"
+    if [ "$rates_from" = "$task" ]; then
+        python experiments/search.py --task "$task" --stage teacher --glue-dir "$glue" >> "$log" 2>&1
+        python experiments/search.py --task "$task" --stage ta --glue-dir "$glue" >> "$log" 2>&1
+        python experiments/search.py --table > /dev/null
+    fi
+    read -r -a best <<< "$(python experiments/search.py --task "$rates_from" --best)"
+    echo "   chosen (by the search of $rates_from): ${best[*]}"
     # NPCOSTEFF_QUEUE_CUTS: extra --set options that shorten the stages after fine-tuning, for
     # a session that must finish within hours (the results record the recipe that ran).
     read -r -a cuts <<< "${NPCOSTEFF_QUEUE_CUTS:-}"
@@ -40,7 +45,7 @@ for task in "${tasks[@]}"; do
         [ -f "runs/$task-no-ta/summary.json" ] && args+=(--ablation "no TA=runs/$task-no-ta")
         [ -f "runs/$task-no-exits/summary.json" ] && args+=(--ablation "no exits=runs/$task-no-exits")
         [ -f "runs/$task/naive/ta_vs_naive.json" ] && args+=(--naive "runs/$task/naive/naive_exits/best")
-        python experiments/report.py --task "$task" --glue-dir "$glue" "${args[@]}" \
+        python experiments/report.py --task "$task" --glue-dir "$glue" "${args[@]}" --rates-from "$rates_from" \
             --markdown "results/$task.md" >> "$log" 2>&1
         echo "   report $(date -u +%FT%TZ): results/$task.json (${args[*]})"
     }

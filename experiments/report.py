@@ -167,6 +167,10 @@ def markdown(results) -> str:
     if results.get("majority") is not None:
         lines.append("| " + " | ".join(["majority class", "-", "-"] + ["-"] * L + [pct(results["majority"])]
                                        + ["-"] * 5) + " |")
+    searched = results.get("rates_searched_on")
+    if searched and searched != results["task"]:
+        lines += ["", f"Learning rates not searched on {results['task']}: taken from the search on {searched} "
+                      "(docs/search.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +210,7 @@ def main(argv=None):
     p.add_argument("--target", type=float, default=0.965)
     p.add_argument("--pad-to", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rates-from", help="the task whose search chose the learning rates (default: --task)")
     p.add_argument("--output", help="results file (default: results/<task>.json)")
     p.add_argument("--markdown", help="also write the table here")
     a = p.parse_args(argv)
@@ -289,6 +294,9 @@ def main(argv=None):
     seconds = _time(loaded, batches, thresholds_of, recipe.criterion, a.repeats)
     for m in results["models"]:
         m["operating_point"]["speedup_measured"] = seconds["teacher"] / seconds[m["name"]]
+    # What ran: the main run's recipe, and whose search chose its learning rates.
+    results["recipe"] = runs[0][1]["recipe"]
+    results["rates_searched_on"] = a.rates_from or recipe.task
     results["timing"] = {"repeats": a.repeats, "seconds": seconds, "cpu": _cpu(), "date": time.strftime("%Y-%m-%d"),
                          "load_average": os.getloadavg()[0]}
     out = a.output or os.path.join(ROOT, "results", f"{recipe.task}.json")
