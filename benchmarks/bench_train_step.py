@@ -69,7 +69,7 @@ def make_batch(batch: int, seq: int):
 # ---------------------------------------------------------------------------- children
 def child_npcosteff(args):
     from npcosteff.config import CostEffConfig
-    from npcosteff.losses import stage_loss
+    from npcosteff.stage_loss import stage_loss
     from npcosteff.model import CostEffModel
     from npcosteff.nn.dropout import Dropout
     from npcosteff.optim import AdamW, clip_grad_norm
@@ -169,7 +169,7 @@ def child_compile(args):
     t0 = time.perf_counter()
     import npcosteff  # noqa: F401
     from npcosteff.config import CostEffConfig
-    from npcosteff.losses import stage_loss
+    from npcosteff.stage_loss import stage_loss
     from npcosteff.model import CostEffModel
     from npcosteff.nn.dropout import Dropout
     from npcosteff.optim import AdamW, clip_grad_norm

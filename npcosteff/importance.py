@@ -38,7 +38,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .data.batching import EncodedSplit, iterate_batches
-from .losses import stage_loss, teacher_outputs
+from .stage_loss import stage_loss, teacher_outputs
 from .model import CostEffModel
 
 __all__ = ["Importance", "taylor_importance", "head_scores", "neuron_scores", "importance_batches"]

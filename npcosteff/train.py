@@ -1,6 +1,6 @@
 """Training: one step of any COST-EFF stage, per-exit evaluation, and a resumable loop.
 
-A step is: forward with dropout -> `stage_loss` (losses.py) -> `model.backward` ->
+A step is: forward with dropout -> `stage_loss` (stage_loss.py) -> `model.backward` ->
 gradient clipping -> AdamW with a linear warmup/decay schedule. The loop evaluates every exit
 on dev every N steps, keeps the checkpoint with the best dev metric averaged over exits,
 writes a metrics file, and can resume after an interruption from its last checkpoint.
@@ -26,7 +26,7 @@ import numpy as np
 
 from . import weights as W
 from .data.batching import iterate_batches
-from .losses import stage_loss, teacher_outputs
+from .stage_loss import stage_loss, teacher_outputs
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 from .model import CostEffModel
 from .nn.dropout import Dropout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from npcosteff.losses import stage_loss
+from npcosteff.stage_loss import stage_loss
 
 from .helpers import assert_close_by_name, make_pair, odd_batch, odd_config, replay, shared_dropout, \
     torch_grads, torch_masks

@@ -8,7 +8,7 @@ import pytest
 from npcosteff.config import CostEffConfig
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.importance import importance_batches, taylor_importance
-from npcosteff.losses import stage_loss
+from npcosteff.stage_loss import stage_loss
 from npcosteff.model import CostEffModel
 from npcosteff.prune import masks_from_keep
 

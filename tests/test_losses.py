@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from npcosteff import losses
 from npcosteff.losses import (
     attention_mse_loss, attention_mse_loss_backward, cross_entropy_loss,
     cross_entropy_loss_backward, entropy, hidden_mse_loss, hidden_mse_loss_backward,
     log_softmax, mse_loss, mse_loss_backward, soft_cross_entropy_loss,
-    soft_cross_entropy_loss_backward, stage_loss,
+    soft_cross_entropy_loss_backward,
 )
+from npcosteff.stage_loss import STAGES, stage_loss
 
 # float64 agreement with torch: the two compute the same sums in a different order, so they
 # differ by a few ulps of the values involved (O(1)); 1e-12 leaves ~1e3 ulps of margin.
@@ -461,7 +461,7 @@ B, T, D, C = 3, 5, 4, 3
 MASK = padding_mask([5, 2, 4], T)
 
 
-@pytest.mark.parametrize("stage", losses.STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("use_attention", [False, True])
 def test_stage_loss_one_exit_deeper_teacher(stage, use_attention):
     """Student L_s = 2 with exits at every layer, teacher L_t = 4 with one exit (the
@@ -543,7 +543,7 @@ def test_stage_loss_final_only_restricts_the_hard_loss_alone():
     assert result.grad_logits[0] is not None
 
 
-@pytest.mark.parametrize("stage", losses.STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_loss_regression(stage):
     """C = 1: hard loss is mse(z, y), prediction distillation mse(z, t[:, 0]) (no temperature)."""
     rng = rng_for(15)
