@@ -6,7 +6,13 @@ packaged MiniLM in float32. Each side runs in its own child process with ``--thr
 threads in every pool; printed are the median time of ``--repeat`` passes (after two
 warm-up passes), the time per sample and the npcosteff / torch ratio.
 
-    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--sdpa]
+Also measured (``--compile``): the first use of the inference path in a fresh process,
+``import npcosteff`` plus one forward pass and one early-exit pass of a tiny float32 model,
+once with an empty ``NUMBA_CACHE_DIR`` (every kernel it needs compiles) and once with the
+cache that run filled, with the number of kernels each run compiled (warm: none;
+``tests/test_numba_cache.py`` checks it).
+
+    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--sdpa] [--compile]
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +39,34 @@ def make_batch(batch: int, seq: int):
     return rng.integers(1000, 30000, (batch, seq)), np.ones((batch, seq), np.int64), np.zeros((batch, seq), np.int64)
 
 
+def child_compile() -> dict:
+    """import npcosteff + a forward and an early-exit pass of a tiny float32 model, timed from
+    process start; and how many npcosteff kernels compiled on the way."""
+    import gc
+
+    t0 = time.perf_counter()
+    import npcosteff  # noqa: F401
+    from npcosteff.config import CostEffConfig
+    from npcosteff.early_exit import early_exit_forward
+    from npcosteff.model import CostEffModel
+    t_import = time.perf_counter() - t0
+    config = CostEffConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=16, num_labels=2, exit_start=1)
+    model = CostEffModel(config, dtype=np.float32)
+    ids, mask, types = make_batch(2, 8)
+    ids %= 100
+    model(ids, mask, types)
+    early_exit_forward(model, ids, mask, types, threshold=0.5)
+    total = time.perf_counter() - t0
+    from numba.core.dispatcher import Dispatcher
+    compiled = sum(sum(obj.stats.cache_misses.values()) for obj in gc.get_objects()
+                   if isinstance(obj, Dispatcher) and obj.py_func.__module__.startswith("npcosteff"))
+    return dict(import_seconds=t_import, total_seconds=total, compiled=compiled)
+
+
 def child(args) -> dict:
+    if args.child == "compile":
+        return child_compile()
     results = {}
     if args.child == "npcosteff":
         from npcosteff.model import CostEffModel
@@ -70,7 +105,8 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
-    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also measure the cold/warm first use of the kernels")
+    parser.add_argument("--child", choices=SIDES + ("compile",), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         report(child(args))
@@ -95,6 +131,15 @@ def main():
             row += f"{1e3 * wall:16.2f} {1e3 * wall / b:9.2f} "
         row += " ".join(f"{res['npcosteff'][str(b)][0] / res[s][str(b)][0]:16.2f}" for s in sides[1:])
         print(row)
+    if args.compile:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {"NUMBA_CACHE_DIR": cache}
+            cold, warm = (run_child("benchmarks.bench_inference", ["--child", "compile"], args.threads, env)
+                          for _ in range(2))
+        print(f"\nfirst use (import npcosteff + a forward and an early-exit pass of a tiny model, fresh process): "
+              f"cold Numba cache {cold['total_seconds']:.1f} s ({cold['compiled']} kernels compiled, import "
+              f"{cold['import_seconds']:.1f} s), warm cache {warm['total_seconds']:.1f} s ({warm['compiled']} "
+              f"compiled, import {warm['import_seconds']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """One results file and one table per task, from finished runs: the README's reproduction.
 
     python experiments/report.py --task mrpc --glue-dir PATH \\
-        --run "2 heads, FFN 256, rank 48=runs/mrpc" --run "6 heads, FFN 768, rank 192=runs/mrpc-w6" \\
+        --run "2 / 128 / 32=runs/mrpc" --run "6 / 768 / 192=runs/mrpc-w6" \\
         --ablation "last-exit importance=runs/mrpc-last" --ablation "no TA=runs/mrpc-nota" \\
-        --ablation "no exits=runs/mrpc-noexits" --naive runs/mrpc/naive/best \\
-        --plot docs/images/mrpc_all_models.png
+        --ablation "no exits=runs/mrpc-noexits" --naive runs/mrpc/naive/best
+    python experiments/plot_results.py mrpc          # the picture: docs/images/mrpc_tradeoff.png
 
 The teacher and the TA come from the first ``--run`` folder (``summary.json`` names their
 model folders); every ``--run`` and ``--ablation`` adds its student, ``--naive`` a model
