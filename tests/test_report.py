@@ -65,3 +65,25 @@ def test_results_file_has_the_schema_and_the_definitions():
     assert abs(by_threshold[0.0]["flops_ratio"] - full) < 1e-12
     assert by_threshold[0.5]["metric"] == student["exits"][0]
     assert abs(by_threshold[0.5]["flops_ratio_padded"] - padded) < 1e-12
+
+
+def test_markdown_says_when_the_rates_come_from_another_tasks_search():
+    models, y, _ = _models()
+    res = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    assert "not searched" not in report.markdown(res)
+    res["rates_searched_on"] = "sst2"
+    assert "not searched" not in report.markdown(res)
+    res["rates_searched_on"] = "mrpc"
+    assert "Learning rates not searched on sst2: taken from the search on mrpc" in report.markdown(res)
+
+
+def test_plot_results_draws_a_results_file(tmp_path):
+    spec_plot = importlib.util.spec_from_file_location(
+        "plot_results", Path(__file__).parents[1] / "experiments" / "plot_results.py")
+    plot_results = importlib.util.module_from_spec(spec_plot)
+    spec_plot.loader.exec_module(plot_results)
+    models, y, _ = _models()
+    res = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.01, 0.5], majority_metric=0.5)
+    out = tmp_path / "sst2_tradeoff.png"
+    plot_results.plot(res, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
