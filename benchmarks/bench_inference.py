@@ -28,8 +28,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (blas_summary, default_threads, limit_threads, machine_summary, report, run_child,
-                               time_calls, torch_summary)
+from benchmarks.common import default_threads, limit_threads, print_header, report, run_child, time_calls
 
 SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
 
@@ -113,10 +112,7 @@ def main():
         return
 
     limit_threads(args.threads)
-    print(__doc__.splitlines()[0])
-    print(machine_summary())
-    print(f"threads per side: {args.threads}; NumPy BLAS pools:\n  " + blas_summary().replace("\n", "\n  "))
-    print(torch_summary())
+    print_header(__doc__, args.threads)
     sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
     res = {s: run_child("benchmarks.bench_inference",
                         ["--child", s, "--threads", args.threads, "--seq", args.seq, "--repeat", args.repeat,

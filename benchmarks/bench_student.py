@@ -32,8 +32,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import (REPO, blas_summary, default_threads, limit_threads, machine_summary, report,
-                               run_child, time_calls, torch_summary)
+from benchmarks.common import REPO, default_threads, limit_threads, print_header, report, run_child, time_calls
 
 SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
 
@@ -132,10 +131,7 @@ def main():
     if args.threshold is None:
         args.threshold, name = operating_threshold(args.task, args.name)
     limit_threads(args.threads)
-    print(__doc__.splitlines()[0])
-    print(machine_summary())
-    print(f"threads per side: {args.threads}; NumPy BLAS pools:\n  " + blas_summary().replace("\n", "\n  "))
-    print(torch_summary())
+    print_header(__doc__, args.threads)
     sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
     common = ["--task", args.task, "--student", args.student, "--threshold", args.threshold,
               "--max-length", args.max_length, "--samples", args.samples, "--threads", args.threads,

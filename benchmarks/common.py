@@ -113,6 +113,16 @@ def machine_summary() -> str:
             f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}")
 
 
+def print_header(doc: str, threads: int, with_torch: bool = True) -> None:
+    """What every side-by-side benchmark prints first: its title, the machine and its load, the
+    thread count and BLAS pools, and PyTorch's build."""
+    print(doc.splitlines()[0])
+    print(machine_summary())
+    print(f"threads per side: {threads}; NumPy BLAS pools:\n  " + blas_summary().replace("\n", "\n  "))
+    if with_torch:
+        print(torch_summary())
+
+
 def torch_summary() -> str:
     """PyTorch version and its math backends (one line), or why it is unavailable."""
     try:
