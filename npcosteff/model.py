@@ -102,8 +102,8 @@ class ForwardCache(NamedTuple):
 
     word: Optional[WordCache]            # None when the forward got inputs_embeds
     embeddings: EmbeddingsCache
-    layers: list                          # LayerCache of layers 0..L-1
-    exits: dict                           # 0-based layer -> ExitCache
+    layers: list[LayerCache]              # layers 0..L-1
+    exits: dict[int, ExitCache]           # 0-based layer -> the cache of its exit
     L: int                                # layers run (max_layer)
     exit_layers: tuple                    # 1-based layers whose exits ran
     gradient_equilibrium: Optional[str]   # the rule in force: None | "authors" | "exit_layers"
