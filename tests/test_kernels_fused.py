@@ -158,8 +158,13 @@ def test_bad_inputs_are_named():
         fused.attention_probs_backward(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 3)), None, np.zeros((1, 2, 3, 2)))
 
 
-def test_batched_matmul_is_np_matmul():
+@pytest.mark.parametrize("pool_min_flops", [0.0, 1e30])    # through the worker pool / one call
+def test_batched_matmul_is_np_matmul(monkeypatch, pool_min_flops):
     from threadpoolctl import threadpool_limits
+
+    from npcosteff.kernels import batched
+
+    monkeypatch.setattr(batched, "POOL_MIN_FLOPS", pool_min_flops)
 
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((5 * 7, 3 * 2 * 4)).astype(np.float32)            # (B*T, 3*H*dh)
@@ -171,6 +176,8 @@ def test_batched_matmul_is_np_matmul():
         out = np.empty((5 * 7, 2 * 4), np.float32)
         batched_matmul(s, heads(qkv, 2, 3), out=heads(out, 0, 1))
         np.testing.assert_array_equal(heads(out, 0, 1), np.matmul(s, heads(qkv, 2, 3)))
+    if pool_min_flops == 0.0 and batched._blas() is not None:
+        assert batched._state["pool"] is not None                     # the pool path did run
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
