@@ -31,6 +31,7 @@ from numba import njit, prange
 from . import checks as _checks
 from . import reference as _ref
 from .batched import batched_matmul  # noqa: F401  (the layers' steps: threaded and fused twins)
+from .rows import _row_dot, _row_sq_dev, _row_sum
 from .fused import (adamw_update, attention_probs_backward, attention_weights, bias_gelu,  # noqa: F401
                     bias_gelu_backward, scatter_add_rows)
 
@@ -164,64 +165,6 @@ def _softmax_loop_f32(s, mask, rows_per_group, probs):
     return n_empty
 
 
-# Row reductions with four interleaved float64 accumulators: a fixed summation order (the
-# result does not depend on the thread count) whose four independent chains keep the CPU's
-# adders busy, where one accumulator would wait on each previous add.
-
-
-@njit(fastmath=False, cache=True)
-def _row_sum(a):
-    """sum_j a_j in float64, a (n,)."""
-    n = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        s0 += np.float64(a[j])
-        s1 += np.float64(a[j + 1])
-        s2 += np.float64(a[j + 2])
-        s3 += np.float64(a[j + 3])
-    for j in range(n4, n):
-        s0 += np.float64(a[j])
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(fastmath=False, cache=True)
-def _row_dot(a, b):
-    """sum_j a_j b_j in float64, a, b (n,)."""
-    n = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        s0 += np.float64(a[j]) * np.float64(b[j])
-        s1 += np.float64(a[j + 1]) * np.float64(b[j + 1])
-        s2 += np.float64(a[j + 2]) * np.float64(b[j + 2])
-        s3 += np.float64(a[j + 3]) * np.float64(b[j + 3])
-    for j in range(n4, n):
-        s0 += np.float64(a[j]) * np.float64(b[j])
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(fastmath=False, cache=True)
-def _row_sq_dev(a, mu):
-    """sum_j (a_j - mu)^2 in float64, a (n,)."""
-    n = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        c0 = np.float64(a[j]) - mu
-        c1 = np.float64(a[j + 1]) - mu
-        c2 = np.float64(a[j + 2]) - mu
-        c3 = np.float64(a[j + 3]) - mu
-        s0 += c0 * c0
-        s1 += c1 * c1
-        s2 += c2 * c2
-        s3 += c3 * c3
-    for j in range(n4, n):
-        c0 = np.float64(a[j]) - mu
-        s0 += c0 * c0
-    return (s0 + s1) + (s2 + s3)
-
-
 @njit(**_jit)
 def _softmax_loop(s, mask, rows_per_group, probs):
     """s, probs (N, n); mask (G, n) float64, row r uses mask[r // rows_per_group].
@@ -287,7 +230,7 @@ def _layer_norm_loop(x, residual, has_residual, gamma, beta, eps, y, s, mean, rs
         rstd[r] = rs
 
 
-@njit(**_jit)
+@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)   # reassoc: the row sums vectorize
 def _layer_norm_backward_loop(dy, x, gamma, mean, rstd, dx, dgamma_parts, dbeta_parts):
     """dy, x, dx (N, d); gamma (d,); mean, rstd (N,) float64.
 

@@ -54,6 +54,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import reference
+from .rows import _row_dot
 
 from .checks import (_check_attention_probs_backward, _check_attention_weights, _check_bias_gelu,
                      _check_bias_gelu_backward, _check_scatter_add)
@@ -252,7 +253,6 @@ def _probs_backward_loop(dw, probs, head_scale, mask, has_mask, extra, has_extra
     n_rows, n = probs.shape
     for r in prange(n_rows):
         hs = head_scale[(r // tokens) % heads]
-        dot = 0.0
         for j in range(n):
             g = dw[r, j] * hs                                 # `dprobs *= head_mask`, rounded
             if has_mask:
@@ -260,7 +260,7 @@ def _probs_backward_loop(dw, probs, head_scale, mask, has_mask, extra, has_extra
             if has_extra:
                 g = g + extra[r, j]                           # `dprobs += dprobs_extra`
             dw[r, j] = g
-            dot += np.float64(g) * np.float64(probs[r, j])    # sum_i dp_i p_i in float64
+        dot = _row_dot(dw[r], probs[r])                       # sum_i dp_i p_i in float64 (vectorized)
         for j in range(n):
             dw[r, j] = np.float64(probs[r, j]) * (np.float64(dw[r, j]) - dot)
 
