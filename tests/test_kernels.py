@@ -73,6 +73,14 @@ def _restore_kernel_choice():
     kernels.use(before)
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def row_path(request, monkeypatch):
+    """Run a fast LayerNorm / softmax test through the serial loop (little work, the one
+    sample of inference) and through the parallel loop, whatever the test's size."""
+    monkeypatch.setattr(fast, "SERIAL_MAX_ELEMENTS", 1 << 62 if request.param == "serial" else -1)
+    return request.param
+
+
 # ---------------------------------------------------------------------------
 # Reference against PyTorch
 # ---------------------------------------------------------------------------
@@ -329,7 +337,7 @@ def check_fast_softmax(scores, mask, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 4, 9, 9), (3, 5, 7), (16,)])
-def test_fast_softmax_matches_reference(dtype, shape):
+def test_fast_softmax_matches_reference(dtype, shape, row_path):
     rng = np.random.default_rng(13)
     scores = (3.0 * rng.standard_normal(shape)).astype(dtype)
     check_fast_softmax(scores, None, dtype)
@@ -348,7 +356,7 @@ def test_fast_softmax_matches_reference(dtype, shape):
         (2, 1, 9, 1),  # per query, broadcast along keys
     ],
 )
-def test_fast_softmax_mask_layouts_match_reference(dtype, mask_shape):
+def test_fast_softmax_mask_layouts_match_reference(dtype, mask_shape, row_path):
     rng = np.random.default_rng(14)
     scores = (3.0 * rng.standard_normal((2, 4, 9, 9))).astype(dtype)
     mask = np.where(rng.random(mask_shape) < 0.3, np.finfo(dtype).min, 0.0).astype(dtype)
@@ -357,7 +365,7 @@ def test_fast_softmax_mask_layouts_match_reference(dtype, mask_shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fast_softmax_matches_reference_extreme(dtype):
+def test_fast_softmax_matches_reference_extreme(dtype, row_path):
     rng = np.random.default_rng(15)
     B, H, T = 3, 2, 8
     scores = rng.choice([-1e4, 1e4], size=(B, H, T, T)) * rng.random((B, H, T, T))  # ±1e4
@@ -420,7 +428,7 @@ def check_fast_layer_norm(x, gamma, beta, dy, dtype, atol):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5, 7), (4, 384), (9,)])
-def test_fast_layer_norm_matches_reference(dtype, shape):
+def test_fast_layer_norm_matches_reference(dtype, shape, row_path):
     rng = np.random.default_rng(17)
     x, gamma, beta, dy = layer_norm_case(rng, shape, dtype, offset=0.5, scale=2.0)
     # O(1) outputs built from d-term float64 sums: absolute rounding below 4 d eps.
@@ -428,7 +436,7 @@ def test_fast_layer_norm_matches_reference(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fast_layer_norm_matches_reference_large_offset(dtype):
+def test_fast_layer_norm_matches_reference_large_offset(dtype, row_path):
     rng = np.random.default_rng(18)
     offset, d = 1e4, 96
     x, gamma, beta, dy = layer_norm_case(rng, (6, d), dtype, offset=offset)
@@ -438,7 +446,7 @@ def test_fast_layer_norm_matches_reference_large_offset(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fast_add_layer_norm_matches_reference(dtype):
+def test_fast_add_layer_norm_matches_reference(dtype, row_path):
     rng = np.random.default_rng(19)
     x, gamma, beta, _ = layer_norm_case(rng, (3, 5, 8), dtype)
     residual = rng.standard_normal(x.shape).astype(dtype)
@@ -454,6 +462,24 @@ def test_fast_add_layer_norm_matches_reference(dtype):
     assert_same(got[0], y, rtol=0.0)
     assert_same(got[2], mean, rtol=0.0)
     assert_same(got[3], rstd, rtol=0.0)
+
+
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_fast_row_kernels_take_the_path_their_size_asks_for(monkeypatch, path):
+    """Small inputs run the serial loops, large ones the parallel loops (SERIAL_MAX_ELEMENTS)."""
+    ran = []
+    for name in ("_layer_norm_loop", "_layer_norm_loop_serial", "_softmax_loop_f32", "_softmax_loop_f32_serial"):
+        loop = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, _loop=loop, _name=name: (ran.append(_name), _loop(*a))[1])
+    n = 2 * fast.SERIAL_MAX_ELEMENTS // 384 if path == "parallel" else 3
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((n, 384)).astype(np.float32)
+    g, b = np.ones(384, np.float32), np.zeros(384, np.float32)
+    fast.layer_norm(x, g, b, LN_EPS)
+    fast.add_layer_norm(x, x, g, b, LN_EPS)
+    fast.softmax(x)
+    suffix = "_serial" if path == "serial" else ""
+    assert ran == ["_layer_norm_loop" + suffix] * 2 + ["_softmax_loop_f32" + suffix]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
