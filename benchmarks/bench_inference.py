@@ -4,7 +4,8 @@ One forward pass in evaluation mode (no dropout, no caches kept; torch under
 ``torch.inference_mode()``) on a random batch of ``--seq`` tokens without padding, from the
 packaged MiniLM in float32. Each side runs in its own child process with ``--threads``
 threads in every pool; printed are the median time of ``--repeat`` passes (after two
-warm-up passes), the time per sample and the npcosteff / torch ratio.
+warm-up passes), the time per sample and the npcosteff / torch ratio. The sides run in
+``--rounds`` rounds that alternate their order; each figure is the median over rounds.
 
 Also measured (``--compile``): the first use of the inference path in a fresh process,
 ``import npcosteff`` plus one forward pass and one early-exit pass of a tiny float32 model,
@@ -12,7 +13,7 @@ once with an empty ``NUMBA_CACHE_DIR`` (every kernel it needs compiles) and once
 cache that run filled, with the number of kernels each run compiled (warm: none;
 ``tests/test_numba_cache.py`` checks it).
 
-    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--sdpa] [--compile]
+    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--rounds 3] [--sdpa] [--compile]
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the sides")
     parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
     parser.add_argument("--compile", action="store_true", help="also measure the cold/warm first use of the kernels")
     parser.add_argument("--child", choices=SIDES + ("compile",), help=argparse.SUPPRESS)
@@ -114,10 +116,21 @@ def main():
     limit_threads(args.threads)
     print_header(__doc__, args.threads)
     sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
-    res = {s: run_child("benchmarks.bench_inference",
-                        ["--child", s, "--threads", args.threads, "--seq", args.seq, "--repeat", args.repeat,
-                         "--batches", *args.batches], args.threads) for s in sides}
-    print(f"\nsequence length {args.seq}, median of {args.repeat} passes (wall clock)")
+    # Rounds alternate the order of the sides, so that a change in the machine's speed during
+    # the run (a shared machine) falls on both; each side's figure is its median over rounds.
+    rounds = {s: [] for s in sides}
+    for r in range(args.rounds):
+        for s in (sides if r % 2 == 0 else sides[::-1]):
+            rounds[s].append(run_child("benchmarks.bench_inference",
+                                       ["--child", s, "--threads", args.threads, "--seq", args.seq,
+                                        "--repeat", args.repeat, "--batches", *args.batches], args.threads))
+        print(f"  round {r + 1}: " + "; ".join(
+            f"batch {b} " + " ".join(f"{s} {1e3 * rounds[s][-1][str(b)][0]:.1f} ms" for s in sides)
+            for b in args.batches), flush=True)
+    res = {s: {str(b): (float(np.median([x[str(b)][0] for x in rs])), float(np.median([x[str(b)][1] for x in rs])))
+               for b in args.batches} for s, rs in rounds.items()}
+    print(f"\nsequence length {args.seq}, median over {args.rounds} rounds of the median of {args.repeat} "
+          f"passes (wall clock)")
     print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>16s} {'ms/sample':>9s}" for s in sides) +
           " " + " ".join(f"{'npcosteff/' + s.split('-')[1]:>16s}" for s in sides[1:]))
     for b in args.batches:
