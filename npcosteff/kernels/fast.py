@@ -53,7 +53,7 @@ _jit_serial = dict(fastmath=False, cache=True)
 # residual, d = 384, 128 rows (one sample at inference) 0.201 / 0.034, 1,024 rows 0.366 / 0.257,
 # 4,096 rows 1.46 / 1.56; softmax over 128 keys, one sample's 12 heads 0.50 / 0.41, two
 # samples' 0.94 / 0.92, four 1.38 / 1.73. Results do not depend on the path: each row is
-# computed by the same code either way (tests/test_kernels_fast.py runs both).
+# computed by the same code either way (tests/test_kernels.py runs both).
 SERIAL_MAX_ELEMENTS = 1 << 19
 
 
@@ -149,20 +149,26 @@ def _exp_f32_range(t):
 
 
 @njit(fastmath=False, cache=True, inline="always")
-def _softmax_row_f32(s, m, r, e, probs):
-    """Row r of the float32 softmax into probs[r], with scratch row e (n,) float64; m (n,) is the
-    row's additive mask. Returns True when every masked score is -inf (no softmax)."""
-    n = s.shape[1]
+def _masked_row_max(s, m, r, e):
+    """e (n,) float64 <- s[r] + m, the row's masked scores; returns their maximum (NaN when
+    one of them is NaN, as NumPy's max; -inf when every key is masked out)."""
     row_max = -np.inf
     has_nan = False
-    for j in range(n):
+    for j in range(s.shape[1]):
         v = np.float64(s[r, j]) + m[j]
         e[j] = v
         if v > row_max:
             row_max = v
         has_nan |= v != v
-    if has_nan:
-        row_max = np.nan  # a NaN score makes the row NaN, as NumPy's max does
+    return np.nan if has_nan else row_max
+
+
+@njit(fastmath=False, cache=True, inline="always")
+def _softmax_row_f32(s, m, r, e, probs):
+    """Row r of the float32 softmax into probs[r], with scratch row e (n,) float64; m (n,) is the
+    row's additive mask. Returns True when every masked score is -inf (no softmax)."""
+    n = s.shape[1]
+    row_max = _masked_row_max(s, m, r, e)
     for j in range(n):
         e[j] = _exp_f32_range(e[j] - row_max)  # every exponent <= 0
     total = _row_sum(e)
@@ -207,19 +213,8 @@ def _softmax_loop(s, mask, rows_per_group, probs):
         e = np.empty(n, dtype=np.float64)  # scratch row: kept in float64 until the divide
         bits = np.empty((2, n), dtype=np.int64)  # scratch for _exp_shifted
         for r in range(blk * _SOFTMAX_BLOCK, min(n_rows, (blk + 1) * _SOFTMAX_BLOCK)):
-            m = mask[r // rows_per_group]  # (n,) this sample's additive mask
-            row_max = -np.inf
-            has_nan = False
-            for j in range(n):
-                v = np.float64(s[r, j]) + m[j]
-                e[j] = v
-                if v > row_max:
-                    row_max = v
-                has_nan |= v != v
-            if has_nan:
-                row_max = np.nan  # a NaN score makes the row NaN, as NumPy's max does
-            elif row_max == -np.inf:
-                n_empty += 1
+            row_max = _masked_row_max(s, mask[r // rows_per_group], r, e)
+            n_empty += row_max == -np.inf
             _exp_shifted(e, row_max, bits)  # e = exp(s + m - max), every exponent <= 0
             total = _row_sum(e)
             for j in range(n):
