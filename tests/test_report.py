@@ -87,3 +87,40 @@ def test_plot_results_draws_a_results_file(tmp_path):
     out = tmp_path / "sst2_tradeoff.png"
     plot_results.plot(res, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_regression_task_with_the_patience_rule():
+    # STS-B: one output per exit, early exit by patience (a regression exit has no class
+    # probabilities), the metric the mean of Pearson and Spearman, and a constant "majority"
+    # prediction (the training mean) that scores a correlation of 0.
+    rng = np.random.default_rng(1)
+    N = 200
+    y = rng.uniform(0, 5, N)
+    cfg_t = CostEffConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=24, max_position_embeddings=64, num_labels=1, exit_start=2)
+    cfg_s = CostEffConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=24, max_position_embeddings=64, heads_per_layer=[1, 1],
+                          num_labels=1, exit_start=1)
+    exact = y[:, None]
+    near = exact + 0.05 * rng.standard_normal((N, 1))            # within the 0.1 tolerance of exit 2
+    n_tokens = rng.integers(5, 30, N)
+    models = {
+        "teacher": dict(role="teacher", config=cfg_t, parameters=count_parameters(cfg_t)["total"],
+                        logits=exact[None], exit_layers=[2], n_tokens=n_tokens, num_layers=2),
+        "student": dict(role="student", config=cfg_s, parameters=count_parameters(cfg_s)["total"],
+                        logits=np.stack([near, exact]), exit_layers=[1, 2], n_tokens=n_tokens, num_layers=2),
+    }
+    maj, value = report.majority("stsb", y, y)
+    assert maj == 0.0 and abs(value - y.mean()) < 1e-12
+    res = report.build("stsb", models, y, target=0.965, floor=maj, thresholds=[1, 2], criterion="patience",
+                       majority_metric=maj)
+    assert res["metric"] == "combined" and res["teacher"] == 1.0
+    teacher, student = res["models"]
+    assert student["exits"][1] == 1.0 and 0.99 < student["exits"][0] < 1.0
+    # Patience 1 asks exit 1 to agree with an earlier exit: there is none, so with two exits
+    # nobody leaves early and the student costs its full depth at every threshold.
+    assert [c["threshold"] for c in student["curve"]] == [1.0, 2.0]
+    assert all(c["metric"] == 1.0 for c in student["curve"])
+    op = student["operating_point"]
+    assert op["criterion"] == "patience" and op["mean_exit_layer"] == 2.0 and op["metric"] == 1.0
+    assert "| student | student |" in report.markdown(res)
