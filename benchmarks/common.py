@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import npcosteff  # noqa: F401  (first: its thread-pool choices, npcosteff/threads.py, precede any pool's start)
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,6 +20,9 @@ Two settings make an idle pool sleep instead; :func:`configure` applies them whe
   ``workqueue`` supports no nested parallelism and no concurrent launches from several Python
   threads, which npcosteff never does; set ``NUMBA_THREADING_LAYER`` to choose another layer.
 
+Numba's layer is fixed once its threads start: a parallel loop or ``numba.set_num_threads``
+before ``import npcosteff`` starts the default (OpenMP) one, and npcosteff then warns.
+
 Results do not depend on either setting: the loops split their work the same way under any
 threading layer, and BLAS results do not depend on how long its threads wait.
 """
@@ -27,6 +30,7 @@ threading layer, and BLAS results do not depend on how long its threads wait.
 from __future__ import annotations
 
 import os
+import warnings
 
 __all__ = ["OPENBLAS_TIMEOUT", "NUMBA_LAYER", "configure"]
 
@@ -48,3 +52,22 @@ def configure() -> None:
             return
         if numba.config.THREADING_LAYER == "default":
             numba.config.THREADING_LAYER = NUMBA_LAYER
+        _warn_if_started_before(numba)
+
+
+def _warn_if_started_before(numba) -> None:
+    """Warn when Numba's threads already run under another layer: a parallel loop or
+    ``numba.set_num_threads`` before ``import npcosteff`` starts them, and the layer cannot
+    change afterwards. Measured on 2 cores (4 December 2026): one batch-1 forward pass of
+    MiniLM-L6 took 59-75 ms with OpenMP started that way, 42 ms with ``workqueue``."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                         # not started yet: the choice above applies
+        return
+    if layer != NUMBA_LAYER:
+        warnings.warn(
+            f"Numba's threads were started with the {layer!r} threading layer before npcosteff was imported "
+            f"(by a parallel loop or numba.set_num_threads); its idle threads spin on the cores that the matrix "
+            f"products need, which slows npcosteff's kernels. Import npcosteff first, or set "
+            f"NUMBA_THREADING_LAYER to choose a layer yourself (npcosteff/threads.py).",
+            RuntimeWarning, stacklevel=3)

@@ -68,3 +68,32 @@ def test_the_package_exports_every_public_name():
 
     missing = [name for name in npcosteff.__all__ if not hasattr(npcosteff, name)]
     assert missing == []
+
+
+def test_warns_when_numba_threads_started_before_import():
+    # numba.set_num_threads starts Numba's default (OpenMP) layer; npcosteff can no longer pick
+    # its own, so it says so instead of running slower in silence.
+    pytest.importorskip("numba")
+    code = ("import warnings, numba\nnumba.set_num_threads(1)\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import npcosteff\n"
+            "print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER",)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    messages = out.stdout.strip().splitlines()[-1]
+    assert "threading layer before npcosteff was imported" in messages, messages
+
+
+def test_no_warning_in_the_usual_order():
+    pytest.importorskip("numba")
+    code = ("import warnings\nwith warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import npcosteff, numba\n"
+            "numba.set_num_threads(1)\n"
+            "print(sum(issubclass(w.category, RuntimeWarning) for w in caught))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER",)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0"

@@ -44,7 +44,7 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None):
     """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
-    pre = x2 @ p["intermediate.dense.weight"].T                                  # (N, F)
+    pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
     act = kernels.bias_gelu(pre, p["intermediate.dense.bias"], ffn_mask)           # (N, F)
     out2, _ = linear_forward(act, p["output.dense.weight"], p["output.dense.bias"])  # (N, d)
