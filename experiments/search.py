@@ -14,6 +14,8 @@ Usage::
 
     python experiments/search.py --task mrpc --stage teacher --glue-dir PATH
     python experiments/search.py --task mrpc --stage ta --glue-dir PATH   # from the best teacher
+    python experiments/search.py --task stsb --stage exit --teacher runs/stsb/teacher/best \
+        --set ta_learning_rate=2e-4 --glue-dir PATH                        # the exits' learning rate
     python experiments/search.py --table                                  # docs/search.md
 """
 
@@ -47,7 +49,14 @@ TEACHER_GRID = {
 TA_GRID = {
     task: [dict(ta_learning_rate=lr, ta_epochs=2.0) for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
 }
-SEARCH_ONLY = ("max_train", "ta_epochs")     # settings of a trial that never go into a run
+# Exit heads: the exits' learning rate as a multiple of the TA's (recipe field
+# exit_lr_multiplier), TA trials at the chosen TA rate on `train_examples` of the training part
+# (to keep a trial near ten minutes), distilling from the teacher given with --teacher.
+EXIT_GRID = {
+    task: [dict(exit_lr_multiplier=m, ta_epochs=2.0, train_examples=2000) for m in (1.0, 10.0, 30.0)]
+    for task in TEACHER_GRID
+}
+SEARCH_ONLY = ("max_train", "ta_epochs", "train_examples")   # settings of a trial that never go into a run
 
 
 def holdout_split(encoded, seed=0, fraction=0.1, cap=2000):
@@ -78,15 +87,20 @@ def _trial_name(stage, overrides):
                                   for k, v in sorted(overrides.items()))
 
 
-def run_search(task, stage, glue_dir, preset=None):
+def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overrides=None):
     from npcosteff.pipeline import TaskData, finetune, load_task_data, train_ta
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
-    base = get_preset(preset or task)
-    grid = (TEACHER_GRID if stage == "teacher" else TA_GRID)[task]
+    base = get_preset(preset or task).replace(**(base_overrides or {}))
+    grid = {"teacher": TEACHER_GRID, "ta": TA_GRID, "exit": EXIT_GRID}[stage][task]
     finished = {r["trial"] for r in _done(task)}
     teacher = None
+    if stage == "exit":
+        if teacher_dir is None:
+            raise SystemExit("--stage exit needs --teacher (a fine-tuned teacher of this task)")
+        from npcosteff.model import CostEffModel
+        teacher = CostEffModel.from_pretrained(teacher_dir)
 
     def load_teacher():
         """The best teacher trial's model, loaded only when a TA trial is left to run."""
@@ -106,11 +120,13 @@ def run_search(task, stage, glue_dir, preset=None):
         if name in finished:
             print(f"[search] {task} {name}: done before, skipped", flush=True)
             continue
-        recipe = base.replace(**overrides)
+        recipe = base.replace(**{k: v for k, v in overrides.items() if k != "train_examples"})
         if stage == "ta" and teacher is None:
             teacher = load_teacher()
         data = load_task_data(task, glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
         train, held = holdout_split(data.train)
+        if "train_examples" in overrides:            # the first N of the training part (its order is seeded)
+            train = train.subset(np.arange(min(len(train), overrides["train_examples"])))
         data = dataclasses.replace(data, train=train, dev=held)
         folder = os.path.join(RUNS, task, name)
         clock = time.time()
@@ -122,7 +138,8 @@ def run_search(task, stage, glue_dir, preset=None):
             model, _ = train_ta(data, teacher, recipe.ta_arguments(progress=False), folder, recipe.model,
                                 recipe.ta_hidden_fraction, pooler=recipe.pooler, schedule=recipe.ta_schedule)
         scores = evaluate(model, held, task, recipe.eval_batch_size)
-        record = dict(task=task, stage=stage, trial=name, overrides=overrides, holdout=scores["average"],
+        record = dict(task=task, stage=stage, trial=name, overrides={**(base_overrides or {}), **overrides},
+                      holdout=scores["average"], teacher=teacher_dir if stage == "exit" else None,
                       holdout_exits={str(k): v[scores["main_metric"]] for k, v in scores["exits"].items()},
                       metric=scores["main_metric"], seconds=round(time.time() - clock, 1),
                       model_dir=os.path.join(folder, "best"), train_examples=len(train),
@@ -144,10 +161,14 @@ def table() -> str:
         if not path.endswith(".jsonl"):
             continue
         records = _done(path[:-len(".jsonl")])
-        for stage in ("teacher", "ta"):
+        for stage in ("teacher", "ta", "exit"):
             rs = [r for r in records if r["stage"] == stage]
             if not rs:
                 continue
+            if stage == "exit":
+                lines += [f"Exit-head trials of {rs[0]['task']} distill from {rs[0]['teacher']}, a teacher "
+                          f"fine-tuned on the whole training set, held-out part included: the held-out "
+                          f"scores compare the trials with one another, not with the other stages.", ""]
             best = max(rs, key=lambda r: r["holdout"])
             lines += [f"## {rs[0]['task']}: {stage}", "",
                       f"| trial | held-out {rs[0]['metric']} | per exit | minutes |", "|---|---|---|---|"]
@@ -161,9 +182,9 @@ def table() -> str:
 
 
 def best_settings(task) -> dict:
-    """The overrides of the best finished trial of each stage of `task` (teacher, then TA)."""
+    """The overrides of the best finished trial of each stage of `task` (teacher, TA, exit heads)."""
     chosen = {}
-    for stage in ("teacher", "ta"):
+    for stage in ("teacher", "ta", "exit"):
         rs = [r for r in _done(task) if r["stage"] == stage]
         if rs:
             chosen.update(max(rs, key=lambda r: r["holdout"])["overrides"])
@@ -181,7 +202,10 @@ def best_settings(task) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task")
-    p.add_argument("--stage", choices=("teacher", "ta"))
+    p.add_argument("--stage", choices=("teacher", "ta", "exit"))
+    p.add_argument("--teacher", help="--stage exit: the fine-tuned teacher the TA trials distill from")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="--stage exit: a recipe setting of every trial, e.g. the chosen ta_learning_rate")
     p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
     p.add_argument("--preset", help="the recipe the trials start from (default: the task's preset)")
     p.add_argument("--table", action="store_true", help="write docs/search.md from the finished trials")
@@ -199,7 +223,8 @@ def main(argv=None):
         return 0
     if not (a.task and a.stage):
         p.error("give --task and --stage (or --table)")
-    run_search(a.task, a.stage, a.glue_dir, a.preset)
+    from npcosteff.recipe import parse_override
+    run_search(a.task, a.stage, a.glue_dir, a.preset, a.teacher, dict(parse_override(t) for t in a.set))
     return 0
 
 

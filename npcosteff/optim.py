@@ -44,6 +44,13 @@ def _check_lr(lr) -> float:
     return lr
 
 
+def _check_scale(name: str, scale) -> float:
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0.0):
+        raise ValueError(f"the learning-rate scale of {name!r} must be a finite number > 0, got {scale}")
+    return scale
+
+
 class AdamW:
     """``torch.optim.AdamW`` on a dictionary of NumPy arrays, updated in place.
 
@@ -71,6 +78,9 @@ class AdamW:
         Names for which ``weight_decay`` is 0 (default :func:`no_decay`).
     names : list of str, optional
         The ordered parameter names the optimizer manages; default ``list(params)``.
+    lr_scale : callable name -> float, optional
+        A factor on the learning rate per parameter (default 1 for all), e.g. a larger rate
+        for the exits' classifiers than for the encoder they sit on.
 
     A parameter whose gradient is absent from the ``grads`` passed to :meth:`step` (or is
     ``None``) is skipped and its step count is not advanced, like a torch parameter whose
@@ -82,7 +92,7 @@ class AdamW:
 
     def __init__(self, params: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, no_decay: Callable[[str], bool] = no_decay,
-                 names: Optional[Iterable[str]] = None):
+                 names: Optional[Iterable[str]] = None, lr_scale: Optional[Callable[[str], float]] = None):
         self.lr = _check_lr(lr)
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -97,6 +107,7 @@ class AdamW:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
         self.no_decay = no_decay
+        self.lr_scale = lr_scale
         self.rebuild(params, names)
 
     # ------------------------------------------------------------------ state
@@ -119,6 +130,8 @@ class AdamW:
         self.params = params
         self.names = names
         self.decay = {name: 0.0 if self.no_decay(name) else self.weight_decay for name in names}
+        self.scale = {name: 1.0 if self.lr_scale is None else _check_scale(name, self.lr_scale(name))
+                      for name in names}                     # each parameter's lr = lr * scale
         self.step_count = {name: 0 for name in names}       # per parameter, as torch's state["step"]
         self.exp_avg = {name: np.zeros_like(params[name]) for name in names}      # m
         self.exp_avg_sq = {name: np.zeros_like(params[name]) for name in names}   # v
@@ -197,7 +210,8 @@ class AdamW:
             t = self.step_count[name]
             # The arithmetic, in torch's order, is npcosteff.kernels.reference.adamw_update; the
             # fast kernels do it in one compiled pass over p, g, m and v, with the same bits.
-            kernels.adamw_update(p, g, m, v, lr=lr, weight_decay=self.decay[name], beta1=beta1, beta2=beta2,
+            kernels.adamw_update(p, g, m, v, lr=lr * self.scale[name], weight_decay=self.decay[name],
+                                 beta1=beta1, beta2=beta2,
                                  eps=self.eps, step=t, work=self._work(p.dtype, p.shape))
         self.num_steps += 1
 

@@ -88,6 +88,7 @@ class Recipe:
     seed: int = 42
     eval_batch_size: int = 64
     weight_decay: float = 0.01               # AdamW; none on biases and LayerNorm
+    exit_lr_multiplier: float = 1.0          # the exits' learning rate over each stage's (TA, pruning, recovery)
     warmup_proportion: float = 0.1           # linear warmup, then linear decay
     max_grad_norm: float = 1.0
     temperature: float = 1.0                 # prediction distillation T
@@ -168,7 +169,7 @@ class Recipe:
         if self.max_length < 3:        # [CLS] A [SEP] B [SEP]: a pair needs room for three special tokens
             raise RecipeError(f"max_length must be >= 3, got {self.max_length}")
         for key in ("finetune_epochs", "ta_epochs", "prune_period", "recover_hidden_epochs",
-                    "recover_pred_epochs", "temperature"):
+                    "recover_pred_epochs", "temperature", "exit_lr_multiplier"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise RecipeError(f"{key} must be a number > 0, got {value}")
@@ -258,9 +259,10 @@ class Recipe:
         """TrainingArguments of stage 1 (the pipeline sets stage `hard`, final exit only)."""
         from .train import TrainingArguments
 
+        common = {**self._common(progress), "exit_lr_multiplier": 1.0}   # the teacher's one head: plain fine-tuning
         return TrainingArguments(task=self.task, stage="hard", final_only=True, epochs=self.finetune_epochs,
                                  max_steps=self.finetune_max_steps, batch_size=self.finetune_batch_size,
-                                 learning_rate=self.finetune_learning_rate, **self._common(progress))
+                                 learning_rate=self.finetune_learning_rate, **common)
 
     def ta_arguments(self, progress=True):
         """TrainingArguments of stage 2 (the pipeline splits them into `hidden` and `pred_ta`)."""
@@ -303,6 +305,7 @@ class Recipe:
 
     def _common(self, progress):
         return dict(eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
+                    exit_lr_multiplier=self.exit_lr_multiplier,
                     gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
                     warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
                     temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every,

@@ -45,6 +45,7 @@ class TrainingArguments:
     batch_size: int = 32
     eval_batch_size: int = 64
     learning_rate: float = 2e-5
+    exit_lr_multiplier: float = 1.0      # the exits' parameters (exits.*) learn at learning_rate times this
     weight_decay: float = 0.01
     warmup_proportion: float = 0.1
     warmup_steps: Optional[int] = None   # overrides warmup_proportion when set
@@ -72,6 +73,16 @@ class TrainingArguments:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not (math.isfinite(self.exit_lr_multiplier) and self.exit_lr_multiplier > 0):
+            raise ValueError(f"exit_lr_multiplier must be a number > 0, got {self.exit_lr_multiplier}")
+
+
+def exit_lr_scale(multiplier: float):
+    """The optimizer's per-parameter learning-rate factor: `multiplier` for the exits' parameters
+    (names under ``exits.``), 1 for the encoder; None when the multiplier is 1."""
+    if multiplier == 1.0:
+        return None
+    return lambda name: multiplier if name.startswith("exits.") else 1.0
 
 
 def loss_and_backward(model, batch, stage, teacher=None, *, dropout=None, training=True, temperature=1.0,
@@ -133,7 +144,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
         self.optimizer = AdamW(model.params, args.learning_rate, weight_decay=args.weight_decay,
-                               names=model.param_names)
+                               names=model.param_names, lr_scale=exit_lr_scale(args.exit_lr_multiplier))
         if args.warmup_steps is None:
             self.schedule = LinearSchedule.from_ratio(args.learning_rate, self.total_steps, args.warmup_proportion)
         else:

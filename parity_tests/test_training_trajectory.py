@@ -23,10 +23,16 @@ def _split(n, seed, vocab=97, max_length=12, num_labels=3):
 
 
 def _torch_optimizer(ref, args, total_steps):
-    decay = [p for n, p in ref.named_parameters() if not (n.endswith(".bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in ref.named_parameters() if n.endswith(".bias") or "LayerNorm" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
+    # Four groups: weight decay or not (biases, LayerNorm) x encoder or exits (the exits learn
+    # at learning_rate * exit_lr_multiplier).
+    groups = []
+    for exits in (False, True):
+        lr = args.learning_rate * (args.exit_lr_multiplier if exits else 1.0)
+        for decayed in (True, False):
+            params = [p for n, p in ref.named_parameters() if n.startswith("exits.") == exits
+                      and (not (n.endswith(".bias") or "LayerNorm" in n)) == decayed]
+            groups.append({"params": params, "lr": lr, "weight_decay": args.weight_decay if decayed else 0.0})
+    opt = torch.optim.AdamW(groups, lr=args.learning_rate)
     warmup = int(np.ceil(args.warmup_proportion * total_steps))
 
     def linear(step):   # transformers.get_linear_schedule_with_warmup
@@ -37,17 +43,18 @@ def _torch_optimizer(ref, args, total_steps):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear)
 
 
-@pytest.mark.parametrize("stage", ["hard", "pred_ta"])
-def test_twenty_steps_follow_the_same_trajectory(device, stage):
+@pytest.mark.parametrize("stage, exit_lr_multiplier", [("hard", 1.0), ("pred_ta", 1.0), ("pred_ta", 4.0)])
+def test_twenty_steps_follow_the_same_trajectory(device, stage, exit_lr_multiplier):
     # `hard`: plain fine-tuning of a one-exit model; `pred_ta`: the TA's multi-exit stage with
-    # gradient equilibrium and a fixed teacher.
+    # gradient equilibrium and a fixed teacher, also with the exits at 4x the encoder's rate.
     exit_start = 3 if stage == "hard" else 1
     model, ref = make_pair(odd_config(exit_start=exit_start), torch.float64, device, seed=21)
     teacher = t_ref = None
     if stage != "hard":
         teacher, t_ref = make_pair(odd_config(exit_start=3), torch.float64, device, seed=22)
     args = TrainingArguments(task="sst2", stage=stage, max_steps=20, batch_size=8, learning_rate=5e-3,
-                             warmup_proportion=0.1, max_grad_norm=1.0, final_only=True, progress=False, seed=5)
+                             warmup_proportion=0.1, max_grad_norm=1.0, final_only=True, progress=False, seed=5,
+                             exit_lr_multiplier=exit_lr_multiplier)
     trainer = Trainer(model, args, _split(48, seed=1), None, teacher=teacher)
     trainer.record_dropout = True
     opt, sched = _torch_optimizer(ref, args, trainer.total_steps)

@@ -431,6 +431,24 @@ def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
 
 
 # --------------------------------------------------------------------------- stage folders
+def test_stage_folder_written_before_a_setting_was_added_matches_its_default(tmp_path):
+    # A TA folder written before `exit_lr_multiplier` existed ran at the default (1): it is
+    # reused by a recipe that keeps the default and refused by one that changes it.
+    from npcosteff.presets import get_preset
+
+    recipe = get_preset("quick")
+    stage = StageFolder("train-ta", tmp_path / "ta", recipe, {"teacher": "/models/t"})
+    stage.begin()
+    path = tmp_path / "ta" / STAGE_FILE
+    old = json.loads(path.read_text())
+    del old["recipe"]["exit_lr_multiplier"]
+    path.write_text(json.dumps(old))
+    StageFolder("train-ta", tmp_path / "ta", recipe, {"teacher": "/models/t"}).begin()
+    changed = StageFolder("train-ta", tmp_path / "ta", recipe.replace(exit_lr_multiplier=10.0), {"teacher": "/models/t"})
+    with pytest.raises(UserError, match=r"exit_lr_multiplier: 1\.0 there, 10\.0 now"):
+        changed.begin()
+
+
 def test_stage_folder_records_settings_and_refuses_others(tmp_path):
     from npcosteff.presets import get_preset
 

@@ -239,6 +239,9 @@ def test_optimizer_errors():
         np.testing.assert_array_equal(params[n], before[n])
     assert opt.num_steps == 0
 
+    with pytest.raises(ValueError, match=r"learning-rate scale of 'embeddings.*must be a finite number > 0"):
+        AdamW(params, lr=1e-3, lr_scale=lambda name: 0.0)
+
     part = AdamW(params, lr=1e-3, names=["embeddings.LayerNorm.weight"])
     with pytest.raises(KeyError, match="optimizer's names"):
         part.step(grads)
@@ -287,3 +290,22 @@ def test_clip_grad_norm_values_and_errors():
     bad = {"a.weight": np.array([1.0, np.inf])}
     with pytest.raises(FloatingPointError, match="inf"):
         clip_grad_norm(bad, 1.0, error_if_nonfinite=True)
+
+
+def test_lr_scale_is_a_learning_rate_per_parameter():
+    # With lr_scale, each parameter moves exactly as under a plain AdamW at lr * its scale.
+    rng = np.random.default_rng(11)
+    params = make_params(rng)
+    grads = [{n: rng.standard_normal(s) for n, s in SHAPES.items()} for _ in range(3)]
+    scaled = copy.deepcopy(params)
+    opt = AdamW(scaled, lr=1e-2, lr_scale=lambda name: 3.0 if "LayerNorm" in name else 1.0)
+    plain = {k: copy.deepcopy(params) for k in (1.0, 3.0)}
+    opts = {k: AdamW(plain[k], lr=1e-2 * k) for k in plain}
+    for g in grads:
+        opt.step(g)
+        for o in opts.values():
+            o.step(g)
+    for n in SHAPES:
+        expected = plain[3.0 if "LayerNorm" in n else 1.0][n]
+        np.testing.assert_array_equal(scaled[n], expected)
+    assert any("LayerNorm" in n for n in SHAPES) and any("LayerNorm" not in n for n in SHAPES)

@@ -57,6 +57,17 @@ def test_recipe_rejects_an_unknown_pooler():
         Recipe(pooler="max")
 
 
+def test_exit_lr_multiplier_reaches_the_stages_that_train_exits():
+    r = Recipe(exit_lr_multiplier=10.0)
+    assert r.ta_arguments(False).exit_lr_multiplier == 10.0
+    assert r.slenderize_arguments(False).training.exit_lr_multiplier == 10.0
+    assert r.recover_arguments(False).training.exit_lr_multiplier == 10.0
+    assert r.finetune_arguments(False).exit_lr_multiplier == 1.0     # the teacher: plain fine-tuning
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(RecipeError, match="exit_lr_multiplier must be a number > 0"):
+            Recipe(exit_lr_multiplier=bad)
+
+
 def test_quick_preset_is_small():
     r = get_preset("quick")
     assert r.task == "sst2" and r.max_length <= 64

@@ -116,6 +116,8 @@ def test_bad_settings():
         _args(stage="distill")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         _args(batch_size=0)
+    with pytest.raises(ValueError, match="exit_lr_multiplier must be a number > 0"):
+        _args(exit_lr_multiplier=0.0)
     model = CostEffModel(_config(), dtype=np.float64)
     with pytest.raises(ValueError, match="distills from a teacher"):
         Trainer(model, _args(stage="pred"), _split(), None)

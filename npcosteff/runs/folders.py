@@ -196,20 +196,26 @@ def dtype_of(recipe: Recipe):
 _DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "seed")
 _TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every",
                "gradient_equilibrium", "regression_distill")
+_EXIT_KEYS = ("exit_lr_multiplier",)       # stages that train exits (not the teacher's fine-tuning)
 STAGE_KEYS = {
     "finetune": _DATA_KEYS + _TRAIN_KEYS + ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
                                             "finetune_max_steps", "teacher_pooler"),
-    "train-ta": _DATA_KEYS + _TRAIN_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size", "ta_max_steps",
-                                            "ta_hidden_fraction", "ta_schedule", "pooler"),
-    "slenderize": _DATA_KEYS + _TRAIN_KEYS + ("heads", "ffn", "rank", "prune_period", "repr_proportion",
-                                              "prune_learning_rate", "lr_restore", "prune_batch_size",
-                                              "importance_examples", "last_exit_only", "prune_timing",
-                                              "min_warmup_steps", "importance_hidden_loss", "last_exit_hard"),
-    "recover": _DATA_KEYS + _TRAIN_KEYS + ("recover_hidden_epochs", "recover_pred_epochs",
-                                           "recover_hidden_learning_rate", "recover_pred_learning_rate",
-                                           "recover_batch_size", "recover_hidden_max_steps",
-                                           "recover_pred_max_steps"),
+    "train-ta": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size",
+                                                         "ta_max_steps", "ta_hidden_fraction", "ta_schedule",
+                                                         "pooler"),
+    "slenderize": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("heads", "ffn", "rank", "prune_period",
+                                                           "repr_proportion", "prune_learning_rate", "lr_restore",
+                                                           "prune_batch_size", "importance_examples",
+                                                           "last_exit_only", "prune_timing", "min_warmup_steps",
+                                                           "importance_hidden_loss", "last_exit_hard"),
+    "recover": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("recover_hidden_epochs", "recover_pred_epochs",
+                                                        "recover_hidden_learning_rate", "recover_pred_learning_rate",
+                                                        "recover_batch_size", "recover_hidden_max_steps",
+                                                        "recover_pred_max_steps"),
 }
+# Settings added after a run folder was written: a stage that did not record one ran with its
+# default, so it matches a recipe that keeps the default.
+_ADDED_KEYS = {"exit_lr_multiplier": 1.0}
 
 
 class StageFolder:
@@ -230,6 +236,10 @@ class StageFolder:
         return os.path.relpath(path, os.path.abspath(self.folder)) if path.startswith(run + os.sep) else path
 
     def _compare(self, recorded, what):
+        recipe = recorded.get("recipe")
+        if isinstance(recipe, dict):          # fill in settings added since, at their defaults
+            recorded = {**recorded, "recipe": {**{k: v for k, v in _ADDED_KEYS.items()
+                                                  if k in self.settings["recipe"]}, **recipe}}
         if recorded == self.settings:
             return
         diffs = []
