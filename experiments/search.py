@@ -53,7 +53,7 @@ TA_GRID = {
 # exit_lr_multiplier), TA trials at the chosen TA rate on `train_examples` of the training part
 # (to keep a trial near ten minutes), distilling from the teacher given with --teacher.
 EXIT_GRID = {
-    task: [dict(exit_lr_multiplier=m, ta_epochs=2.0, train_examples=2000) for m in (1.0, 10.0, 30.0)]
+    task: [dict(exit_lr_multiplier=m, ta_epochs=2.0, train_examples=2000) for m in (1.0, 10.0, 30.0, 100.0)]
     for task in TEACHER_GRID
 }
 SEARCH_ONLY = ("max_train", "ta_epochs", "train_examples")   # settings of a trial that never go into a run
@@ -165,12 +165,15 @@ def table() -> str:
             rs = [r for r in records if r["stage"] == stage]
             if not rs:
                 continue
+            best = max(rs, key=lambda r: r["holdout"])
+            lines += [f"## {rs[0]['task']}: {stage}", ""]
             if stage == "exit":
-                lines += [f"Exit-head trials of {rs[0]['task']} distill from {rs[0]['teacher']}, a teacher "
+                lines += [f"TA trials with the exits' learning rate at a multiple of the TA's "
+                          f"(`exit_lr_multiplier`), on the first {rs[0]['overrides'].get('train_examples', 'all')} "
+                          f"examples of the training part. They distill from {rs[0]['teacher']}, a teacher "
                           f"fine-tuned on the whole training set, held-out part included: the held-out "
                           f"scores compare the trials with one another, not with the other stages.", ""]
-            best = max(rs, key=lambda r: r["holdout"])
-            lines += [f"## {rs[0]['task']}: {stage}", "",
+            lines += [
                       f"| trial | held-out {rs[0]['metric']} | per exit | minutes |", "|---|---|---|---|"]
             for r in rs:
                 mark = " **(chosen)**" if r is best else ""
