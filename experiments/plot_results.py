@@ -1,7 +1,7 @@
 """The trade-off of a reproduction task as a picture: dev score against FLOPs, every model.
 
 Reads ``results/<task>.json`` (written by ``experiments/report.py``) and draws, per model,
-its early-exit sweep (``curve``: dev score at each entropy threshold against FLOPs on inputs
+its early-exit sweep (``curve``: dev score at each threshold (entropy, or patience for regression) against FLOPs on inputs
 padded to 128 tokens, as a fraction of the teacher's), its cross-fitted operating point as
 a filled marker, the teacher at (1, its score), and the majority class and the 96.5%-of-
 the-teacher target as horizontal lines. The x axis is logarithmic, so 1/19 of the FLOPs
@@ -49,7 +49,9 @@ def plot(results: dict, out: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs per dev example, inputs padded to 128 tokens (fraction of the teacher's)")
     ax.set_ylabel(f"dev {results['metric']} (%)")
-    ax.set_title(f"{results['task']}: sweeps over entropy thresholds; dots: cross-fitted operating points")
+    criteria = {m["operating_point"].get("criterion") for m in results["models"]} - {None}
+    criterion = criteria.pop() if len(criteria) == 1 else "entropy"   # regression tasks: patience
+    ax.set_title(f"{results['task']}: sweeps over {criterion} thresholds; dots: cross-fitted operating points")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
