@@ -70,6 +70,14 @@ def test_the_package_exports_every_public_name():
     assert missing == []
 
 
+def _last_line(code):
+    """The last line `code` prints in a fresh interpreter, Numba's threading layer left to npcosteff."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_warns_when_numba_threads_started_before_import():
     # numba.set_num_threads starts Numba's default (OpenMP) layer; npcosteff can no longer pick
     # its own, so it says so instead of running slower in silence.
@@ -79,10 +87,7 @@ def test_warns_when_numba_threads_started_before_import():
             "    warnings.simplefilter('always')\n"
             "    import npcosteff\n"
             "print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER",)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    messages = out.stdout.strip().splitlines()[-1]
+    messages = _last_line(code)
     assert "threading layer before npcosteff was imported" in messages, messages
 
 
@@ -93,7 +98,4 @@ def test_no_warning_in_the_usual_order():
             "    import npcosteff, numba\n"
             "numba.set_num_threads(1)\n"
             "print(sum(issubclass(w.category, RuntimeWarning) for w in caught))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER",)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "0"
+    assert _last_line(code) == "0"

@@ -213,9 +213,9 @@ STAGE_KEYS = {
                                                         "recover_batch_size", "recover_hidden_max_steps",
                                                         "recover_pred_max_steps"),
 }
-# Settings added after a run folder was written: a stage that did not record one ran with its
-# default, so it matches a recipe that keeps the default.
-_ADDED_KEYS = {"exit_lr_multiplier": 1.0}
+# Settings added after a run folder was written: a stage that did not record one ran with the
+# Recipe's default, so it matches a recipe that keeps the default.
+_ADDED_KEYS = {key: getattr(Recipe, key) for key in ("exit_lr_multiplier",)}
 
 
 class StageFolder:
