@@ -10,8 +10,8 @@ kind                   npcosteff (functions timed)                  PyTorch (pro
 dense products         ``nn.linear.linear_forward`` (Q, K, V, the    ``aten::addmm``, ``aten::mm``
                        attention output, the FFN's two, the exits)
 attention products     ``kernels.batched_matmul`` (Q K^T, P V)       ``aten::bmm``
-softmax                ``kernels.softmax``                           ``aten::_softmax``
-GELU                   ``kernels.bias_gelu`` (with the bias add)      ``aten::gelu``
+softmax                ``kernels.softmax(_inference)``               ``aten::_softmax``
+GELU                   ``kernels.bias_gelu(_inference)``, with bias  ``aten::gelu``
 LayerNorm              ``kernels.add_layer_norm``, ``layer_norm``    ``aten::native_layer_norm``
 everything else        the rest of the pass                          the rest of the pass
 =====================  ===========================================  ================================
@@ -67,7 +67,8 @@ def npcosteff_profile(batch: int, seq: int, repeat: int) -> dict:
     for module in (attention, ffn, exits):          # each imported linear_forward by name
         module.linear_forward = clocked(module.linear_forward, "dense products")
     for name, kind in (("batched_matmul", "attention products"), ("softmax", "softmax"),
-                       ("bias_gelu", "GELU"), ("add_layer_norm", "LayerNorm"), ("layer_norm", "LayerNorm")):
+                       ("softmax_inference", "softmax"), ("bias_gelu", "GELU"), ("bias_gelu_inference", "GELU"),
+                       ("add_layer_norm", "LayerNorm"), ("layer_norm", "LayerNorm")):
         setattr(kernels, name, clocked(getattr(kernels, name), kind))
 
     model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)

@@ -93,7 +93,7 @@ def early_exit_forward(model, input_ids, attention_mask=None, token_type_ids=Non
     prev_pred = None                                                         # patience bookkeeping
     streak = np.zeros(B, np.int64)
     for i in range(c.num_hidden_layers):
-        h, _, _ = model.run_layer(i, h, additive)                            # (b, t, d)
+        h, _, _ = model.run_layer(i, h, additive, inference=True)            # (b, t, d)
         layer = i + 1
         if layer not in exits:
             continue

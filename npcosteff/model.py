@@ -275,8 +275,11 @@ class CostEffModel:
         h, word_cache, emb_cache = self.embed(input_ids, token_type_ids, inputs_embeds, drop)   # (B, T, d)
         hidden_states, logits, attentions, layer_caches, exit_caches = [h], [], [], [], {}
         exit_layers = []
+        # Without a cache nothing will backpropagate: the layers take the inference kernels.
+        inference = not training and not return_cache
         for i in range(L):
-            h, probs, layer_cache = self.run_layer(i, h, additive_mask, head_masks[i], ffn_masks[i], drop)
+            h, probs, layer_cache = self.run_layer(i, h, additive_mask, head_masks[i], ffn_masks[i], drop,
+                                                   inference=inference)
             hidden_states.append(h)
             if output_attentions:
                 attentions.append(probs)
@@ -316,8 +319,13 @@ class CostEffModel:
                                           drop("embeddings", (B, T, d)))
         return h, word_cache, emb_cache
 
-    def run_layer(self, i, h, additive_mask, head_mask=None, ffn_mask=None, drop=_no_dropout):
-        """Layer i (0-based): h (B, T, d) -> (h' (B, T, d), attention probs (B, H_i, T, T), cache)."""
+    def run_layer(self, i, h, additive_mask, head_mask=None, ffn_mask=None, drop=_no_dropout, inference=False):
+        """Layer i (0-based): h (B, T, d) -> (h' (B, T, d), attention probs (B, H_i, T, T), cache).
+
+        ``inference=True``: no backward will follow; GELU and the softmax take the inference
+        kernels (float32 arithmetic for float32 models, npcosteff/kernels/inference.py) and
+        the cache is None.
+        """
         c = self.config
         B, T, d = h.shape
         H = c.heads_per_layer[i]
@@ -325,10 +333,11 @@ class CostEffModel:
             h, Prefixed(self.params, f"encoder.layer.{i}.attention."), H, c.attention_head_size,
             additive_mask, c.layer_norm_eps, head_mask=head_mask,
             probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
-            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)))
+            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)), inference=inference)
         h, f_cache = ffn_forward(a, Prefixed(self.params, f"encoder.layer.{i}."), c.layer_norm_eps,
-                                 ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)))
-        return h, probs, LayerCache(a_cache, f_cache)
+                                 ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)),
+                                 inference=inference)
+        return h, probs, None if inference else LayerCache(a_cache, f_cache)
 
     def run_exit(self, i, h, attention_mask, drop=_no_dropout):
         """The exit after layer i (0-based): h (B, T, d) -> logits (B, C), cache."""

@@ -6,7 +6,8 @@ heads' batched matrix products and the AdamW update. Two implementations share o
 
 * :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition (the teaching path);
 * ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, fused steps in
-  :mod:`~npcosteff.kernels.fused`) and the heads' products split over threads
+  :mod:`~npcosteff.kernels.fused`, float32 GELU and softmax for the inference path in
+  :mod:`~npcosteff.kernels.inference`) and the heads' products split over threads
   (:mod:`~npcosteff.kernels.batched`), each tested against its reference twin.
 
 Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
@@ -82,6 +83,8 @@ add_layer_norm = _dispatch("add_layer_norm")
 dropout_mask = _dispatch("dropout_mask")
 bias_gelu = _dispatch("bias_gelu")
 bias_gelu_backward = _dispatch("bias_gelu_backward")
+bias_gelu_inference = _dispatch("bias_gelu_inference")
+softmax_inference = _dispatch("softmax_inference")
 attention_weights = _dispatch("attention_weights")
 attention_probs_backward = _dispatch("attention_probs_backward")
 scatter_add_rows = _dispatch("scatter_add_rows")

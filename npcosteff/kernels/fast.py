@@ -491,3 +491,7 @@ def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray
     u = rng.random(shape, dtype=dtype)  # (shape) uniform [0, 1), overwritten by the mask
     _dropout_loop(u.reshape(-1), dtype.type(p), dtype.type(1.0 / (1.0 - p)))
     return u
+
+
+# The inference path's float32 GELU and softmax (they use the loops above for float64 data).
+from .inference import bias_gelu_inference, softmax_inference  # noqa: E402,F401

@@ -37,12 +37,14 @@ __all__ = [
     "gelu_backward",
     "softmax",
     "softmax_backward",
+    "softmax_inference",
     "layer_norm",
     "layer_norm_backward",
     "add_layer_norm",
     "dropout_mask",
     "bias_gelu",
     "bias_gelu_backward",
+    "bias_gelu_inference",
     "attention_weights",
     "attention_probs_backward",
     "scatter_add_rows",
@@ -280,6 +282,21 @@ def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
         if ffn_mask is not None:
             act_out *= mask
     return dact
+
+
+def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
+    """:func:`bias_gelu` on the inference path (a forward pass that keeps no cache).
+
+    The plain twin of the float32 kernel in :mod:`npcosteff.kernels.inference` is the exact
+    computation itself: ``pre += bias``, ``act = gelu(pre) * ffn_mask``.
+    """
+    return bias_gelu(pre, bias, ffn_mask, out)
+
+
+def softmax_inference(scores, additive_mask=None):
+    """:func:`softmax` on the inference path (a forward pass that keeps no cache); the plain
+    twin of the float32 kernel in :mod:`npcosteff.kernels.inference` is the exact softmax."""
+    return softmax(scores, additive_mask)
 
 
 def attention_weights(probs, probs_dropout=None, head_mask=None):

@@ -78,10 +78,13 @@ def merge_heads(x):
 
 
 def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
-                      head_mask=None, probs_dropout=None, output_dropout=None):
+                      head_mask=None, probs_dropout=None, output_dropout=None, inference=False):
     """x (B, T, d), additive_mask (B, 1, 1, T) -> (out (B, T, d), probs (B, H, T, T), AttentionCache).
 
     head_mask (H,) multiplies each head's probabilities after dropout, as in Hugging Face.
+    With ``inference=True`` nothing will backpropagate through the call: the softmax is the
+    inference kernel (float32 arithmetic for float32 data, npcosteff/kernels/inference.py)
+    and the cache is None.
     """
     B, T, d = x.shape
     H = num_heads
@@ -93,7 +96,8 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     q, k, v = (split_heads(a, B, T, H) for a in (q2, k2, v2))          # (B, H, T, d_h) views
 
     scores = kernels.batched_matmul(q, k.transpose(0, 1, 3, 2))        # (B, H, T, T)
-    probs = kernels.softmax(scores, additive_mask)                     # (B, H, T, T)
+    softmax = kernels.softmax_inference if inference else kernels.softmax
+    probs = softmax(scores, additive_mask)                             # (B, H, T, T)
     del scores
     weights = kernels.attention_weights(probs, probs_dropout, head_mask)   # (B, H, T, T)
     context = kernels.batched_matmul(weights, v)                       # (B, H, T, d_h)
@@ -104,8 +108,8 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
         out2 *= output_dropout.reshape(B * T, d)
     y, s2, mean, rstd = kernels.add_layer_norm(out2, x2, p["output.LayerNorm.weight"],
                                                p["output.LayerNorm.bias"], eps)   # s2 = out2 + x2
-    cache = AttentionCache(x2, q, k, v, probs, weights, o_cache, s2, mean, rstd,
-                           head_mask, probs_dropout, output_dropout, scale)
+    cache = None if inference else AttentionCache(x2, q, k, v, probs, weights, o_cache, s2, mean, rstd,
+                                                  head_mask, probs_dropout, output_dropout, scale)
     return y.reshape(B, T, d), probs, cache
 
 

@@ -35,24 +35,30 @@ class FFNCache(NamedTuple):
     shape: tuple                          # (B, T, d)
 
 
-def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None):
+def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=False):
     """x (B, T, d) -> (y (B, T, d), FFNCache).
 
     The cache keeps the GELU input ``pre`` but not its output ``act``: the backward pass
     recomputes ``act`` in the same loop that takes GELU's derivative, which costs less than
     holding (B*T, F) activations per layer from the forward to the backward pass.
+    With ``inference=True`` nothing will backpropagate through the call: GELU is the
+    inference kernel (float32 arithmetic for float32 data, npcosteff/kernels/inference.py)
+    and the cache is None.
     """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
-    act = kernels.bias_gelu(pre, p["intermediate.dense.bias"], ffn_mask)           # (N, F)
+    bias_gelu = kernels.bias_gelu_inference if inference else kernels.bias_gelu
+    act = bias_gelu(pre, p["intermediate.dense.bias"], ffn_mask)                  # (N, F)
     out2, _ = linear_forward(act, p["output.dense.weight"], p["output.dense.bias"])  # (N, d)
     del act
     if output_dropout is not None:
         out2 *= output_dropout.reshape(B * T, d)
     y, s2, mean, rstd = kernels.add_layer_norm(out2, x2, p["output.LayerNorm.weight"],
                                                p["output.LayerNorm.bias"], eps)   # s2 = out2 + x2
+    if inference:
+        return y.reshape(B, T, d), None
     return y.reshape(B, T, d), FFNCache(x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
 
 

@@ -1,0 +1,273 @@
+"""Float32 GELU and softmax for the inference path (Numba), in float32 arithmetic.
+
+The training kernels (:mod:`.fast`, :mod:`.fused`) compute every GELU and softmax value in
+float64 and round it once, so that they give the reference's results to the last bit. That
+costs: float64 runs half as many values per vector instruction, and an erfc accurate to
+float64 needs long polynomials. At inference (batch 1, 128 tokens, MiniLM-L6, 2 cores) GELU
+and the softmax took 10.5 ms of a 45.8 ms pass, against 1.8 ms of PyTorch's; with these
+kernels 4.9 ms of 28.9 ms, against 1.4 ms (benchmarks/README.md).
+
+The kernels here serve a forward pass that keeps no cache (nothing backpropagates through
+it): :meth:`npcosteff.model.CostEffModel.forward` without ``return_cache`` and
+:func:`npcosteff.early_exit.early_exit_forward`. For float32 data they evaluate the
+expensive part, the polynomials, in float32, and keep float64 only for the two steps whose
+float32 rounding the exponential would amplify: forming x^2 / 2 (GELU) and s - max (softmax),
+and reducing them to the polynomial's range. Their error, measured against the float64
+reference (tests/test_kernels_inference.py, several million values):
+
+* GELU: at most :data:`GELU_MAX_ULP` float32 ulps of the correctly rounded result where that
+  result is a normal float32 (|y| >= 1.2e-38, x > -13.2); below, in the subnormal range, the
+  result is 0 for x < -14, where the true value is at most 1.1e-43 in magnitude;
+* softmax: at most :data:`SOFTMAX_MAX_ULP` ulps for every probability of at least 1e-30,
+  and an absolute error below 1e-37 for smaller ones.
+
+float64 data goes to the exact kernels, so float64 models (and the parity tests at 1e-10)
+are untouched. Each function has the plain twin of the same name in
+:mod:`npcosteff.kernels.reference` (the exact NumPy computation), against which it is
+tested.
+
+The formulas, with E(r) ~ exp(r) for |r| <= 0.4 (degree 6) and 2^k built from exponent bits:
+
+* exp(d) for d <= 0 (softmax): k = round(d / ln 2), r = d - k ln 2 (float64), exp(d) = 2^k E(r);
+* GELU: gelu(x) = x Phi(x), Phi(x) = erfc(a) / 2 for x < 0 and 1 - erfc(a) / 2 otherwise,
+  with a = |x| / sqrt 2 and erfc(a) = exp(-a^2) erfcx(a); erfcx(a) = t Q(t), t = 1 / (1 + 0.4 a),
+  Q of degree 10 (as in :mod:`.fused`, fitted for float32 accuracy on 0 <= a <= 14 / sqrt 2),
+  and exp(-a^2) from a^2 = x^2 / 2 formed exactly in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import fast as _fast
+from . import fused as _fused
+from .checks import _check_bias_gelu, _check_softmax_inputs, _EMPTY_ROW_MESSAGE
+from .rows import _row_sum
+
+__all__ = ["bias_gelu_inference", "softmax_inference", "fit_coefficients", "GELU_MAX_ULP", "SOFTMAX_MAX_ULP"]
+
+# Error bounds in float32 ulps of the correctly rounded result, from the error analysis of each
+# kernel (tests/test_kernels_inference.py checks them on millions of values; measured maxima on
+# 4 December 2026: GELU 7, softmax 2). GELU: Q's fit 0.05 ulp; Q's argument u = t * 2.5 - 1.5,
+# rounded in float32, carries up to ~3 ulps into Q through its slope; Q's float32 Horner
+# evaluation ~1.5; E(r) ~0.5; the products and the division ~2.5. Softmax: E(r) and its
+# scaling ~1, the sum (float64, rounded once) and the division ~1.
+GELU_MAX_ULP = 8
+SOFTMAX_MAX_ULP = 4
+
+_LOG2E = 1.4426950408889634                    # 1 / ln 2
+_LN2 = 0.6931471805599453
+_X_MAX = 14.0                                  # GELU: below -14 the result is 0 (|gelu| <= 1.1e-43)
+_A_MAX = _X_MAX / math.sqrt(2.0)
+_ERFCX_C = 0.4                                 # t = 1 / (1 + _ERFCX_C * a)
+_T_LO = 1.0 / (1.0 + _ERFCX_C * _A_MAX)        # t at a = _A_MAX
+_T_SCALE = 2.0 / (1.0 - _T_LO)                 # t in [_T_LO, 1] -> u in [-1, 1]
+_EXP_R = 0.4                                   # E(r) is fitted on |r| <= _EXP_R (|r| <= ln2 / 2 is used)
+_SOFTMAX_MIN = -87.0                           # exp(d) for d below this (under float32's normal range) is taken as 0
+
+# Coefficients, lowest degree first, from fit_coefficients() (float32 on use).
+_EXP_POLY = (0.9999999998725072, 1.0000000892706074, 0.5000000254922256, 0.1666622052591704,
+             0.041665870366007295, 0.008389047884137473, 0.0013968452674200343)
+_ERFCX_POLY = (0.4944664278570124, 0.32236143259880456, 0.14370056782639662, 0.038667681254748336,
+               0.002789655548065522, -0.0017563505403212973, -0.00035985788594759387, 0.00011219718149861824,
+               2.8261491638476643e-05, -8.429649730600353e-06, -1.5865974597915057e-06)
+_EXP_POLY_F32 = tuple(np.float32(c) for c in _EXP_POLY)
+_ERFCX_POLY_F32 = tuple(np.float32(c) for c in _ERFCX_POLY)
+
+# float32 constants, so that the arithmetic around them stays in float32
+_ONE, _HALF, _ZERO = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+_X_MAX_F32 = np.float32(_X_MAX)
+_SQRT_HALF_F32 = np.float32(1.0 / math.sqrt(2.0))
+_ERFCX_C_F32 = np.float32(_ERFCX_C)
+_U_SCALE, _U_SHIFT = np.float32(_T_SCALE), np.float32(_T_SCALE * _T_LO + 1.0)   # u = t _U_SCALE - _U_SHIFT
+
+# exp(-a^2) reaches 2^-142 before x = -14: its 2^k is built as 2^(k + 64), which is a normal
+# float32, and the product is multiplied by 2^-64 last, so that results in the subnormal range
+# are rounded once.
+_GELU_EXP_BIAS = 64
+_GELU_UNBIAS = np.float32(2.0 ** -_GELU_EXP_BIAS)
+
+# Up to this many elements the loops run in the calling thread (one sample at inference is
+# 196,608 GELU values and as many attention probabilities for MiniLM at 128 tokens): on 2 cores
+# the parallel loops were no faster there (4 December 2026, bench_profile, batch 1).
+SERIAL_MAX_ELEMENTS = _fast.SERIAL_MAX_ELEMENTS
+
+_GELU_BLOCK = 16      # rows per parallel task (one scratch row each)
+_SOFTMAX_BLOCK = 64
+
+
+def fit_coefficients(exp_degree=6, erfcx_degree=10, nodes=4000):
+    """Recompute ``_EXP_POLY`` and ``_ERFCX_POLY`` (needs SciPy): least-squares Chebyshev fits
+    at ``nodes`` Chebyshev nodes, converted to the power basis (of r for E, of u for Q)."""
+    from numpy.polynomial import chebyshev
+    from scipy.special import erfcx
+
+    u = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)            # (nodes,) in (-1, 1)
+    e = chebyshev.cheb2poly(chebyshev.chebfit(u, np.exp(_EXP_R * u), exp_degree))
+    e = [c / _EXP_R ** k for k, c in enumerate(e)]                  # u = r / _EXP_R
+    t = _T_LO + (1.0 - _T_LO) * (u + 1.0) / 2.0
+    a = (1.0 / t - 1.0) / _ERFCX_C
+    q = chebyshev.cheb2poly(chebyshev.chebfit(u, erfcx(a) / t, erfcx_degree))
+    return tuple(float(c) for c in e), tuple(float(c) for c in q)
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _horner32(c, u):
+    """sum_k c[k] u^k in float32 (c a tuple of float32)."""
+    p = c[len(c) - 1]
+    for k in range(len(c) - 2, -1, -1):
+        p = p * u + c[k]
+    return p
+
+
+@njit(fastmath=False, error_model="numpy", cache=True, inline="always")
+def _reduce(d, bias):
+    """For float64 d: (r, bits) with d = k ln 2 + r, |r| <= ln 2 / 2, as float32 r and the
+    int32 bits of the float32 2^(k + bias) (k + bias in [-126, 127] for the d that occur here)."""
+    k = np.floor(d * _LOG2E + 0.5)                             # float64, a whole number
+    r = np.float32(d - k * _LN2)
+    return r, np.int32((np.int32(k) + (127 + bias)) << 23)
+
+
+# ---------------------------------------------------------------------------- GELU
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _gelu_row_f32(pre, bias, mask, act, r, bits):
+    """Row r: pre[r] += bias, act[r] = gelu(pre[r]) * mask; bits (n,) int32 scratch."""
+    n = pre.shape[1]
+    scale = bits.view(np.float32)                              # the same memory read as float32
+    for j in range(n):                                         # everything but the 2^k of exp(-a^2)
+        p = pre[r, j] + bias[j]                                # float32 add, as `pre += bias`
+        pre[r, j] = p
+        x = abs(p)
+        x = x if x <= _X_MAX_F32 else _X_MAX_F32               # NaN goes to the clamp; p still carries it
+        a = x * _SQRT_HALF_F32
+        t = _ONE / (_ONE + _ERFCX_C_F32 * a)
+        u = t * _U_SCALE - _U_SHIFT                            # |u| <= 1
+        xd = np.float64(x)
+        rr, b = _reduce(-0.5 * xd * xd, _GELU_EXP_BIAS)        # exp(-a^2) = 2^k E(rr); x^2 exact in float64
+        act[r, j] = _HALF * t * _horner32(_ERFCX_POLY_F32, u) * _horner32(_EXP_POLY_F32, rr)
+        bits[j] = b
+    for j in range(n):
+        p = pre[r, j]
+        v = act[r, j] * scale[j]                               # erfc(a) / 2 * 2^64, a normal float32
+        # x < 0: x Phi(x) = (x v) 2^-64, scaled last so that a tiny result is rounded once;
+        # x >= 0: x (1 - erfc(a) / 2).
+        y = (p * v) * _GELU_UNBIAS if p < _ZERO else p * (_ONE - v * _GELU_UNBIAS)
+        y = _ZERO * p if p < -_X_MAX_F32 else y                # -0.0 (and NaN for -inf, as the reference)
+        act[r, j] = y * mask[j]
+
+
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
+def _bias_gelu_loop(pre, bias, mask, act):     # pre, act (N, F) float32; bias, mask (F,)
+    n_rows, n = pre.shape
+    for blk in prange((n_rows + _GELU_BLOCK - 1) // _GELU_BLOCK):
+        bits = np.empty(n, dtype=np.int32)
+        for r in range(blk * _GELU_BLOCK, min(n_rows, (blk + 1) * _GELU_BLOCK)):
+            _gelu_row_f32(pre, bias, mask, act, r, bits)
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _bias_gelu_loop_serial(pre, bias, mask, act):
+    bits = np.empty(pre.shape[1], dtype=np.int32)
+    for r in range(pre.shape[0]):
+        _gelu_row_f32(pre, bias, mask, act, r, bits)
+
+
+def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
+    """:func:`npcosteff.kernels.bias_gelu` for the inference path: ``pre += bias`` (in place)
+    and ``act = gelu(pre) * ffn_mask``, GELU within :data:`GELU_MAX_ULP` ulps for float32 data
+    (module docstring); float64 data gets the exact kernel.
+
+    pre (N, F) C-contiguous, bias (F,), ffn_mask (F,) or None. Returns act (N, F).
+    """
+    if pre.dtype != np.float32:
+        return _fused.bias_gelu(pre, bias, ffn_mask, out)
+    bias, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
+    loop = _bias_gelu_loop_serial if pre.size <= SERIAL_MAX_ELEMENTS else _bias_gelu_loop
+    loop(pre, bias, mask, act)
+    return act
+
+
+# ---------------------------------------------------------------------------- softmax
+
+
+@njit(fastmath={"nnan", "nsz"}, cache=True)
+def _row_max(s, m):
+    """max_j (s_j + m_j) in float64 for a row s (n,) and its mask m (n,); -inf for an empty row.
+
+    Compiled as if there were no NaN, so that the maximum vectorizes; a NaN in the row then
+    gives some maximum, but it reaches the row's sum through exp, and the row comes out NaN,
+    as the reference's."""
+    row_max = -np.inf
+    for j in range(s.shape[0]):
+        v = np.float64(s[j]) + m[j]
+        row_max = v if v > row_max else row_max
+    return row_max
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _softmax_row_f32(s, m, r, e, bits, probs):
+    """Row r of the masked softmax into probs[r]; e (n,) float32 and bits (n,) int32 scratch,
+    m (n,) the row's float64 additive mask. Returns True when every masked score is -inf."""
+    n = s.shape[1]
+    scale = bits.view(np.float32)
+    row_max = _row_max(s[r], m)
+    n_nan = 0
+    for j in range(n):
+        d = np.float64(s[r, j]) + m[j] - row_max               # <= 0, in float64: no rounding to amplify
+        n_nan += d != d
+        rr, b = _reduce(d if d >= _SOFTMAX_MIN else _SOFTMAX_MIN, 0)
+        e[j] = _horner32(_EXP_POLY_F32, rr)
+        bits[j] = b if d >= _SOFTMAX_MIN else 0                # 0: exp(d) taken as 0
+    for j in range(n):
+        e[j] = e[j] * scale[j]                                 # exp(d) = 2^k E(r)
+    total = np.float32(_row_sum(e)) if n_nan == 0 else np.float32(np.nan)   # a NaN score: a NaN row, as the reference
+    for j in range(n):
+        probs[r, j] = e[j] / total
+    return row_max == -np.inf
+
+
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
+def _softmax_loop(s, mask, rows_per_group, probs):
+    n_rows, n = s.shape
+    n_empty = 0
+    for blk in prange((n_rows + _SOFTMAX_BLOCK - 1) // _SOFTMAX_BLOCK):
+        e = np.empty(n, dtype=np.float32)
+        bits = np.empty(n, dtype=np.int32)
+        for r in range(blk * _SOFTMAX_BLOCK, min(n_rows, (blk + 1) * _SOFTMAX_BLOCK)):
+            n_empty += _softmax_row_f32(s, mask[r // rows_per_group], r, e, bits, probs)
+    return n_empty
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _softmax_loop_serial(s, mask, rows_per_group, probs):
+    e = np.empty(s.shape[1], dtype=np.float32)
+    bits = np.empty(s.shape[1], dtype=np.int32)
+    n_empty = 0
+    for r in range(s.shape[0]):
+        n_empty += _softmax_row_f32(s, mask[r // rows_per_group], r, e, bits, probs)
+    return n_empty
+
+
+def softmax_inference(scores, additive_mask=None):
+    """:func:`npcosteff.kernels.softmax` for the inference path: float32 scores get their
+    probabilities within :data:`SOFTMAX_MAX_ULP` ulps (module docstring); float64 scores get
+    the exact kernel. Same arguments, shapes and errors."""
+    if np.asarray(scores).dtype != np.float32:
+        return _fast.softmax(scores, additive_mask)
+    scores, mask = _check_softmax_inputs(scores, additive_mask)
+    s = _fast._rows(scores)                                    # (N, n)
+    if mask is None:
+        mask2, rows_per_group = np.zeros((1, s.shape[1])), max(1, s.shape[0])
+    else:
+        mask2, rows_per_group = _fast._mask_groups(mask, scores.shape)
+    probs = np.empty_like(s)
+    loop = _softmax_loop_serial if s.size <= SERIAL_MAX_ELEMENTS else _softmax_loop
+    if loop(s, mask2, rows_per_group, probs):
+        raise ValueError(_EMPTY_ROW_MESSAGE)
+    return probs.reshape(scores.shape)

@@ -1,0 +1,164 @@
+"""The inference path's float32 GELU and softmax (npcosteff.kernels.inference) against their plain
+NumPy twins, the exact float64 computations of npcosteff.kernels.reference.
+
+These kernels compute in float32 arithmetic, so they are not bit-identical to the reference:
+each result is checked to lie within the kernel's stated bound in float32 ulps of the
+correctly rounded value (GELU_MAX_ULP, SOFTMAX_MAX_ULP, derived in the module's comments),
+over millions of values. float64 data must take the exact kernels unchanged.
+"""
+
+import numpy as np
+import pytest
+
+from npcosteff import kernels
+from npcosteff.kernels import fast, fused, inference, reference
+from npcosteff.model import CostEffModel
+from npcosteff.config import CostEffConfig
+
+TINY = np.finfo(np.float32).tiny                       # smallest normal float32
+
+
+def _ulps(got, want):
+    """|got - want| in float32 ulps of want (want float32, correctly rounded)."""
+    spacing = np.spacing(np.abs(want)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want.astype(np.float64)) / spacing
+
+
+def _gelu(x, serial=True):
+    pre = x.reshape(1, -1).copy() if serial else x.reshape(-1, 1000).copy()
+    act = inference.bias_gelu_inference(pre, np.zeros(pre.shape[1], np.float32))
+    return act.reshape(-1), pre.reshape(-1)
+
+
+def test_gelu_within_its_ulp_bound_on_millions_of_values():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-14.5, 14.5, 3_000_001, dtype=np.float32),
+                        (rng.standard_normal(1_000_000) * 3).astype(np.float32)])
+    got, _ = _gelu(x)
+    want = reference.gelu(x)
+    normal = np.abs(want) >= TINY
+    assert _ulps(got[normal], want[normal]).max() <= inference.GELU_MAX_ULP
+    # Below float32's normal range (x < -13.2) the result is tiny: 0 below x = -14, where the
+    # true value is at most |gelu(-14)| = 1.09e-43 (the largest value flushed, rounded to float32).
+    assert np.abs(got[~normal].astype(np.float64) - want[~normal]).max() <= abs(float(reference.gelu(np.float32(-14.0))))
+    assert np.all(got[x < -14.0] == 0.0)
+    # Most results are correctly rounded; the bound is for the worst few.
+    assert np.mean(_ulps(got[normal], want[normal]) == 0) > 0.5
+
+
+def test_gelu_special_values_match_the_reference():
+    x = np.array([0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, np.inf, -np.inf, np.nan, 14.0, -14.0], np.float32)
+    got, _ = _gelu(x)
+    want = reference.gelu(x)
+    finite = np.isfinite(want) & (want != 0)
+    assert _ulps(got[finite], want[finite]).max() <= inference.GELU_MAX_ULP
+    # The rest by value (a zero may carry the other sign); NaN where the reference is NaN (-inf * 0, NaN).
+    assert np.array_equal(got[~finite], want[~finite], equal_nan=True)
+
+
+def test_gelu_adds_the_bias_in_place_and_applies_the_mask():
+    rng = np.random.default_rng(1)
+    pre = rng.standard_normal((64, 96)).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    mask = (rng.random(96) < 0.5).astype(np.float32)
+    expect_pre = pre + bias                             # float32 add, exactly as the kernel
+    act = inference.bias_gelu_inference(pre, bias, mask)
+    np.testing.assert_array_equal(pre, expect_pre)
+    want = reference.gelu(expect_pre) * mask
+    assert _ulps(act[:, mask == 1], want[:, mask == 1]).max() <= inference.GELU_MAX_ULP
+    assert np.all(act[:, mask == 0] == 0)
+
+
+def test_gelu_serial_and_parallel_loops_agree_exactly():
+    rng = np.random.default_rng(2)
+    pre = (rng.standard_normal((70, 300)) * 4).astype(np.float32)
+    bias = np.zeros(300, np.float32)
+    mask = np.ones(300, np.float32)
+    a, b = np.empty_like(pre), np.empty_like(pre)
+    inference._bias_gelu_loop_serial(pre.copy(), bias, mask, a)
+    inference._bias_gelu_loop(pre.copy(), bias, mask, b)
+    np.testing.assert_array_equal(a, b)                 # the same row code either way
+
+
+def _scores(rng, shape):
+    # Scores at several scales, so that probabilities span many decades.
+    return (rng.standard_normal(shape) * rng.uniform(0.1, 20.0, shape[:-1] + (1,))).astype(np.float32)
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_softmax_within_its_ulp_bound(serial, monkeypatch):
+    if not serial:
+        monkeypatch.setattr(inference, "SERIAL_MAX_ELEMENTS", 0)
+    rng = np.random.default_rng(3)
+    s = _scores(rng, (6, 12, 128, 128))
+    m = np.zeros((6, 1, 1, 128), np.float32)
+    m[1, ..., 90:] = np.finfo(np.float32).min           # padding
+    m[2] = np.finfo(np.float32).min                      # a sample with every key masked: uniform rows
+    got = inference.softmax_inference(s, m)
+    want = reference.softmax(s, m)
+    large = want >= 1e-30
+    assert _ulps(got[large], want[large]).max() <= inference.SOFTMAX_MAX_ULP
+    assert np.abs(got[~large].astype(np.float64) - want[~large]).max() < 1e-37
+    assert np.all(got[1, ..., 90:] == 0.0)              # padded keys get exactly nothing
+    np.testing.assert_array_equal(got[2], want[2])      # uniform: 1/128 exactly
+
+
+def test_softmax_errors_and_nan_match_the_reference():
+    s = np.zeros((1, 1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="every score equal to -inf"):
+        inference.softmax_inference(s, np.full((1, 1, 1, 4), -np.inf, np.float32))
+    s[0, 0, 0, 1] = np.nan
+    got = inference.softmax_inference(s)
+    assert np.isnan(got[0, 0, 0]).all() and not np.isnan(got[0, 0, 1]).any()
+    with pytest.raises(TypeError, match="float32 or float64"):
+        inference.softmax_inference(np.zeros((2, 3), np.int64))   # the shared input checks
+
+
+def test_float64_takes_the_exact_kernels():
+    rng = np.random.default_rng(4)
+    pre = rng.standard_normal((32, 40))
+    bias = rng.standard_normal(40)
+    a = inference.bias_gelu_inference(pre.copy(), bias)
+    b = fused.bias_gelu(pre.copy(), bias)
+    np.testing.assert_array_equal(a, b)
+    s = rng.standard_normal((2, 3, 5, 5))
+    np.testing.assert_array_equal(inference.softmax_inference(s), fast.softmax(s))
+
+
+def test_reference_switch_gives_the_exact_computation():
+    rng = np.random.default_rng(5)
+    s = _scores(rng, (1, 2, 8, 8))
+    try:
+        kernels.use("reference")
+        np.testing.assert_array_equal(kernels.softmax_inference(s), reference.softmax(s))
+    finally:
+        kernels.use("fast")
+
+
+def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
+    config = CostEffConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, 50, (3, 10))
+    mask = np.ones((3, 10), np.int64)
+    mask[1, 6:] = 0
+    calls = []
+    for name in ("softmax_inference", "bias_gelu_inference"):
+        inner = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=inner, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for dtype in (np.float32, np.float64):
+        model = CostEffModel(config, dtype=dtype, seed=0)
+        calls.clear()
+        model(ids, mask, return_cache=True)
+        assert calls == []                                            # a backward may follow: exact kernels
+        model(ids, mask)
+        assert sorted(set(calls)) == ["bias_gelu_inference", "softmax_inference"] and len(calls) == 4
+        fast_out = model(ids, mask)                                   # no cache: inference kernels
+        exact_out = model(ids, mask, return_cache=True)               # what a backward pass needs
+        assert fast_out.cache is None
+        for a, b in zip(fast_out.logits, exact_out.logits):
+            if dtype == np.float64:
+                np.testing.assert_array_equal(a, b)                   # float64: the same kernels
+            else:
+                # A few float32 ulps per GELU and softmax value, carried through two small layers.
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
