@@ -245,13 +245,17 @@ class CostEffModel:
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *, inputs_embeds=None,
                 head_mask=None, ffn_mask=None, training=False, dropout=None, output_attentions=False,
-                gradient_equilibrium=None, return_cache=False, max_layer=None) -> ModelOutput:
+                gradient_equilibrium=None, return_cache=False, max_layer=None, inference=None) -> ModelOutput:
         """Run the model; see docs/architecture.md for every argument.
 
         input_ids (B, T) int, attention_mask (B, T) 0/1, token_type_ids (B, T). `dropout` is a
         dropout source (``npcosteff.nn.dropout.Dropout``/``ReplayDropout``); with
         ``training=True`` and no source, masks are drawn with the config's probabilities from a
         fresh generator. `max_layer` (1-based) stops after that layer (early exit).
+        `inference` selects the inference kernels (float32 GELU and softmax,
+        npcosteff/kernels/inference.py); None: exactly when nothing can backpropagate
+        (``training=False`` and no cache). ``inference=False`` keeps the correctly rounded
+        kernels, as a teacher's targets in training do.
         """
         c = self.config
         input_ids, attention_mask, token_type_ids, inputs_embeds = self.check_inputs(
@@ -275,8 +279,12 @@ class CostEffModel:
         h, word_cache, emb_cache = self.embed(input_ids, token_type_ids, inputs_embeds, drop)   # (B, T, d)
         hidden_states, logits, attentions, layer_caches, exit_caches = [h], [], [], [], {}
         exit_layers = []
-        # Without a cache nothing will backpropagate: the layers take the inference kernels.
-        inference = not training and not return_cache
+        # Without a cache nothing will backpropagate: the layers may take the inference kernels.
+        if inference is None:
+            inference = not training and not return_cache
+        elif inference and (training or return_cache):
+            raise ValueError("inference=True runs the inference kernels, which have no backward: "
+                             "it needs training=False and return_cache=False")
         for i in range(L):
             h, probs, layer_cache = self.run_layer(i, h, additive_mask, head_masks[i], ffn_masks[i], drop,
                                                    inference=inference)

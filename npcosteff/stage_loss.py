@@ -107,11 +107,16 @@ def _teacher_layer(l: int, student_layers: int, teacher_layers: int) -> int:
 
 
 def teacher_outputs(teacher, batch, use_attention=False):
-    """The teacher's outputs on a batch, in evaluation mode (no dropout, no cache)."""
+    """The teacher's outputs on a batch, in evaluation mode (no dropout, no cache).
+
+    With the correctly rounded kernels (``inference=False``), as the student's forward pass:
+    training does not depend on the inference kernels, and a model distilled from itself gets
+    a distillation gradient of exactly 0.
+    """
     if teacher is None:
         return None
     return teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                   output_attentions=use_attention)
+                   output_attentions=use_attention, inference=False)
 
 
 def stage_loss(stage: str, student, labels, attention_mask, teacher=None,

@@ -125,6 +125,19 @@ def test_float64_takes_the_exact_kernels():
     np.testing.assert_array_equal(inference.softmax_inference(s), fast.softmax(s))
 
 
+def test_teacher_targets_take_the_exact_kernels(monkeypatch):
+    from npcosteff.stage_loss import teacher_outputs
+    config = CostEffConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = CostEffModel(config, dtype=np.float32, seed=0)
+    ids = np.random.default_rng(7).integers(0, 50, (2, 8))
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    t = teacher_outputs(model, batch)
+    s = model(ids, batch["attention_mask"], batch["token_type_ids"], return_cache=True)
+    for a, b in zip(t.logits, s.logits):
+        np.testing.assert_array_equal(a, b)          # the student's forward, to the bit
+
+
 def test_reference_switch_gives_the_exact_computation():
     rng = np.random.default_rng(5)
     s = _scores(rng, (1, 2, 8, 8))
@@ -151,8 +164,12 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
         calls.clear()
         model(ids, mask, return_cache=True)
         assert calls == []                                            # a backward may follow: exact kernels
+        model(ids, mask, inference=False)
+        assert calls == []                                            # chosen: a teacher's targets in training
         model(ids, mask)
         assert sorted(set(calls)) == ["bias_gelu_inference", "softmax_inference"] and len(calls) == 4
+        with pytest.raises(ValueError, match="no backward"):
+            model(ids, mask, return_cache=True, inference=True)
         fast_out = model(ids, mask)                                   # no cache: inference kernels
         exact_out = model(ids, mask, return_cache=True)               # what a backward pass needs
         assert fast_out.cache is None
