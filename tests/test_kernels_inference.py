@@ -16,6 +16,9 @@ from npcosteff.model import CostEffModel
 from npcosteff.config import CostEffConfig
 
 TINY = np.finfo(np.float32).tiny                       # smallest normal float32
+# A probability below 1e-30 may be off by as much as one of 1e-30 (SOFTMAX_MAX_ULP ulps of it),
+# or be 0 where exp(s - max) < exp(-87) = 1.6e-38 (module docstring of kernels/inference.py).
+SMALL_PROB_ERROR = inference.SOFTMAX_MAX_ULP * float(np.spacing(np.float32(1e-30)))
 
 
 def _ulps(got, want):
@@ -98,9 +101,43 @@ def test_softmax_within_its_ulp_bound(serial, monkeypatch):
     want = reference.softmax(s, m)
     large = want >= 1e-30
     assert _ulps(got[large], want[large]).max() <= inference.SOFTMAX_MAX_ULP
-    assert np.abs(got[~large].astype(np.float64) - want[~large]).max() < 1e-37
+    assert np.abs(got[~large].astype(np.float64) - want[~large]).max() <= SMALL_PROB_ERROR
     assert np.all(got[1, ..., 90:] == 0.0)              # padded keys get exactly nothing
     np.testing.assert_array_equal(got[2], want[2])      # uniform: 1/128 exactly
+
+
+def test_softmax_float32_and_float64_paths_agree_within_the_bound():
+    # The same unmasked rows through both row paths: d = s - max as a float32 hi + lo, or in float64.
+    rng = np.random.default_rng(8)
+    s = _scores(rng, (4096, 128)).reshape(4096, 128)
+    zero_mask = np.zeros((1, 128))
+    want = reference.softmax(s)
+    for unmasked in (True, False):
+        got = np.empty_like(s)
+        assert inference._softmax_loop_serial(s, zero_mask, np.array([unmasked]), s.shape[0], got) == 0
+        large = want >= 1e-30
+        assert _ulps(got[large], want[large]).max() <= inference.SOFTMAX_MAX_ULP
+        assert np.abs(got[~large].astype(np.float64) - want[~large]).max() <= SMALL_PROB_ERROR
+
+
+def test_softmax_unmasked_special_rows_match_the_reference():
+    big = np.finfo(np.float32).max
+    s = np.array([[0.0, 1.0, np.nan, 2.0],              # a NaN score: a NaN row
+                  [0.0, 1.0, np.inf, 2.0],              # +inf: NaN (inf - inf), from the float64 path
+                  [-np.inf, 0.0, 1.0, 2.0],             # -inf: probability 0
+                  [big, -big, big, 0.0],                # s - max overflows float32 to -inf: 0
+                  [1e-30, 0.0, -1e-30, 5.0],
+                  [-100.0, 0.0, -86.9, -87.1]], np.float32)   # around the cut at exp(-87)
+    got = inference.softmax_inference(s)
+    with np.errstate(invalid="ignore"):
+        want = reference.softmax(s)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    large, small = ok & (want >= 1e-30), ok & (want < 1e-30)
+    assert _ulps(got[large], want[large]).max() <= inference.SOFTMAX_MAX_ULP
+    assert np.abs(got[small].astype(np.float64) - want[small]).max() <= SMALL_PROB_ERROR
+    with pytest.raises(ValueError, match="every score equal to -inf"):
+        inference.softmax_inference(np.full((2, 4), -np.inf, np.float32))   # no mask, no finite score
 
 
 def test_softmax_errors_and_nan_match_the_reference():
