@@ -13,7 +13,11 @@ once with an empty ``NUMBA_CACHE_DIR`` (every kernel it needs compiles) and once
 cache that run filled, with the number of kernels each run compiled (warm: none;
 ``tests/test_numba_cache.py`` checks it).
 
-    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--rounds 3] [--sdpa] [--compile]
+With ``--baseline DIR`` npcosteff as it is in another checkout (for example ``git worktree add
+/tmp/before HEAD~1``) runs as one more side, in the same alternating rounds, so that a change
+is measured against the code before it on the same machine at the same time.
+
+    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--rounds 3] [--sdpa] [--compile] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the sides")
     parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
     parser.add_argument("--compile", action="store_true", help="also measure the cold/warm first use of the kernels")
+    parser.add_argument("--baseline", metavar="DIR", help="also time npcosteff from this other checkout")
     parser.add_argument("--child", choices=SIDES + ("compile",), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -115,15 +120,18 @@ def main():
 
     limit_threads(args.threads)
     print_header(__doc__, args.threads)
-    sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "benchmarks", "bench_inference.py")):
+        parser.error(f"--baseline {args.baseline}: not a checkout of this repository (no benchmarks/bench_inference.py)")
+    sides = ["npcosteff"] + (["baseline"] if args.baseline else []) + ["torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
     # Rounds alternate the order of the sides, so that a change in the machine's speed during
     # the run (a shared machine) falls on both; each side's figure is its median over rounds.
     rounds = {s: [] for s in sides}
     for r in range(args.rounds):
         for s in (sides if r % 2 == 0 else sides[::-1]):
             rounds[s].append(run_child("benchmarks.bench_inference",
-                                       ["--child", s, "--threads", args.threads, "--seq", args.seq,
-                                        "--repeat", args.repeat, "--batches", *args.batches], args.threads))
+                                       ["--child", "npcosteff" if s == "baseline" else s, "--threads", args.threads,
+                                        "--seq", args.seq, "--repeat", args.repeat, "--batches", *args.batches],
+                                       args.threads, checkout=args.baseline if s == "baseline" else None))
         print(f"  round {r + 1}: " + "; ".join(
             f"batch {b} " + " ".join(f"{s} {1e3 * rounds[s][-1][str(b)][0]:.1f} ms" for s in sides)
             for b in args.batches), flush=True)
@@ -132,7 +140,7 @@ def main():
     print(f"\nsequence length {args.seq}, median over {args.rounds} rounds of the median of {args.repeat} "
           f"passes (wall clock)")
     print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>16s} {'ms/sample':>9s}" for s in sides) +
-          " " + " ".join(f"{'npcosteff/' + s.split('-')[1]:>16s}" for s in sides[1:]))
+          " " + " ".join(f"{'npcosteff/' + s.split('-')[-1]:>16s}" for s in sides[1:]))
     for b in args.batches:
         row = f"{b:5d} "
         for s in sides:

@@ -174,14 +174,21 @@ def report(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(module: str, args: list, threads: int, env_extra: dict | None = None, timeout: float = 1800) -> dict:
+def run_child(module: str, args: list, threads: int, env_extra: dict | None = None, timeout: float = 1800,
+              checkout: str | None = None) -> dict:
     """Run ``python -m <module> <args>`` with `threads` threads; return the JSON it reported.
 
-    The child's other output is passed through (indented) only when it fails.
+    `checkout`: run the module and npcosteff of another checkout of the repository (an
+    earlier commit's ``git worktree``, say) instead of this one's. The child's other output is
+    passed through only when it fails.
     """
     env = thread_env(threads)
     env.update(env_extra or {})
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
+    root = REPO
+    if checkout is not None:
+        root = os.path.abspath(checkout)
+        env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"]
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=timeout)
     results = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not results:
