@@ -171,6 +171,8 @@ def markdown(results) -> str:
     if searched and searched != results["task"]:
         lines += ["", f"Learning rates not searched on {results['task']}: taken from the search on {searched} "
                       "(docs/search.md)."]
+    if results.get("unfinished_run"):
+        lines += ["", "The main run had not finished: its teacher and TA only, no student yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +202,28 @@ def _time(models, batches, thresholds_of, criterion, repeats):
     return {name: float(np.median(s)) for name, s in seconds.items()}
 
 
+# The stages of `npcosteff run` that leave a model, in order, and the name summary.json gives it.
+RUN_STAGES = (("teacher", "teacher"), ("ta", "ta"), ("recover", "student"))
+
+
+def unfinished_run_summary(folder):
+    """What summary.json would name for a run that has not finished: its recipe (recipe.json)
+    and the models of the stages that have (a DONE.json), so that a results file can be written
+    from the teacher and the TA while the student is still training. None when the folder is
+    not a run or no stage has finished."""
+    from npcosteff.pretrained import DONE_FILE
+
+    recipe_file = os.path.join(folder, "recipe.json")
+    if not os.path.isfile(recipe_file):
+        return None
+    models = [{"name": name, "folder": os.path.join(folder, stage)} for stage, name in RUN_STAGES
+              if os.path.isfile(os.path.join(folder, stage, DONE_FILE))]
+    if not models:
+        return None
+    with open(recipe_file, encoding="utf-8") as f:
+        return {"recipe": json.load(f), "models": models, "unfinished": True}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True)
@@ -213,6 +237,8 @@ def main(argv=None):
     p.add_argument("--rates-from", help="the task whose search chose the learning rates (default: --task)")
     p.add_argument("--output", help="results file (default: results/<task>.json)")
     p.add_argument("--markdown", help="also write the table here")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="the first --run may be a run still in progress: report its finished stages")
     a = p.parse_args(argv)
 
     from npcosteff.data.batching import iterate_batches
@@ -221,6 +247,7 @@ def main(argv=None):
     from npcosteff.model import CostEffModel
     from npcosteff.operating_point import exit_logits
     from npcosteff.pipeline import load_task_data
+    from npcosteff.pretrained import resolve_model_dir
     from npcosteff.recipe import Recipe
 
     def model_folder(run_folder, path):
@@ -233,17 +260,26 @@ def main(argv=None):
             return beside
         p.error(f"the model folder {path!r} named in {run_folder}/summary.json is not there")
 
-    def split(spec):
+    def split(spec, unfinished_ok=False):
         label, sep, folder = spec.rpartition("=")
+        if sep and label and not os.path.isfile(os.path.join(folder, "summary.json")) and unfinished_ok:
+            summary = unfinished_run_summary(folder)
+            if summary is not None:
+                names = ", ".join(m["name"] for m in summary["models"])
+                print(f"report: {folder} has not finished; reporting its finished stages only ({names})")
+                for m in summary["models"]:
+                    m["folder"] = resolve_model_dir(m["folder"], what=m["name"])
+                return label, summary
         if not sep or not label or not os.path.isfile(os.path.join(folder, "summary.json")):
-            p.error(f"{spec!r}: give LABEL=FOLDER of a finished `npcosteff run` (with summary.json)")
+            p.error(f"{spec!r}: give LABEL=FOLDER of a finished `npcosteff run` (with summary.json)"
+                    + (", or of one whose teacher has finished (--allow-unfinished)" if unfinished_ok else ""))
         with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
         for m in summary["models"]:
             m["folder"] = model_folder(folder, m["folder"])
         return label, summary
 
-    runs = [split(s) for s in a.run]
+    runs = [split(a.run[0], a.allow_unfinished)] + [split(s) for s in a.run[1:]]
     ablations = [split(s) for s in a.ablation]
     recipe = Recipe.from_dict(runs[0][1]["recipe"])
     folders = {m["name"]: m["folder"] for m in runs[0][1]["models"]}
@@ -297,6 +333,8 @@ def main(argv=None):
     # What ran: the main run's recipe, and whose search chose its learning rates.
     results["recipe"] = runs[0][1]["recipe"]
     results["rates_searched_on"] = a.rates_from or recipe.task
+    if runs[0][1].get("unfinished"):
+        results["unfinished_run"] = True        # the main run's student had not finished: teacher and TA only
     results["timing"] = {"repeats": a.repeats, "seconds": seconds, "cpu": _cpu(), "date": time.strftime("%Y-%m-%d"),
                          "load_average": os.getloadavg()[0]}
     out = a.output or os.path.join(ROOT, "results", f"{recipe.task}.json")

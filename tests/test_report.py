@@ -124,3 +124,28 @@ def test_regression_task_with_the_patience_rule():
     op = student["operating_point"]
     assert op["criterion"] == "patience" and op["mean_exit_layer"] == 2.0 and op["metric"] == 1.0
     assert "| student | student |" in report.markdown(res)
+
+
+def test_an_unfinished_run_gives_its_finished_stages(tmp_path):
+    import json
+    run = tmp_path / "run"
+    assert report.unfinished_run_summary(str(run)) is None                 # not a run
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps({"task": "sst2"}))
+    assert report.unfinished_run_summary(str(run)) is None                 # nothing finished yet
+    for stage in ("teacher", "ta", "slenderize"):
+        (run / stage).mkdir()
+    (run / "teacher" / "DONE.json").write_text("{}")
+    (run / "ta" / "DONE.json").write_text("{}")                             # the TA finished, the student not
+    summary = report.unfinished_run_summary(str(run))
+    assert summary["unfinished"] and summary["recipe"] == {"task": "sst2"}
+    assert [m["name"] for m in summary["models"]] == ["teacher", "ta"]
+    assert summary["models"][1]["folder"] == str(run / "ta")
+
+
+def test_markdown_says_when_the_run_had_not_finished():
+    models, y, _ = _models()
+    del models["student"]
+    results = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    results["unfinished_run"] = True
+    assert "had not finished" in report.markdown(results)
