@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from npcosteff import kernels
-from npcosteff.kernels import fast, fused, inference, reference
+from npcosteff.kernels import fast, fused, inference, lanes, reference
 from npcosteff.model import CostEffModel
 from npcosteff.config import CostEffConfig
 
@@ -204,7 +204,9 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
         model(ids, mask, inference=False)
         assert calls == []                                            # chosen: a teacher's targets in training
         model(ids, mask)
-        assert sorted(set(calls)) == ["bias_gelu_inference", "softmax_inference"] and len(calls) == 4
+        # per layer one call of each, or one per lane when the layer is shared out (kernels/lanes.py)
+        per_layer = lanes.count(ids.size, dtype)
+        assert sorted(set(calls)) == ["bias_gelu_inference", "softmax_inference"] and len(calls) == 4 * per_layer
         with pytest.raises(ValueError, match="no backward"):
             model(ids, mask, return_cache=True, inference=True)
         fast_out = model(ids, mask)                                   # no cache: inference kernels
@@ -216,3 +218,24 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
             else:
                 # A few float32 ulps per GELU and softmax value, carried through two small layers.
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", [inference, reference])
+def test_softmax_inference_into_out(impl):
+    """out= receives exactly what the call returns otherwise; a wrong out is refused by name."""
+    rng = np.random.default_rng(11)
+    scores = (3 * rng.standard_normal((2, 3, 5, 7))).astype(np.float32)
+    mask = np.zeros((2, 1, 1, 7), np.float32)
+    mask[1, ..., 4:] = -1e9
+    out = np.empty_like(scores)
+    got = impl.softmax_inference(scores, mask, out=out)
+    assert got is out or np.shares_memory(got, out)
+    np.testing.assert_array_equal(out, impl.softmax_inference(scores, mask))
+    zeros = np.zeros_like(mask)                     # a mask of zeros is no mask, to the bit
+    np.testing.assert_array_equal(impl.softmax_inference(scores, zeros), impl.softmax_inference(scores))
+    for bad in (np.empty((2, 3, 5, 6), np.float32), np.empty_like(scores, dtype=np.float64),
+                np.empty((2, 3, 7, 5), np.float32).transpose(0, 1, 3, 2)):
+        with pytest.raises(ValueError, match="out"):
+            impl.softmax_inference(scores, mask, out=bad)
+    with pytest.raises(ValueError, match="out"):
+        impl.softmax_inference(scores.astype(np.float64), mask, out=np.empty(scores.shape))

@@ -7,8 +7,9 @@ heads' batched matrix products and the AdamW update. Two implementations share o
 * :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition (the teaching path);
 * ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, fused steps in
   :mod:`~npcosteff.kernels.fused`, float32 GELU and softmax for the inference path in
-  :mod:`~npcosteff.kernels.inference`) and the heads' products split over threads
-  (:mod:`~npcosteff.kernels.batched`), each tested against its reference twin.
+  :mod:`~npcosteff.kernels.inference`), the heads' products split over threads
+  (:mod:`~npcosteff.kernels.batched`) and, at inference, each layer shared out over the
+  cores by rows, samples or heads (:mod:`~npcosteff.kernels.lanes`), each tested against its reference twin.
 
 Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
 the same inputs with the same messages. The package-level functions (``kernels.gelu``,

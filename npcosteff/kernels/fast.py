@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import checks as _checks
+from . import lanes as _lanes
 from . import reference as _ref
 from .batched import batched_matmul  # noqa: F401  (the layers' steps: threaded and fused twins)
 from .rows import _row_dot, _row_sq_dev, _row_sum
@@ -45,7 +46,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # normal density constant
 _SOFTMAX_BLOCK = 64  # rows per parallel task: one float64 scratch row is allocated per task
 
 _jit = dict(parallel=True, fastmath=False, cache=True)
-_jit_serial = dict(fastmath=False, cache=True)
+_jit_serial = dict(fastmath=False, cache=True, nogil=True)   # nogil: lanes run them side by side (lanes.py)
 
 # Up to this many elements LayerNorm and the float32 softmax run in the calling thread: waking
 # the worker threads for a parallel loop costs more than it saves. Measured on 2 cores
@@ -55,6 +56,12 @@ _jit_serial = dict(fastmath=False, cache=True)
 # samples' 0.94 / 0.92, four 1.38 / 1.73. Results do not depend on the path: each row is
 # computed by the same code either way (tests/test_kernels.py runs both).
 SERIAL_MAX_ELEMENTS = 1 << 19
+
+
+def _serial(size: int) -> bool:
+    """Whether a loop over `size` elements runs in the calling thread: little work, or a lane's
+    share of a layer (:mod:`~npcosteff.kernels.lanes`, which keeps the cores busy itself)."""
+    return size <= SERIAL_MAX_ELEMENTS or _lanes.inside()
 
 
 # ---------------------------------------------------------------------------
@@ -385,7 +392,7 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
         mask2, rows_per_group = _mask_groups(mask, scores.shape)
     probs = np.empty_like(s)
     if s.dtype == np.float32:
-        loop = _softmax_loop_f32_serial if s.size <= SERIAL_MAX_ELEMENTS else _softmax_loop_f32
+        loop = _softmax_loop_f32_serial if _serial(s.size) else _softmax_loop_f32
     else:
         loop = _softmax_loop
     n_empty = loop(s, mask2, rows_per_group, probs)
@@ -412,7 +419,7 @@ def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def _layer_norm_loop_for(x2):
     """The LayerNorm loop for rows x2 (N, d): serial for little work, else parallel."""
-    return _layer_norm_loop_serial if x2.size <= SERIAL_MAX_ELEMENTS else _layer_norm_loop
+    return _layer_norm_loop_serial if _serial(x2.size) else _layer_norm_loop
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):

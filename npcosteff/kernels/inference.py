@@ -194,7 +194,7 @@ def _bias_gelu_loop(pre, bias, mask, act):     # pre, act (N, F) float32; bias, 
             _gelu_row_f32(pre, bias, mask, act, r, bits)
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)   # nogil: for lanes.py
 def _bias_gelu_loop_serial(pre, bias, mask, act):
     bits = np.empty(pre.shape[1], dtype=np.int32)
     for r in range(pre.shape[0]):
@@ -211,7 +211,7 @@ def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
     if pre.dtype != np.float32:
         return _fused.bias_gelu(pre, bias, ffn_mask, out)
     bias, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
-    loop = _bias_gelu_loop_serial if pre.size <= SERIAL_MAX_ELEMENTS else _bias_gelu_loop
+    loop = _bias_gelu_loop_serial if _fast._serial(pre.size) else _bias_gelu_loop
     loop(pre, bias, mask, act)
     return act
 
@@ -350,7 +350,7 @@ def _softmax_loop(s, mask, unmasked, rows_per_group, probs):
     return n_empty
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)   # nogil: for lanes.py
 def _softmax_loop_serial(s, mask, unmasked, rows_per_group, probs):
     e = np.empty(s.shape[1], dtype=np.float32)
     bits = np.empty(s.shape[1], dtype=np.int32)
@@ -361,21 +361,32 @@ def _softmax_loop_serial(s, mask, unmasked, rows_per_group, probs):
     return n_empty
 
 
-def softmax_inference(scores, additive_mask=None):
+def softmax_inference(scores, additive_mask=None, out=None):
     """:func:`npcosteff.kernels.softmax` for the inference path: float32 scores get their
     probabilities within :data:`SOFTMAX_MAX_ULP` ulps (module docstring); float64 scores get
-    the exact kernel. Same arguments, shapes and errors."""
+    the exact kernel. Same arguments, shapes and errors; `out`, a C-contiguous float32 array
+    of the scores' shape, receives the probabilities (float32 only)."""
     if np.asarray(scores).dtype != np.float32:
+        if out is not None:
+            raise ValueError("softmax_inference: out= is for float32 scores only")
         return _fast.softmax(scores, additive_mask)
     scores, mask = _check_softmax_inputs(scores, additive_mask)
+    if mask is not None and not mask.any():
+        mask = None                          # a mask of zeros adds nothing (NaN counts as a mask)
     s = _fast._rows(scores)                                    # (N, n)
     if mask is None:
         mask2, rows_per_group = np.zeros((1, s.shape[1])), max(1, s.shape[0])
     else:
         mask2, rows_per_group = _fast._mask_groups(mask, scores.shape)
     unmasked = ~np.any(mask2 != 0, axis=1)                     # (G,) mask rows of zeros only (NaN counts as a mask)
-    probs = np.empty_like(s)
-    loop = _softmax_loop_serial if s.size <= SERIAL_MAX_ELEMENTS else _softmax_loop
+    if out is None:
+        probs = np.empty_like(s)
+    elif out.shape != scores.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"softmax_inference: out must be a C-contiguous float32 array of shape {scores.shape}, "
+                         f"got {out.dtype} {out.shape}")
+    else:
+        probs = out.reshape(s.shape)                           # a view: out is C-contiguous
+    loop = _softmax_loop_serial if _fast._serial(s.size) else _softmax_loop
     if loop(s, mask2, unmasked, rows_per_group, probs):
         raise ValueError(_EMPTY_ROW_MESSAGE)
     return probs.reshape(scores.shape)

@@ -293,10 +293,18 @@ def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
     return bias_gelu(pre, bias, ffn_mask, out)
 
 
-def softmax_inference(scores, additive_mask=None):
+def softmax_inference(scores, additive_mask=None, out=None):
     """:func:`softmax` on the inference path (a forward pass that keeps no cache); the plain
-    twin of the float32 kernel in :mod:`npcosteff.kernels.inference` is the exact softmax."""
-    return softmax(scores, additive_mask)
+    twin of the float32 kernel in :mod:`npcosteff.kernels.inference` is the exact softmax.
+    `out` (float32 scores only, C-contiguous, the scores' shape) receives the probabilities."""
+    probs = softmax(scores, additive_mask)
+    if out is None:
+        return probs
+    if probs.dtype != np.float32 or out.shape != probs.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"softmax_inference: out must be a C-contiguous float32 array of shape {probs.shape} "
+                         f"for float32 scores, got {out.dtype} {out.shape}")
+    out[...] = probs
+    return out
 
 
 def attention_weights(probs, probs_dropout=None, head_mask=None):

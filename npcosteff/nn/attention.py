@@ -24,7 +24,9 @@ tutorials/02_backprop_by_hand.ipynb):
 
 The heavy steps go through :mod:`npcosteff.kernels` (the heads' products, softmax, the
 masked weights and their backward), so ``NPCOSTEFF_KERNELS=reference`` runs this block in
-plain NumPy.
+plain NumPy. A float32 pass at inference shares the block out over the cores
+(:func:`_attention_in_lanes`, npcosteff/kernels/lanes.py): the same steps, by rows, samples
+or heads.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import kernels
+from ..kernels import lanes
+from ..kernels.checks import _vector
 from .linear import linear_backward, linear_forward
 from .prefixed import Prefixed
 
@@ -88,6 +92,10 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     """
     B, T, d = x.shape
     H = num_heads
+    if inference and probs_dropout is None and output_dropout is None:
+        n_lanes = lanes.count(B * T, x.dtype)
+        if n_lanes > 1:                      # a few samples: the same steps, shared out over the cores
+            return _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lanes)
     x2 = x.reshape(B * T, d)                                           # (N, d)
     scale = 1.0 / math.sqrt(head_size)
     q2, k2, v2 = (linear_forward(x2, p[f"self.{name}.weight"], p[f"self.{name}.bias"])[0]
@@ -111,6 +119,55 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     cache = None if inference else AttentionCache(x2, q, k, v, probs, weights, o_cache, s2, mean, rstd,
                                                   head_mask, probs_dropout, output_dropout, scale)
     return y.reshape(B, T, d), probs, cache
+
+
+def _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lanes):
+    """:func:`attention_forward` at inference for a few samples, in `n_lanes` lanes
+    (npcosteff/kernels/lanes.py): the projections and the output by rows, the attention core
+    by samples, or by heads for fewer samples than lanes. The same steps and kernels, each
+    lane writing its share of the preallocated results; returns (out, probs, None)."""
+    B, T, d = x.shape
+    N, A = B * T, H * head_size
+    x2 = x.reshape(N, d)                                               # (N, d)
+    scale = 1.0 / math.sqrt(head_size)
+    if head_mask is not None:
+        head_mask = _vector("head_mask", head_mask, H, x.dtype)        # (H,), checked before it is cut
+    mask = None if additive_mask is None else np.broadcast_to(additive_mask, (B,) + additive_mask.shape[1:])
+    q2, k2, v2, context2 = (np.empty((N, A), x.dtype) for _ in range(4))   # (N, A) each
+    rows = lanes.row_parts(N, n_lanes)
+
+    def project(r):                                                    # rows r of Q, K and V
+        for name, out in zip(_PROJECTIONS, (q2, k2, v2)):
+            np.matmul(x2[r], p[f"self.{name}.weight"].T, out=out[r])
+            out[r] += p[f"self.{name}.bias"]
+        q2[r] *= scale
+    lanes.run(project, rows)
+
+    q, k, v, context = (split_heads(a, B, T, H) for a in (q2, k2, v2, context2))   # (B, H, T, d_h) views
+    probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
+    if B > 1:                                # shares of samples (each share of probs is contiguous)
+        parts = [(b, slice(None)) for b in lanes.row_parts(B, n_lanes)]
+    else:                                    # one sample: shares of its heads
+        parts = [(slice(None), h) for h in lanes.row_parts(H, n_lanes)]
+
+    def core(part):                                                    # samples b, heads h
+        b, h = part
+        scores = np.matmul(q[b, h], k[b, h].transpose(0, 1, 3, 2))     # (b, h, T, T)
+        weights = kernels.softmax_inference(scores, None if mask is None else mask[b], out=probs[b, h])
+        if head_mask is not None:                                      # plain NumPy: no parallel loop in a lane
+            weights = kernels.reference.attention_weights(weights, None, head_mask[h])
+        np.matmul(weights, v[b, h], out=context[b, h])                 # (b, h, T, d_h), merged in context2
+    lanes.run(core, parts)
+
+    y2 = np.empty((N, d), x.dtype)                                     # (N, d)
+
+    def output(r):                                                     # rows r of the block's output
+        out = context2[r] @ p["output.dense.weight"].T
+        out += p["output.dense.bias"]
+        y2[r] = kernels.add_layer_norm(out, x2[r], p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
+                                       eps)[0]
+    lanes.run(output, rows)
+    return y2.reshape(B, T, d), probs, None
 
 
 def attention_backward(dy, cache: AttentionCache, p, grads, dprobs_extra=None):

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import kernels
+from ..kernels import lanes
 from .linear import linear_backward, linear_forward, linear_input_grad, linear_param_grads
 from .prefixed import Prefixed
 
@@ -47,6 +48,9 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
+    n_lanes = lanes.count(B * T, x.dtype) if inference and output_dropout is None else 1
+    if n_lanes > 1:                          # a few samples: the same steps, rows shared out over the cores
+        return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes).reshape(B, T, d), None
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
     bias_gelu = kernels.bias_gelu_inference if inference else kernels.bias_gelu
@@ -60,6 +64,22 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     if inference:
         return y.reshape(B, T, d), None
     return y.reshape(B, T, d), FFNCache(x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
+
+
+def _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes):
+    """:func:`ffn_forward` at inference for a few samples: x2 (N, d) -> y2 (N, d), its rows
+    shared out over `n_lanes` lanes (npcosteff/kernels/lanes.py), each running the same steps."""
+    y2 = np.empty_like(x2)                                                       # (N, d)
+
+    def block(r):                                                                # rows r
+        pre = x2[r] @ p["intermediate.dense.weight"].T                           # (n, F)
+        act = kernels.bias_gelu_inference(pre, p["intermediate.dense.bias"], ffn_mask)
+        out = act @ p["output.dense.weight"].T                                   # (n, d)
+        out += p["output.dense.bias"]
+        y2[r] = kernels.add_layer_norm(out, x2[r], p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
+                                       eps)[0]
+    lanes.run(block, lanes.row_parts(x2.shape[0], n_lanes))
+    return y2
 
 
 def ffn_backward(dy, cache: FFNCache, p, grads):

@@ -1,0 +1,225 @@
+"""Lanes (npcosteff/kernels/lanes.py): a layer at inference shared out over the cores.
+
+The runner is checked on its own (every part runs once, the first in the calling thread,
+errors reach the caller, BLAS gets its threads back); the layers split into lanes are
+checked against the plain NumPy path (``kernels.use("reference")``) on the same float32
+model: slender layers (one head, fewer heads than lanes), padding, head and FFN masks, one
+sample and several, and an early-exit pass.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from npcosteff import kernels
+from npcosteff.config import CostEffConfig
+from npcosteff.early_exit import early_exit_forward
+from npcosteff.kernels import lanes
+from npcosteff.kernels.batched import _blas
+from npcosteff.model import CostEffModel, param_shapes
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def blas_threads():
+    return min(lib.num_threads for lib in _blas().lib_controllers)
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS at two threads (lanes need more than one), whatever this machine's default."""
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() < 2:
+            pytest.fail("BLAS refused a second thread: the lanes cannot be tested")
+        yield
+
+
+# ---------------------------------------------------------------------------- the runner
+
+
+def test_row_parts_cover_the_range_without_empty_parts():
+    for n, k in [(1, 2), (2, 2), (7, 2), (128, 2), (12, 4), (5, 8)]:
+        parts = lanes.row_parts(n, k)
+        assert len(parts) == min(n, k)
+        covered = np.concatenate([np.arange(n)[p] for p in parts])
+        np.testing.assert_array_equal(covered, np.arange(n))
+
+
+def test_run_runs_every_part_once_the_first_in_the_calling_thread(two_blas_threads):
+    seen, threads, inside, blas_inside = [], {}, [], []
+    lock = threading.Lock()
+
+    def fn(part):
+        with lock:
+            seen.append(part)
+            threads[part] = threading.get_ident()
+            inside.append(lanes.inside())
+            blas_inside.append(blas_threads())
+
+    lanes.run(fn, [0, 1, 2])
+    assert sorted(seen) == [0, 1, 2]
+    assert threads[0] == threading.get_ident()
+    assert threads[1] != threading.get_ident() and threads[2] != threading.get_ident()
+    assert all(inside) and not lanes.inside()
+    assert blas_inside == [1, 1, 1]                 # one BLAS thread per lane ...
+    assert blas_threads() == 2                      # ... and the caller's count back afterwards
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_run_raises_a_lanes_error_after_every_lane_finished(two_blas_threads, failing):
+    finished = []
+    release = threading.Event()
+
+    def fn(part):
+        if part == failing:
+            raise ValueError(f"lane {part} failed")
+        release.wait(5)                             # the other lane is still busy when the error comes
+        finished.append(part)
+
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(ValueError, match=f"lane {failing} failed"):
+        lanes.run(fn, [0, 1])
+    assert finished == [1 - failing]
+    assert blas_threads() == 2 and not lanes.inside()
+
+
+def test_count(two_blas_threads):
+    assert lanes.count(128, np.float32) == 2
+    assert lanes.count(1, np.float32) == 1          # never more lanes than rows
+    assert lanes.count(128, np.float64) == 1        # float64 runs its exact kernels unsplit
+    with lanes.disabled():
+        assert lanes.count(128, np.float32) == 1
+    kernels.use("reference")
+    try:
+        assert lanes.count(128, np.float32) == 1    # the plain path starts no thread
+    finally:
+        kernels.use("fast")
+    seen = []
+    lanes.run(lambda part: seen.append(lanes.count(128, np.float32)), [0, 1])
+    assert seen == [1, 1]                           # no lanes inside a lane
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert lanes.count(128, np.float32) == 1
+
+
+# ---------------------------------------------------------------------------- the layers
+
+VOCAB, D, MAX_POS = 50, 16, 12
+
+
+def slender_model():
+    """float32, 3 layers of 4, 1 and 2 heads (fewer heads than lanes in layer 2), random
+    weights of scale 0.3 so that attention is far from uniform, a mean-pooled exit per layer."""
+    config = CostEffConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=20, max_position_embeddings=MAX_POS, heads_per_layer=[4, 1, 2],
+                           intermediate_per_layer=[20, 9, 14], num_labels=3, exit_start=1, pooler="mean")
+    rng = np.random.default_rng(0)
+    params = {name: (1.0 if name.endswith("LayerNorm.weight") else 0.0) + 0.3 * rng.standard_normal(shape)
+              for name, shape in param_shapes(config).items()}
+    return CostEffModel(config, params, dtype=np.float32)
+
+
+def batch(B, padded):
+    rng = np.random.default_rng(B)
+    ids = rng.integers(0, VOCAB, (B, MAX_POS))
+    mask = np.ones((B, MAX_POS), np.int64)
+    if padded:
+        mask[:, MAX_POS - 3:] = 0                   # every sample padded: the masked softmax rows
+        mask[0, 5:] = 0
+    return ids, mask, np.zeros_like(ids)
+
+
+def forward_plain(model, *args, **kwargs):
+    kernels.use("reference")
+    try:
+        return model.forward(*args, **kwargs)
+    finally:
+        kernels.use("fast")
+
+
+class CountRuns:
+    """Counts lanes.run calls (so that a test of the lanes cannot pass with the lanes off)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = lanes.run
+
+        def run(fn, parts):
+            self.calls += 1
+            return original(fn, parts)
+        monkeypatch.setattr(lanes, "run", run)
+
+
+# float32 tolerance: the lanes differ from the plain path by BLAS's summation order over row
+# shares and by the inference kernels (GELU within 8 ulps, softmax within 4, against the
+# correctly rounded plain kernels), carried through 3 LayerNorm'd layers whose outputs reach
+# about 3 (ulp 2.4e-7). Measured: at most 1.1e-6 (hidden states), 2.7e-7 (attention
+# probabilities); 4e-6 leaves room for another BLAS build. A wrong mask, head or row share
+# moves the outputs by 1e-2 or more.
+ATOL32 = 4e-6
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("masks", [False, True])
+def test_layers_in_lanes_match_the_plain_path(two_blas_threads, monkeypatch, B, padded, masks):
+    model = slender_model()
+    ids, mask, types = batch(B, padded)
+    kwargs = {}
+    if masks:                                       # a head switched off, neurons halved and zeroed
+        kwargs = dict(head_mask=[np.array([1.0, 0.0, 0.5, 1.0]), np.array([1.0]), np.array([0.0, 1.0])],
+                      ffn_mask=[np.r_[np.ones(10), np.zeros(10)], np.ones(9), np.linspace(0, 1, 14)])
+    expected = forward_plain(model, ids, mask, types, output_attentions=True, **kwargs)
+    runs = CountRuns(monkeypatch)
+    got = model.forward(ids, mask, types, output_attentions=True, **kwargs)
+    assert runs.calls == 4 * 3                      # projections, attention core, output, FFN per layer
+    for g, e in zip(got.hidden_states, expected.hidden_states):
+        np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)
+    for g, e in zip(got.attentions, expected.attentions):
+        np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)
+    for g, e in zip(got.logits, expected.logits):
+        np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)
+
+
+def test_lanes_give_what_the_unsplit_fast_path_gives(two_blas_threads):
+    """Within the fast path the lanes change only BLAS's summation order."""
+    model = slender_model()
+    ids, mask, types = batch(2, True)
+    got = model.forward(ids, mask, types)
+    with lanes.disabled():
+        unsplit = model.forward(ids, mask, types)
+    for g, e in zip(got.hidden_states, unsplit.hidden_states):
+        np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)   # measured at most 1.2e-6
+
+
+def test_early_exit_in_lanes_matches_the_plain_path(two_blas_threads, monkeypatch):
+    model = slender_model()
+    ids, mask, types = batch(3, True)
+    kernels.use("reference")
+    try:
+        expected = early_exit_forward(model, ids, mask, types, threshold=0.9)
+    finally:
+        kernels.use("fast")
+    runs = CountRuns(monkeypatch)
+    got = early_exit_forward(model, ids, mask, types, threshold=0.9)
+    assert runs.calls > 0
+    np.testing.assert_array_equal(got.exit_layers, expected.exit_layers)
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=0, atol=ATOL32)
+
+
+def test_training_and_float64_take_no_lanes(two_blas_threads, monkeypatch):
+    model = slender_model()
+    ids, mask, types = batch(2, False)
+    runs = CountRuns(monkeypatch)
+    model.forward(ids, mask, types, return_cache=True)            # a cache: the backward may follow
+    model.forward(ids, mask, types, training=True)               # dropout
+    model.forward(ids, mask, types, inference=False)             # a teacher's targets in training
+    CostEffModel(model.config, model.params, dtype=np.float64).forward(ids, mask, types)
+    assert runs.calls == 0
+
+
+def test_a_bad_head_mask_is_refused_before_it_is_cut(two_blas_threads):
+    model = slender_model()
+    ids, mask, types = batch(1, False)
+    with pytest.raises(ValueError, match="head_mask"):
+        model.forward(ids, mask, types, head_mask=[np.ones(5), np.ones(1), np.ones(2)])
