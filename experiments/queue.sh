@@ -41,6 +41,9 @@ for task in "${tasks[@]}"; do
     report() {
         local args=(--run "2 / 128 / 32=runs/$task")
         [ -f "runs/$task-w6/summary.json" ] && args+=(--run "6 / 768 / 192=runs/$task-w6")
+        # A longer recovery of the main student, run by hand where a session had the time
+        # (its slenderize stage linked from runs/$task; see the README's SST-2 section).
+        [ -f "runs/$task-long/summary.json" ] && args+=(--run "2 / 128 / 32, longer recovery=runs/$task-long")
         [ -f "runs/$task-last-exit/summary.json" ] && args+=(--ablation "last-exit importance=runs/$task-last-exit")
         [ -f "runs/$task-no-ta/summary.json" ] && args+=(--ablation "no TA=runs/$task-no-ta")
         [ -f "runs/$task-no-exits/summary.json" ] && args+=(--ablation "no exits=runs/$task-no-exits")
