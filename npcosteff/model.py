@@ -18,6 +18,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .config import CostEffConfig
+from .flops import layer_flops
+from .kernels import lanes
 from .nn.attention import AttentionCache, attention_backward, attention_forward
 from .nn.dropout import Dropout
 from .nn.embeddings import (EmbeddingsCache, WordCache, embeddings_backward, embeddings_forward,
@@ -337,14 +339,17 @@ class CostEffModel:
         c = self.config
         B, T, d = h.shape
         H = c.heads_per_layer[i]
+        # Both blocks of a layer in lanes or neither (npcosteff/kernels/lanes.py): a layer
+        # with its attention unsplit and its FFN in lanes ran slower than either.
+        n_lanes = lanes.count(B * T, h.dtype, B * layer_flops(c, i, T)["total"]) if inference else 1
         a, probs, a_cache = attention_forward(
             h, Prefixed(self.params, f"encoder.layer.{i}.attention."), H, c.attention_head_size,
             additive_mask, c.layer_norm_eps, head_mask=head_mask,
             probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
-            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)), inference=inference)
+            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)), inference=inference, n_lanes=n_lanes)
         h, f_cache = ffn_forward(a, Prefixed(self.params, f"encoder.layer.{i}."), c.layer_norm_eps,
                                  ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)),
-                                 inference=inference)
+                                 inference=inference, n_lanes=n_lanes)
         return h, probs, None if inference else LayerCache(a_cache, f_cache)
 
     def run_exit(self, i, h, attention_mask, drop=_no_dropout):

@@ -27,8 +27,10 @@ def blas_threads():
 
 
 @pytest.fixture
-def two_blas_threads():
-    """BLAS at two threads (lanes need more than one), whatever this machine's default."""
+def lanes_on(monkeypatch):
+    """BLAS at two threads (lanes need more than one), whatever this machine's default, and
+    no least work (the small models of these tests would otherwise never take lanes)."""
+    monkeypatch.setattr(lanes, "MIN_FLOPS", 0)
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         if blas_threads() < 2:
             pytest.fail("BLAS refused a second thread: the lanes cannot be tested")
@@ -46,7 +48,7 @@ def test_row_parts_cover_the_range_without_empty_parts():
         np.testing.assert_array_equal(covered, np.arange(n))
 
 
-def test_run_runs_every_part_once_the_first_in_the_calling_thread(two_blas_threads):
+def test_run_runs_every_part_once_the_first_in_the_calling_thread(lanes_on):
     seen, threads, inside, blas_inside = [], {}, [], []
     lock = threading.Lock()
 
@@ -67,7 +69,7 @@ def test_run_runs_every_part_once_the_first_in_the_calling_thread(two_blas_threa
 
 
 @pytest.mark.parametrize("failing", [0, 1])
-def test_run_raises_a_lanes_error_after_every_lane_finished(two_blas_threads, failing):
+def test_run_raises_a_lanes_error_after_every_lane_finished(lanes_on, failing):
     finished = []
     release = threading.Event()
 
@@ -84,22 +86,63 @@ def test_run_raises_a_lanes_error_after_every_lane_finished(two_blas_threads, fa
     assert blas_threads() == 2 and not lanes.inside()
 
 
-def test_count(two_blas_threads):
-    assert lanes.count(128, np.float32) == 2
-    assert lanes.count(1, np.float32) == 1          # never more lanes than rows
-    assert lanes.count(128, np.float64) == 1        # float64 runs its exact kernels unsplit
+def test_count(lanes_on):
+    work = 1e9
+    assert lanes.count(128, np.float32, work) == 2
+    assert lanes.count(1, np.float32, work) == 1    # never more lanes than rows
+    assert lanes.count(128, np.float64, work) == 1  # float64 runs its exact kernels unsplit
     with lanes.disabled():
-        assert lanes.count(128, np.float32) == 1
+        assert lanes.count(128, np.float32, work) == 1
     kernels.use("reference")
     try:
-        assert lanes.count(128, np.float32) == 1    # the plain path starts no thread
+        assert lanes.count(128, np.float32, work) == 1   # the plain path starts no thread
     finally:
         kernels.use("fast")
     seen = []
-    lanes.run(lambda part: seen.append(lanes.count(128, np.float32)), [0, 1])
+    lanes.run(lambda part: seen.append(lanes.count(128, np.float32, work)), [0, 1])
     assert seen == [1, 1]                           # no lanes inside a lane
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        assert lanes.count(128, np.float32) == 1
+        assert lanes.count(128, np.float32, work) == 1
+
+
+def test_a_layer_with_little_work_takes_no_lanes(monkeypatch):
+    """Below MIN_FLOPS a layer's hand-offs cost more than the second core saves: the unsplit path."""
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() < 2:
+            pytest.fail("BLAS refused a second thread: the lanes cannot be tested")
+        assert lanes.count(128, np.float32, lanes.MIN_FLOPS) == 2
+        assert lanes.count(128, np.float32, lanes.MIN_FLOPS - 1) == 1
+        runs = CountRuns(monkeypatch)
+        model = slender_model()                     # a few thousand FLOPs per layer
+        ids, mask, types = batch(3, True)
+        model.forward(ids, mask, types)
+        assert runs.calls == 0
+        monkeypatch.setattr(lanes, "MIN_FLOPS", 0)
+        model.forward(ids, mask, types)
+        assert runs.calls == 4 * 3
+
+
+def test_a_layer_asks_for_lanes_with_its_whole_work(monkeypatch):
+    """run_layer passes lanes.count the FLOPs of the layer's matrix products over the batch
+    (flops.layer_flops), once per layer, and both blocks of the layer follow that one answer:
+    MiniLM's layer at 1 x 128 tokens is 8 N d A + 4 B T^2 A + 4 N d F = 478.2 MFLOP
+    (N = B T = 128, d = A = 384, F = 1536)."""
+    from npcosteff.flops import layer_flops
+
+    model = slender_model()
+    ids, mask, types = batch(3, True)
+    seen = []
+    monkeypatch.setattr(lanes, "count", lambda n_rows, dtype, flops: seen.append((n_rows, flops)) or 1)
+    runs = CountRuns(monkeypatch)
+    model.forward(ids, mask, types)
+    assert seen == [(3 * MAX_POS, 3 * layer_flops(model.config, i, MAX_POS)["total"]) for i in range(3)]
+    assert runs.calls == 0                          # one lane: both blocks unsplit
+    monkeypatch.setattr(lanes, "count", lambda n_rows, dtype, flops: 2)
+    model.forward(ids, mask, types)
+    assert runs.calls == 4 * 3                      # two lanes: both blocks split, in every layer
+    minilm = CostEffConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                           intermediate_size=1536, max_position_embeddings=512, num_labels=2)
+    assert round(layer_flops(minilm, 0, 128)["total"] / 1e6, 1) == 478.2
 
 
 # ---------------------------------------------------------------------------- the layers
@@ -162,7 +205,7 @@ ATOL32 = 4e-6
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("masks", [False, True])
-def test_layers_in_lanes_match_the_plain_path(two_blas_threads, monkeypatch, B, padded, masks):
+def test_layers_in_lanes_match_the_plain_path(lanes_on, monkeypatch, B, padded, masks):
     model = slender_model()
     ids, mask, types = batch(B, padded)
     kwargs = {}
@@ -181,7 +224,7 @@ def test_layers_in_lanes_match_the_plain_path(two_blas_threads, monkeypatch, B, 
         np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)
 
 
-def test_lanes_give_what_the_unsplit_fast_path_gives(two_blas_threads):
+def test_lanes_give_what_the_unsplit_fast_path_gives(lanes_on):
     """Within the fast path the lanes change only BLAS's summation order."""
     model = slender_model()
     ids, mask, types = batch(2, True)
@@ -192,7 +235,7 @@ def test_lanes_give_what_the_unsplit_fast_path_gives(two_blas_threads):
         np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)   # measured at most 1.2e-6
 
 
-def test_early_exit_in_lanes_matches_the_plain_path(two_blas_threads, monkeypatch):
+def test_early_exit_in_lanes_matches_the_plain_path(lanes_on, monkeypatch):
     model = slender_model()
     ids, mask, types = batch(3, True)
     kernels.use("reference")
@@ -207,7 +250,7 @@ def test_early_exit_in_lanes_matches_the_plain_path(two_blas_threads, monkeypatc
     np.testing.assert_allclose(got.logits, expected.logits, rtol=0, atol=ATOL32)
 
 
-def test_training_and_float64_take_no_lanes(two_blas_threads, monkeypatch):
+def test_training_and_float64_take_no_lanes(lanes_on, monkeypatch):
     model = slender_model()
     ids, mask, types = batch(2, False)
     runs = CountRuns(monkeypatch)
@@ -218,7 +261,7 @@ def test_training_and_float64_take_no_lanes(two_blas_threads, monkeypatch):
     assert runs.calls == 0
 
 
-def test_a_bad_head_mask_is_refused_before_it_is_cut(two_blas_threads):
+def test_a_bad_head_mask_is_refused_before_it_is_cut(lanes_on):
     model = slender_model()
     ids, mask, types = batch(1, False)
     with pytest.raises(ValueError, match="head_mask"):

@@ -13,12 +13,26 @@ never compete for the same threads. Each lane computes its rows exactly as the w
 would: the results are those of the unsplit layer up to the summation order of BLAS
 (tests/test_lanes.py).
 
-Handing a lane to a worker costs about 30 microseconds, four times per layer. Measured
-on 2 cores (5 December 2026, MiniLM-L6, 128 tokens, float32, median ms per forward pass with /
+Handing a lane to a worker costs from about 30 microseconds to a few hundred, four times
+per layer. Measured on 2 cores (5 December 2026, MiniLM-L6, 128 tokens, float32, median ms per forward pass with /
 without lanes, one process, the sides alternating): batch 1 32.9 / 37.6, batch 4 93 / 118,
-batch 8 174 / 231, batch 16 331 / 399, batch 32 674-698 / 803-928; every batch size gains, so
-every float32 forward pass at inference (no dropout, no cache) takes lanes when BLAS has
-more than one thread (benchmarks/README.md has the side-by-side figures against PyTorch).
+batch 8 174 / 231, batch 16 331 / 399, batch 32 674-698 / 803-928: a float32 forward pass at
+inference (no dropout, no cache) takes lanes when BLAS has more than one thread and the
+layer has the work (below; benchmarks/README.md has the side-by-side figures against
+PyTorch).
+
+A share is worth its hand-offs only when there is enough work to share: a layer takes lanes
+(both its blocks, or neither: a layer with its attention unsplit and its FFN in lanes ran
+slower than either) when the matrix products of the layer over the batch come to at least
+:data:`MIN_FLOPS` (``flops.layer_flops``). Measured on 2 cores (5 December 2026, whole
+forward passes, median ms with every layer in lanes / none): MiniLM at 1 x 16 tokens (57
+MFLOP a layer) 13.0 / 8.3, 1 x 64 (233) 21.3 / 20.5, 1 x 96 (354) 26.2 / 28.9, 1 x 128
+(478) 37.7 / 44.5; a 6-head, FFN-768 student at 1 x 128 (239) 19.2 / 16.2, 2 x 128 (478)
+34.8 / 37.9; a 2-head, FFN-128 student at 1 x 16 (6 MFLOP) 7.6 / 3.6, 4 x 128 (218) 16.9 /
+17.6, 8 x 128 (436) 29.2 / 32.1. Below about 300 MFLOP a layer's four hand-offs (a few
+hundred microseconds on that virtual machine, the worker's wake-up and BLAS's thread count
+set and reset included) cost more than the second core saves: a short sentence through a
+slender early-exit student ran twice as slowly with lanes in every layer.
 
 Only float32 layers with the ``fast`` kernels take lanes (the speed path; a float64 model
 runs its exact kernels unsplit); with ``NPCOSTEFF_KERNELS=reference`` no worker thread runs and
@@ -35,7 +49,11 @@ import numpy as np
 
 from .batched import _blas, _one_blas_thread
 
-__all__ = ["count", "inside", "row_parts", "run", "disabled"]
+__all__ = ["MIN_FLOPS", "count", "inside", "row_parts", "run", "disabled"]
+
+# The least work worth sharing out: FLOPs of a layer's matrix products over the batch, at
+# the measured break-even (between 233 and 354 MFLOP for MiniLM, 218 and 436 for a student).
+MIN_FLOPS = 300e6
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -60,13 +78,15 @@ def disabled():
             _state["disabled"] -= 1
 
 
-def count(n_rows: int, dtype) -> int:
-    """How many lanes a layer of `n_rows` rows (B * T) takes at inference: the number of BLAS
-    threads (at most `n_rows`) for float32 rows with the fast kernels, else 1 (no lanes: the
-    unsplit path)."""
+def count(n_rows: int, dtype, flops: float) -> int:
+    """How many lanes a layer of `n_rows` rows (B * T) whose matrix products come to `flops`
+    takes at inference: the number of BLAS threads (at most `n_rows`) for float32 rows with
+    the fast kernels and at least :data:`MIN_FLOPS` of work, else 1 (no lanes: the unsplit
+    path)."""
     from . import current
 
-    if np.dtype(dtype) != np.float32 or _state["disabled"] or inside() or current() != "fast":
+    if (np.dtype(dtype) != np.float32 or flops < MIN_FLOPS or _state["disabled"] or inside()
+            or current() != "fast"):
         return 1
     blas = _blas()
     if blas is None:

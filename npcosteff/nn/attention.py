@@ -82,20 +82,19 @@ def merge_heads(x):
 
 
 def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
-                      head_mask=None, probs_dropout=None, output_dropout=None, inference=False):
+                      head_mask=None, probs_dropout=None, output_dropout=None, inference=False, n_lanes=1):
     """x (B, T, d), additive_mask (B, 1, 1, T) -> (out (B, T, d), probs (B, H, T, T), AttentionCache).
 
     head_mask (H,) multiplies each head's probabilities after dropout, as in Hugging Face.
     With ``inference=True`` nothing will backpropagate through the call: the softmax is the
     inference kernel (float32 arithmetic for float32 data, npcosteff/kernels/inference.py)
-    and the cache is None.
+    and the cache is None; ``n_lanes > 1`` (the layer's choice, ``lanes.count``) then shares
+    the steps out over that many cores.
     """
     B, T, d = x.shape
     H = num_heads
-    if inference and probs_dropout is None and output_dropout is None:
-        n_lanes = lanes.count(B * T, x.dtype)
-        if n_lanes > 1:                      # a few samples: the same steps, shared out over the cores
-            return _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lanes)
+    if inference and n_lanes > 1 and probs_dropout is None and output_dropout is None:
+        return _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lanes)
     x2 = x.reshape(B * T, d)                                           # (N, d)
     scale = 1.0 / math.sqrt(head_size)
     q2, k2, v2 = (linear_forward(x2, p[f"self.{name}.weight"], p[f"self.{name}.bias"])[0]

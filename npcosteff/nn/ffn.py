@@ -36,7 +36,7 @@ class FFNCache(NamedTuple):
     shape: tuple                          # (B, T, d)
 
 
-def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=False):
+def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=False, n_lanes=1):
     """x (B, T, d) -> (y (B, T, d), FFNCache).
 
     The cache keeps the GELU input ``pre`` but not its output ``act``: the backward pass
@@ -44,12 +44,12 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     holding (B*T, F) activations per layer from the forward to the backward pass.
     With ``inference=True`` nothing will backpropagate through the call: GELU is the
     inference kernel (float32 arithmetic for float32 data, npcosteff/kernels/inference.py)
-    and the cache is None.
+    and the cache is None; ``n_lanes > 1`` (the layer's choice, ``lanes.count``) then shares
+    the rows out over that many cores.
     """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
-    n_lanes = lanes.count(B * T, x.dtype) if inference and output_dropout is None else 1
-    if n_lanes > 1:                          # a few samples: the same steps, rows shared out over the cores
+    if inference and n_lanes > 1 and output_dropout is None:   # the same steps, rows shared out over the cores
         return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes).reshape(B, T, d), None
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
