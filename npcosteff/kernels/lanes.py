@@ -6,7 +6,10 @@ elementwise loops (bias + GELU, softmax, LayerNorm) are too short to be worth wa
 worker threads, so they run in one thread while the other core idles. Yet every step of a
 layer is independent across something: the projections, the output dense, LayerNorm and the
 FFN across rows (tokens), the attention core (scores, softmax, context) across heads and
-samples. A lane is one such share: :func:`run` hands each lane but the first to a worker
+samples; and for one sentence, whose rows are few, a head's whole way through the block
+(projections, core, its part of the output dense) across heads and the FFN across neurons,
+each lane's part of the output summed by the caller (npcosteff/nn/attention.py, ffn.py).
+A lane is one such share: :func:`run` hands each lane but the first to a worker
 thread, runs the first in the calling thread, and waits for all of them, with BLAS limited
 to one thread and every Numba loop run in its calling thread (:func:`inside`), so the lanes
 never compete for the same threads. Each lane computes its rows exactly as the whole call
@@ -14,7 +17,7 @@ would: the results are those of the unsplit layer up to the summation order of B
 (tests/test_lanes.py).
 
 Handing a lane to a worker costs from about 30 microseconds to a few hundred, four times
-per layer. Measured on 2 cores (5 December 2026, MiniLM-L6, 128 tokens, float32, median ms per forward pass with /
+per layer for several samples, twice for one. Measured on 2 cores (5 December 2026, MiniLM-L6, 128 tokens, float32, median ms per forward pass with /
 without lanes, one process, the sides alternating): batch 1 32.9 / 37.6, batch 4 93 / 118,
 batch 8 174 / 231, batch 16 331 / 399, batch 32 674-698 / 803-928: a float32 forward pass at
 inference (no dropout, no cache) takes lanes when BLAS has more than one thread and the

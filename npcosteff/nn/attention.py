@@ -121,17 +121,40 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
 
 
 def _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lanes):
-    """:func:`attention_forward` at inference for a few samples, in `n_lanes` lanes
-    (npcosteff/kernels/lanes.py): the projections and the output by rows, the attention core
-    by samples, or by heads for fewer samples than lanes. The same steps and kernels, each
-    lane writing its share of the preallocated results; returns (out, probs, None)."""
+    """:func:`attention_forward` at inference in `n_lanes` lanes (npcosteff/kernels/lanes.py):
+    by heads for fewer samples than lanes where the layer has as many heads as lanes
+    (:func:`_attention_by_heads`), else by rows and samples (:func:`_attention_by_rows`).
+    Returns (out, probs, None)."""
+    B, T, d = x.shape
+    if head_mask is not None:
+        head_mask = _vector("head_mask", head_mask, H, x.dtype)        # (H,), checked before it is cut
+    mask = None if additive_mask is None else np.broadcast_to(additive_mask, (B,) + additive_mask.shape[1:])
+    by_heads = B < n_lanes <= H
+    attend = _attention_by_heads if by_heads else _attention_by_rows
+    return attend(x, p, H, head_size, mask, eps, head_mask, n_lanes)
+
+
+def _core(q, k, v, mask, head_mask, probs, context):
+    """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
+    probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given."""
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2))                     # (b, h, T, T)
+    if probs.flags.c_contiguous:                                       # one sample's heads, or whole samples
+        weights = kernels.softmax_inference(scores, mask, out=probs)
+    else:                                                              # some heads of several samples
+        weights = kernels.softmax_inference(scores, mask)
+        probs[...] = weights
+    if head_mask is not None:                                          # plain NumPy: no parallel loop in a lane
+        weights = kernels.reference.attention_weights(weights, None, head_mask)
+    np.matmul(weights, v, out=context)                                 # (b, h, T, d_h)
+
+
+def _attention_by_rows(x, p, H, head_size, mask, eps, head_mask, n_lanes):
+    """Three hand-offs: the projections by rows, the attention core by samples, the output
+    dense and LayerNorm by rows; each lane writes its share of the preallocated results."""
     B, T, d = x.shape
     N, A = B * T, H * head_size
     x2 = x.reshape(N, d)                                               # (N, d)
     scale = 1.0 / math.sqrt(head_size)
-    if head_mask is not None:
-        head_mask = _vector("head_mask", head_mask, H, x.dtype)        # (H,), checked before it is cut
-    mask = None if additive_mask is None else np.broadcast_to(additive_mask, (B,) + additive_mask.shape[1:])
     q2, k2, v2, context2 = (np.empty((N, A), x.dtype) for _ in range(4))   # (N, A) each
     rows = lanes.row_parts(N, n_lanes)
 
@@ -144,19 +167,10 @@ def _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lan
 
     q, k, v, context = (split_heads(a, B, T, H) for a in (q2, k2, v2, context2))   # (B, H, T, d_h) views
     probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
-    if B > 1:                                # shares of samples (each share of probs is contiguous)
-        parts = [(b, slice(None)) for b in lanes.row_parts(B, n_lanes)]
-    else:                                    # one sample: shares of its heads
-        parts = [(slice(None), h) for h in lanes.row_parts(H, n_lanes)]
 
-    def core(part):                                                    # samples b, heads h
-        b, h = part
-        scores = np.matmul(q[b, h], k[b, h].transpose(0, 1, 3, 2))     # (b, h, T, T)
-        weights = kernels.softmax_inference(scores, None if mask is None else mask[b], out=probs[b, h])
-        if head_mask is not None:                                      # plain NumPy: no parallel loop in a lane
-            weights = kernels.reference.attention_weights(weights, None, head_mask[h])
-        np.matmul(weights, v[b, h], out=context[b, h])                 # (b, h, T, d_h), merged in context2
-    lanes.run(core, parts)
+    def core(b):                                                       # samples b (a contiguous share of probs)
+        _core(q[b], k[b], v[b], None if mask is None else mask[b], head_mask, probs[b], context[b])
+    lanes.run(core, lanes.row_parts(B, n_lanes))
 
     y2 = np.empty((N, d), x.dtype)                                     # (N, d)
 
@@ -166,6 +180,39 @@ def _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lan
         y2[r] = kernels.add_layer_norm(out, x2[r], p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
                                        eps)[0]
     lanes.run(output, rows)
+    return y2.reshape(B, T, d), probs, None
+
+
+def _attention_by_heads(x, p, H, head_size, mask, eps, head_mask, n_lanes):
+    """One hand-off, for fewer samples than lanes (one sentence): each lane takes a share of
+    the heads from end to end, its columns of Q, K and V (full-height products, where a share
+    of the rows of one sentence would make BLAS's blocks half as tall), its attention core and
+    its heads' part of the output dense, context[:, heads] Wo[:, heads]^T (N, d); the calling
+    thread sums the parts and adds the bias, the residual and LayerNorm."""
+    B, T, d = x.shape
+    N = B * T
+    x2 = x.reshape(N, d)                                               # (N, d)
+    scale = 1.0 / math.sqrt(head_size)
+    probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
+    heads = lanes.row_parts(H, n_lanes)
+    parts = [None] * len(heads)                                        # each lane's (N, d) part of the output
+
+    def attend(j):
+        h = heads[j]
+        cols = slice(h.start * head_size, h.stop * head_size)          # this lane's columns of Q, K, V
+        q, k, v = (split_heads(x2 @ p[f"self.{name}.weight"][cols].T + p[f"self.{name}.bias"][cols],
+                               B, T, h.stop - h.start) for name in _PROJECTIONS)   # (B, h, T, d_h) each
+        q *= scale
+        context = np.empty_like(q)                                     # (B, h, T, d_h)
+        _core(q, k, v, mask, None if head_mask is None else head_mask[h], probs[:, h], context)
+        parts[j] = merge_heads(context) @ p["output.dense.weight"][:, cols].T     # (N, d)
+    lanes.run(attend, range(len(heads)))
+
+    out = parts[0]
+    for part in parts[1:]:
+        out += part
+    out += p["output.dense.bias"]
+    y2 = kernels.add_layer_norm(out, x2, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)[0]
     return y2.reshape(B, T, d), probs, None
 
 

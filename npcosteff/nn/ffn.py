@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import lanes
+from ..kernels.checks import _vector
 from .linear import linear_backward, linear_forward, linear_input_grad, linear_param_grads
 from .prefixed import Prefixed
 
@@ -50,7 +51,8 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
     if inference and n_lanes > 1 and output_dropout is None:   # the same steps, rows shared out over the cores
-        return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes).reshape(B, T, d), None
+        by_neurons = B < n_lanes <= p["intermediate.dense.weight"].shape[0]
+        return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons).reshape(B, T, d), None
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
     bias_gelu = kernels.bias_gelu_inference if inference else kernels.bias_gelu
@@ -66,18 +68,39 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     return y.reshape(B, T, d), FFNCache(x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
 
 
-def _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes):
-    """:func:`ffn_forward` at inference for a few samples: x2 (N, d) -> y2 (N, d), its rows
-    shared out over `n_lanes` lanes (npcosteff/kernels/lanes.py), each running the same steps."""
+def _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons=False):
+    """:func:`ffn_forward` at inference for a few samples: x2 (N, d) -> y2 (N, d) in `n_lanes`
+    lanes (npcosteff/kernels/lanes.py), one hand-off. By rows, each lane running the block's
+    steps on its share of the rows; or, with `by_neurons` (one sentence: a share of its rows
+    would make BLAS's blocks half as tall), by neurons, each lane taking all rows through its
+    share of the F neurons, GELU(x Wi[f]^T + bi[f]) Wo[:, f]^T (N, d), and the calling thread
+    summing the parts and adding the bias, the residual and LayerNorm."""
+    Wi, bi, Wo = p["intermediate.dense.weight"], p["intermediate.dense.bias"], p["output.dense.weight"]
+    gamma, beta = p["output.LayerNorm.weight"], p["output.LayerNorm.bias"]
+    if by_neurons:
+        if ffn_mask is not None:
+            ffn_mask = _vector("ffn_mask", ffn_mask, Wi.shape[0], x2.dtype)       # (F,), checked before it is cut
+        neurons = lanes.row_parts(Wi.shape[0], n_lanes)
+        parts = [None] * len(neurons)                                            # each lane's (N, d) part
+
+        def share(j):                                                            # neurons f
+            f = neurons[j]
+            act = kernels.bias_gelu_inference(x2 @ Wi[f].T, bi[f], None if ffn_mask is None else ffn_mask[f])
+            parts[j] = act @ Wo[:, f].T                                          # (N, d)
+        lanes.run(share, range(len(neurons)))
+        out = parts[0]
+        for part in parts[1:]:
+            out += part
+        out += p["output.dense.bias"]
+        return kernels.add_layer_norm(out, x2, gamma, beta, eps)[0]
+
     y2 = np.empty_like(x2)                                                       # (N, d)
 
     def block(r):                                                                # rows r
-        pre = x2[r] @ p["intermediate.dense.weight"].T                           # (n, F)
-        act = kernels.bias_gelu_inference(pre, p["intermediate.dense.bias"], ffn_mask)
-        out = act @ p["output.dense.weight"].T                                   # (n, d)
+        act = kernels.bias_gelu_inference(x2[r] @ Wi.T, bi, ffn_mask)            # (n, F)
+        out = act @ Wo.T                                                         # (n, d)
         out += p["output.dense.bias"]
-        y2[r] = kernels.add_layer_norm(out, x2[r], p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
-                                       eps)[0]
+        y2[r] = kernels.add_layer_norm(out, x2[r], gamma, beta, eps)[0]
     lanes.run(block, lanes.row_parts(x2.shape[0], n_lanes))
     return y2
 
