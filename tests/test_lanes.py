@@ -86,6 +86,13 @@ def test_run_raises_a_lanes_error_after_every_lane_finished(lanes_on, failing):
     assert blas_threads() == 2 and not lanes.inside()
 
 
+def test_run_and_sum_adds_every_lanes_result_once(lanes_on):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((5, 3)) for _ in range(3)]
+    total = lanes.run_and_sum(lambda j: arrays[j].copy(), [0, 1, 2])
+    np.testing.assert_array_equal(total, (arrays[0] + arrays[1]) + arrays[2])   # in the parts' order
+
+
 def test_count(lanes_on):
     work = 1e9
     assert lanes.count(128, np.float32, work) == 2

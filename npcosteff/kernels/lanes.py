@@ -52,7 +52,7 @@ import numpy as np
 
 from .batched import _blas, _one_blas_thread
 
-__all__ = ["MIN_FLOPS", "count", "inside", "row_parts", "run", "disabled"]
+__all__ = ["MIN_FLOPS", "count", "inside", "row_parts", "run", "run_and_sum", "disabled"]
 
 # The least work worth sharing out: FLOPs of a layer's matrix products over the batch, at
 # the measured break-even (between 233 and 354 MFLOP for MiniLM, 218 and 436 for a student).
@@ -143,6 +143,22 @@ def run(fn, parts) -> None:
                     errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def run_and_sum(fn, parts):
+    """``fn(part)`` for every part in lanes (:func:`run`), each returning an array of the same
+    shape; returns their sum, taken in the calling thread in the order of `parts` (the first
+    part's array, added into)."""
+    parts = list(parts)
+    results = [None] * len(parts)
+
+    def one(j):
+        results[j] = fn(parts[j])
+    run(one, range(len(parts)))
+    total = results[0]
+    for result in results[1:]:
+        total += result
+    return total
 
 
 @contextmanager

@@ -194,23 +194,16 @@ def _attention_by_heads(x, p, H, head_size, mask, eps, head_mask, n_lanes):
     x2 = x.reshape(N, d)                                               # (N, d)
     scale = 1.0 / math.sqrt(head_size)
     probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
-    heads = lanes.row_parts(H, n_lanes)
-    parts = [None] * len(heads)                                        # each lane's (N, d) part of the output
 
-    def attend(j):
-        h = heads[j]
-        cols = slice(h.start * head_size, h.stop * head_size)          # this lane's columns of Q, K, V
+    def attend(h):                                                     # heads h -> their part (N, d)
+        cols = slice(h.start * head_size, h.stop * head_size)          # their columns of Q, K, V
         q, k, v = (split_heads(x2 @ p[f"self.{name}.weight"][cols].T + p[f"self.{name}.bias"][cols],
                                B, T, h.stop - h.start) for name in _PROJECTIONS)   # (B, h, T, d_h) each
         q *= scale
         context = np.empty_like(q)                                     # (B, h, T, d_h)
         _core(q, k, v, mask, None if head_mask is None else head_mask[h], probs[:, h], context)
-        parts[j] = merge_heads(context) @ p["output.dense.weight"][:, cols].T     # (N, d)
-    lanes.run(attend, range(len(heads)))
-
-    out = parts[0]
-    for part in parts[1:]:
-        out += part
+        return merge_heads(context) @ p["output.dense.weight"][:, cols].T    # (N, d)
+    out = lanes.run_and_sum(attend, lanes.row_parts(H, n_lanes))      # (N, d) context Wo^T
     out += p["output.dense.bias"]
     y2 = kernels.add_layer_norm(out, x2, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)[0]
     return y2.reshape(B, T, d), probs, None

@@ -80,17 +80,11 @@ def _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons=False):
     if by_neurons:
         if ffn_mask is not None:
             ffn_mask = _vector("ffn_mask", ffn_mask, Wi.shape[0], x2.dtype)       # (F,), checked before it is cut
-        neurons = lanes.row_parts(Wi.shape[0], n_lanes)
-        parts = [None] * len(neurons)                                            # each lane's (N, d) part
 
-        def share(j):                                                            # neurons f
-            f = neurons[j]
+        def share(f):                                                            # neurons f -> their part (N, d)
             act = kernels.bias_gelu_inference(x2 @ Wi[f].T, bi[f], None if ffn_mask is None else ffn_mask[f])
-            parts[j] = act @ Wo[:, f].T                                          # (N, d)
-        lanes.run(share, range(len(neurons)))
-        out = parts[0]
-        for part in parts[1:]:
-            out += part
+            return act @ Wo[:, f].T
+        out = lanes.run_and_sum(share, lanes.row_parts(Wi.shape[0], n_lanes))   # (N, d) GELU(x Wi^T + bi) Wo^T
         out += p["output.dense.bias"]
         return kernels.add_layer_norm(out, x2, gamma, beta, eps)[0]
 
