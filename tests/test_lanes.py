@@ -48,6 +48,14 @@ def test_row_parts_cover_the_range_without_empty_parts():
         np.testing.assert_array_equal(covered, np.arange(n))
 
 
+def test_by_width_only_for_fewer_samples_than_lanes_and_enough_width():
+    assert lanes.by_width(1, 2, 12)            # one sentence, 2 lanes, 12 heads: by heads
+    assert lanes.by_width(3, 4, 4)             # 3 samples, 4 lanes, one head per lane
+    assert not lanes.by_width(2, 2, 12)        # as many samples as lanes: by rows and samples
+    assert not lanes.by_width(1, 4, 2)         # 2 heads for 4 lanes: by rows
+    assert not lanes.by_width(1, 1, 12)        # one lane: nothing to split
+
+
 def test_run_runs_every_part_once_the_first_in_the_calling_thread(lanes_on):
     seen, threads, inside, blas_inside = [], {}, [], []
     lock = threading.Lock()

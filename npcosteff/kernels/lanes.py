@@ -52,7 +52,7 @@ import numpy as np
 
 from .batched import _blas, _one_blas_thread
 
-__all__ = ["MIN_FLOPS", "count", "inside", "row_parts", "run", "run_and_sum", "disabled"]
+__all__ = ["MIN_FLOPS", "by_width", "count", "inside", "row_parts", "run", "run_and_sum", "disabled"]
 
 # The least work worth sharing out: FLOPs of a layer's matrix products over the batch, at
 # the measured break-even (between 233 and 354 MFLOP for MiniLM, 218 and 436 for a student).
@@ -95,6 +95,14 @@ def count(n_rows: int, dtype, flops: float) -> int:
     if blas is None:
         return 1
     return max(1, min(min(lib.num_threads for lib in blas.lib_controllers), n_rows))
+
+
+def by_width(n_samples: int, lanes: int, width: int) -> bool:
+    """Whether a block of `n_samples` samples goes into `lanes` lanes across its `width`
+    (the heads of attention, the neurons of the FFN) rather than across rows: when there are
+    fewer samples than lanes (one sentence: a share of its rows makes BLAS's blocks too short)
+    and at least one head or neuron per lane."""
+    return n_samples < lanes <= width
 
 
 def row_parts(n: int, lanes: int) -> list:

@@ -129,8 +129,7 @@ def _attention_in_lanes(x, p, H, head_size, additive_mask, eps, head_mask, n_lan
     if head_mask is not None:
         head_mask = _vector("head_mask", head_mask, H, x.dtype)        # (H,), checked before it is cut
     mask = None if additive_mask is None else np.broadcast_to(additive_mask, (B,) + additive_mask.shape[1:])
-    by_heads = B < n_lanes <= H
-    attend = _attention_by_heads if by_heads else _attention_by_rows
+    attend = _attention_by_heads if lanes.by_width(B, n_lanes, H) else _attention_by_rows
     return attend(x, p, H, head_size, mask, eps, head_mask, n_lanes)
 
 

@@ -51,7 +51,7 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
     if inference and n_lanes > 1 and output_dropout is None:   # the same steps, rows shared out over the cores
-        by_neurons = B < n_lanes <= p["intermediate.dense.weight"].shape[0]
+        by_neurons = lanes.by_width(B, n_lanes, p["intermediate.dense.weight"].shape[0])
         return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons).reshape(B, T, d), None
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
