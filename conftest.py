@@ -11,6 +11,7 @@
 
 import os
 
+import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.py, must precede NumPy's OpenBLAS)
 import pytest
 
 os.environ.setdefault("NPCOSTEFF_TUTORIAL_SIZE", "small")

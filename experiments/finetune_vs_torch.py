@@ -21,11 +21,11 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: E402
+import npcosteff  # noqa: E402, F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import numpy as np  # noqa: E402
+
 from npcosteff.data.batching import iterate_batches  # noqa: E402
 from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits  # noqa: E402
 from npcosteff.nn.dropout import Dropout  # noqa: E402

@@ -22,9 +22,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import npcosteff  # noqa: E402, F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import numpy as np  # noqa: E402
 
 from npcosteff.metrics import main_metric  # noqa: E402
 from npcosteff.model import CostEffModel  # noqa: E402

@@ -35,6 +35,37 @@ def test_the_users_settings_win():
     assert probe(OPENBLAS_THREAD_TIMEOUT="12", NUMBA_THREADING_LAYER="omp") == {"timeout": "12", "layer": "omp"}
 
 
+ORDER = """
+import json, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if sys.argv[1] == "numpy first":
+        import numpy
+    import npcosteff
+from threadpoolctl import threadpool_info
+print(json.dumps({"openblas": any(lib.get("internal_api") == "openblas" for lib in threadpool_info()),
+                  "warned": [str(w.message) for w in caught if "OPENBLAS_THREAD_TIMEOUT" in str(w.message)]}))
+"""
+
+
+@pytest.mark.parametrize("order, timeout, expect_warning", [
+    ("numpy first", None, True),           # OpenBLAS started without the setting: say so
+    ("numpy first", "4", False),           # the user set it in the environment: nothing to say
+    ("npcosteff first", None, False),      # the setting precedes OpenBLAS's start
+])
+def test_numpy_imported_first_is_named(order, timeout, expect_warning):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
+    if timeout is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = timeout
+    out = subprocess.run([sys.executable, "-c", ORDER, order], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # The warning is about OpenBLAS: with another BLAS behind NumPy there is nothing to warn of.
+    assert bool(got["warned"]) == (expect_warning and got["openblas"]), got
+    if got["warned"]:
+        assert "Import npcosteff before NumPy" in got["warned"][0]
+
+
 KERNELS = """
 import sys
 import numpy as np
