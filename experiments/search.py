@@ -157,6 +157,11 @@ def table() -> str:
              "seeded shuffle) and is scored on that held-out part, never on GLUE dev, which the",
              "reproduction reports. TA trials distill from the best teacher trial of their task; the",
              "score of a TA is its metric averaged over exits. Written by `experiments/search.py --table`.",
+             "",
+             "Minutes: the MRPC and STS-B trials (December 2-4, 2026) ran with NumPy imported before",
+             "npcosteff, so OpenBLAS's idle threads spun on the cores the training needed",
+             "(`npcosteff/threads.py`): their minutes may be longer than the same trial's would be now (the",
+             "effect was measured at inference, 1.5-1.7 times, not in training). Scores do not depend on it.",
              ""]
     for path in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         if not path.endswith(".jsonl"):
