@@ -68,7 +68,8 @@ def _warn_if_openblas_started() -> None:
     first and 1.23-1.33 s with npcosteff first; the naive-exits baseline 13.4 s against 8.0-8.3 s."""
     try:
         from threadpoolctl import threadpool_info
-        openblas = any(lib.get("internal_api") == "openblas" for lib in threadpool_info())
+        openblas = any(lib.get("internal_api") == "openblas" and lib.get("num_threads", 1) > 1
+                       for lib in threadpool_info())       # one thread: none idles
     except Exception:                          # threadpoolctl missing or unusable: no way to tell
         return
     if openblas:

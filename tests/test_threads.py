@@ -43,7 +43,8 @@ with warnings.catch_warnings(record=True) as caught:
         import numpy
     import npcosteff
 from threadpoolctl import threadpool_info
-print(json.dumps({"openblas": any(lib.get("internal_api") == "openblas" for lib in threadpool_info()),
+print(json.dumps({"openblas": any(lib.get("internal_api") == "openblas" and lib.get("num_threads", 1) > 1
+                                   for lib in threadpool_info()),
                   "warned": [str(w.message) for w in caught if "OPENBLAS_THREAD_TIMEOUT" in str(w.message)]}))
 """
 
@@ -60,10 +61,20 @@ def test_numpy_imported_first_is_named(order, timeout, expect_warning):
     out = subprocess.run([sys.executable, "-c", ORDER, order], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    # The warning is about OpenBLAS: with another BLAS behind NumPy there is nothing to warn of.
+    # The warning is about OpenBLAS's idle threads: with another BLAS behind NumPy, or OpenBLAS on
+    # one thread, there is nothing to warn of.
     assert bool(got["warned"]) == (expect_warning and got["openblas"]), got
     if got["warned"]:
         assert "Import npcosteff before NumPy" in got["warned"][0]
+
+
+def test_no_warning_for_a_single_threaded_openblas():
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", ORDER, "numpy first"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["warned"] == []
 
 
 KERNELS = """
