@@ -17,10 +17,12 @@ print(json.dumps({"timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "layer":
 """
 
 
-def probe(**env_changes):
+def probe(code=PROBE, *args, **env_changes):
+    """The JSON that `code` (run with `args`) prints last in a fresh interpreter, with neither of
+    npcosteff's two thread settings in its environment unless `env_changes` gives them."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
     env.update(env_changes)
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,12 +57,7 @@ print(json.dumps({"openblas": any(lib.get("internal_api") == "openblas" and lib.
     ("npcosteff first", None, False),      # the setting precedes OpenBLAS's start
 ])
 def test_numpy_imported_first_is_named(order, timeout, expect_warning):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
-    if timeout is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = timeout
-    out = subprocess.run([sys.executable, "-c", ORDER, order], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = probe(ORDER, order, **({} if timeout is None else {"OPENBLAS_THREAD_TIMEOUT": timeout}))
     # The warning is about OpenBLAS's idle threads: with another BLAS behind NumPy, or OpenBLAS on
     # one thread, there is nothing to warn of.
     assert bool(got["warned"]) == (expect_warning and got["openblas"]), got
@@ -69,12 +66,7 @@ def test_numpy_imported_first_is_named(order, timeout, expect_warning):
 
 
 def test_no_warning_for_a_single_threaded_openblas():
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_THREADING_LAYER")}
-    env["OPENBLAS_NUM_THREADS"] = "1"
-    out = subprocess.run([sys.executable, "-c", ORDER, "numpy first"], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])["warned"] == []
+    assert probe(ORDER, "numpy first", OPENBLAS_NUM_THREADS="1")["warned"] == []
 
 
 KERNELS = """
