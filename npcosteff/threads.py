@@ -75,7 +75,7 @@ def _warn_if_openblas_started() -> None:
     if openblas:
         warnings.warn(
             "NumPy was imported before npcosteff, so its OpenBLAS started without OPENBLAS_THREAD_TIMEOUT and its "
-            "idle threads spin on the cores that npcosteff's kernels need (inference up to 1.6 times slower on "
+            "idle threads spin on the cores that npcosteff's kernels need (inference 1.5-1.7 times slower on "
             "2 cores). Import npcosteff before NumPy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment "
             "(npcosteff/threads.py).", RuntimeWarning, stacklevel=3)
 
