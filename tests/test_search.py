@@ -47,3 +47,16 @@ def test_table_marks_the_chosen_trials_and_says_where_the_exit_trials_teacher_co
 def test_exit_grid_covers_every_task_and_starts_at_one():
     for task, grid in search.EXIT_GRID.items():
         assert grid[0]["exit_lr_multiplier"] == 1.0 and all(g["train_examples"] > 0 for g in grid), task
+
+
+@pytest.mark.parametrize("task", sorted(f[:-len(".jsonl")] for f in os.listdir(search.RESULTS) if f.endswith(".jsonl")))
+def test_each_searched_tasks_preset_holds_what_its_search_chose(task):
+    # The committed search results (results/search/<task>.jsonl) and the preset of the same
+    # task must agree: `npcosteff run --preset TASK` is the recipe the search chose.
+    from npcosteff.presets import get_preset
+
+    chosen = search.best_settings(task)
+    assert chosen, f"results/search/{task}.jsonl holds no finished trial"
+    preset = get_preset(task)
+    differ = {k: (getattr(preset, k), v) for k, v in chosen.items() if getattr(preset, k) != pytest.approx(v)}
+    assert not differ, f"preset {task!r} differs from its search (preset, search): {differ}"
