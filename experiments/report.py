@@ -25,7 +25,11 @@ folder of the naive-exits baseline. For each model, on the whole dev set:
   rounds after a warm-up.
 
 Writes ``results/<task>.json`` (schema in ``docs/results.md``), and a markdown table to
-stdout (``--markdown`` writes it to a file).
+stdout (``--markdown`` writes it to a file). ``--add-to results/<task>.json`` instead adds the
+students of the given runs to that file, keeping its rows, when their teacher is the file's
+(a run retrained with the file's recipe and seed; checked on the teacher's dev metric): a new
+width is added without retraining every model of the task. Each added student's speed-up is
+timed against the teacher in its own report (``added`` in the file says when).
 """
 
 from __future__ import annotations
@@ -173,9 +177,52 @@ def markdown(results) -> str:
     if searched and searched != results["task"]:
         lines += ["", f"Learning rates not searched on {results['task']}: taken from the search on {searched} "
                       "(docs/search.md)."]
+    for entry in results.get("added", []):
+        lines += ["", f"Added later (`report.py --add-to`, {entry['timing']['date']}): "
+                      f"{', '.join(entry['models'])}, from runs whose retrained teacher scores "
+                      f"{100 * entry['teacher']:.1f} like the file's; their speed-ups were timed in that report."]
     if results.get("unfinished_run"):
         lines += ["", "The main run had not finished: its teacher and TA only, no student yet."]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- adding a model
+# Two teachers count as the same when their dev metrics agree this closely: retrained with the
+# same recipe and seed, a teacher repeats its dev metric (training is deterministic on one
+# machine); a teacher trained with any other setting moves it by far more than this (one dev
+# example of 1,500 changes an accuracy by 7e-4).
+SAME_TEACHER = 1e-6
+
+
+def add_students(existing: dict, new: dict, what: dict) -> dict:
+    """``existing`` (a results file) with the students of ``new`` (a report of other runs) added.
+
+    The students' ratios are fractions of their own run's teacher, so they may join another
+    file only when that teacher is the file's: the same task, dev set and protocol, and the
+    same teacher dev metric within ``SAME_TEACHER`` (a run retraining the file's teacher with
+    its recipe and seed). The file's own rows are kept; a student of the same name is
+    replaced. ``what`` (the added runs' recipe, timing, ...) is recorded under ``added``.
+    """
+    for key in ("task", "dev_examples", "pad_to", "target", "operating_point_rule"):
+        if existing.get(key) != new.get(key):
+            raise ValueError(f"cannot add to a results file with another {key}: {existing.get(key)!r} "
+                             f"in the file, {new.get(key)!r} in this report")
+    gap = abs(existing["teacher"] - new["teacher"])
+    if gap > SAME_TEACHER:
+        raise ValueError(f"the teacher of these runs scores {new['teacher']:.6f} on dev, the file's "
+                         f"{existing['teacher']:.6f}: not the same teacher, so their students' ratios "
+                         "cannot join the file (retrain with the file's recipe and seed, or report all "
+                         "models anew)")
+    added = [m for m in new["models"] if m["role"] == "student"]
+    if not added:
+        raise ValueError("these runs have no student to add")
+    names = {m["name"] for m in added}
+    kept = [m for m in existing["models"] if m["name"] not in names]
+    last_student = max((i for i, m in enumerate(kept) if m["role"] == "student"), default=len(kept) - 1)
+    out = dict(existing)
+    out["models"] = kept[:last_student + 1] + added + kept[last_student + 1:]
+    out["added"] = list(existing.get("added", [])) + [dict(what, models=sorted(names), teacher=new["teacher"])]
+    return out
 
 
 # --------------------------------------------------------------------------- command line
@@ -239,6 +286,9 @@ def main(argv=None):
     p.add_argument("--rates-from", help="the task whose search chose the learning rates (default: --task)")
     p.add_argument("--output", help="results file (default: results/<task>.json)")
     p.add_argument("--markdown", help="also write the table here")
+    p.add_argument("--add-to", metavar="RESULTS_JSON",
+                   help="add the students of these runs to an existing results file instead of writing a "
+                        "new one; their teacher must be the file's (retrained with its recipe and seed)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="the first --run may be a run still in progress: report its finished stages")
     a = p.parse_args(argv)
@@ -342,7 +392,16 @@ def main(argv=None):
         results["unfinished_run"] = True        # the main run's student had not finished: teacher and TA only
     results["timing"] = {"repeats": a.repeats, "seconds": seconds, "cpu": _cpu(), "date": time.strftime("%Y-%m-%d"),
                          "load_average": os.getloadavg()[0]}
-    out = a.output or os.path.join(ROOT, "results", f"{recipe.task}.json")
+    out = a.output or a.add_to or os.path.join(ROOT, "results", f"{recipe.task}.json")
+    if a.add_to:
+        with open(a.add_to, encoding="utf-8") as f:
+            existing = json.load(f)
+        try:
+            results = add_students(existing, results, {
+                "recipe": results["recipe"], "rates_searched_on": results["rates_searched_on"],
+                "timing": results["timing"]})
+        except ValueError as e:
+            p.error(f"--add-to {a.add_to}: {e}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)

@@ -149,3 +149,34 @@ def test_markdown_says_when_the_run_had_not_finished():
     results = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
     results["unfinished_run"] = True
     assert "had not finished" in report.markdown(results)
+
+
+def test_add_students_joins_a_file_only_with_the_same_teacher():
+    import copy
+
+    import pytest
+
+    models, y, _ = _models()
+    existing = report.build("sst2", models, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    # A second report: the same teacher, a new student (named apart) that keeps exit 2 only.
+    narrow = copy.deepcopy(models)
+    narrow["student"]["logits"] = narrow["student"]["logits"][1:]
+    narrow["student"]["exit_layers"] = [2]
+    narrow["narrow"] = narrow.pop("student")
+    new = report.build("sst2", narrow, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    merged = report.add_students(existing, new, {"timing": {"date": "2026-12-06"}})
+    assert [m["name"] for m in merged["models"]] == ["teacher", "student", "narrow"]
+    assert merged["models"][:2] == existing["models"]                      # the file's rows untouched
+    assert merged["added"] == [{"timing": {"date": "2026-12-06"}, "models": ["narrow"], "teacher": 1.0}]
+    assert existing.get("added") is None                                   # the input is not modified
+    assert "Added later (`report.py --add-to`, 2026-12-06): narrow" in report.markdown(merged)
+    # Another teacher (one dev answer changed: 1/100 of accuracy) is refused, naming both scores.
+    other = copy.deepcopy(new)
+    other["teacher"] = 0.99
+    with pytest.raises(ValueError, match="scores 0.990000 on dev, the file's 1.000000: not the same teacher"):
+        report.add_students(existing, other, {})
+    other = dict(new, dev_examples=99)
+    with pytest.raises(ValueError, match="another dev_examples: 100 in the file, 99"):
+        report.add_students(existing, other, {})
+    with pytest.raises(ValueError, match="no student to add"):
+        report.add_students(existing, dict(new, models=new["models"][:1]), {})
