@@ -30,6 +30,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import npcosteff  # noqa: F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
 import numpy as np
 
 from benchmarks.common import REPO, default_threads, limit_threads, print_header, report, run_child, time_calls
