@@ -7,8 +7,8 @@
     python experiments/plot_results.py mrpc          # the picture: docs/images/mrpc_tradeoff.png
 
 The teacher and the TA come from the first ``--run`` folder (``summary.json`` names their
-model folders); every ``--run`` and ``--ablation`` adds its student, ``--naive`` a model
-folder of the naive-exits baseline. For each model, on the whole dev set:
+model folders); every ``--run`` and ``--ablation`` adds its student, every ``--naive`` a model
+folder of a naive-exits baseline (``LABEL=FOLDER`` names it; "naive exits" by default). For each model, on the whole dev set:
 
 * the metric of every exit (one full pass that keeps all exits' logits);
 * parameters, as a fraction of the teacher's;
@@ -26,10 +26,11 @@ folder of the naive-exits baseline. For each model, on the whole dev set:
 
 Writes ``results/<task>.json`` (schema in ``docs/results.md``), and a markdown table to
 stdout (``--markdown`` writes it to a file). ``--add-to results/<task>.json`` instead adds the
-students of the given runs to that file, keeping its rows, when their teacher is the file's
-(a run retrained with the file's recipe and seed; checked on the teacher's dev metric): a new
-width is added without retraining every model of the task. Each added student's speed-up is
-timed against the teacher in its own report (``added`` in the file says when).
+students of the given runs (and the ``--naive`` baselines) to that file, keeping its rows, when
+their teacher is the file's (a run retrained with the file's recipe and seed; checked on the
+teacher's dev metric): a new width or baseline is added without retraining every model of the
+task. Each added row's speed-up is timed against the teacher in its own report (``added`` in
+the file says when).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def markdown(results) -> str:
                       "(docs/search.md)."]
     for entry in results.get("added", []):
         lines += ["", f"Added later (`report.py --add-to`, {entry['timing']['date']}): "
-                      f"{', '.join(entry['models'])}, from runs whose retrained teacher scores "
+                      f"{', '.join(entry['models'])}, from runs whose teacher scores "
                       f"{100 * entry['teacher']:.1f} like the file's; their speed-ups were timed in that report."]
     if results.get("unfinished_run"):
         lines += ["", "The main run had not finished: its teacher and TA only, no student yet."]
@@ -197,13 +198,17 @@ SAME_TEACHER = 1e-6
 
 
 def add_students(existing: dict, new: dict, what: dict) -> dict:
-    """``existing`` (a results file) with the students of ``new`` (a report of other runs) added.
+    """``existing`` (a results file) with the students and naive-exits baselines of ``new`` (a
+    report of other runs) added.
 
-    The students' ratios are fractions of their own run's teacher, so they may join another
-    file only when that teacher is the file's: the same task, dev set and protocol, and the
-    same teacher dev metric within ``SAME_TEACHER`` (a run retraining the file's teacher with
-    its recipe and seed). The file's own rows are kept; a student of the same name is
-    replaced. ``what`` (the added runs' recipe, timing, ...) is recorded under ``added``.
+    The rows' ratios are fractions of their own run's teacher, so they may join another file
+    only when that teacher is the file's: the same task, dev set and protocol, and the same
+    teacher dev metric within ``SAME_TEACHER`` (a run retraining the file's teacher with its
+    recipe and seed). The file's own rows are kept; a row of the same name is replaced, unless
+    it measures the same (the same exits' metrics: the same model, reported again because its
+    run also holds the teacher), when the file's row and its timing stay. An added student goes
+    after the file's last student, an added naive baseline after its last naive one (else
+    after the TA). ``what`` (the added runs' recipe, timing, ...) is recorded under ``added``.
     """
     for key in ("task", "dev_examples", "pad_to", "target", "operating_point_rule"):
         if existing.get(key) != new.get(key):
@@ -215,16 +220,29 @@ def add_students(existing: dict, new: dict, what: dict) -> dict:
                          f"{existing['teacher']:.6f}: not the same teacher, so their students' ratios "
                          "cannot join the file (retrain with the file's recipe and seed, or report all "
                          "models anew)")
-    added = [m for m in new["models"] if m["role"] == "student"]
+    in_file = {m["name"]: m["exits"] for m in existing["models"]}
+    added = [m for m in new["models"] if m["role"] in ("student", "naive") and in_file.get(m["name"]) != m["exits"]]
     if not added:
-        raise ValueError("these runs have no student to add")
+        raise ValueError("these runs have no student or naive-exits baseline to add (none, or only rows "
+                         "the file already has)")
     names = {m["name"] for m in added}
-    kept = [m for m in existing["models"] if m["name"] not in names]
-    last_student = max((i for i, m in enumerate(kept) if m["role"] == "student"), default=len(kept) - 1)
+    rows = [m for m in existing["models"] if m["name"] not in names]
+    for role, after in (("naive", ("ta", "teacher")), ("student", ("naive", "ta", "teacher"))):
+        at = _after_last(rows, (role,) + after)
+        rows[at:at] = [m for m in added if m["role"] == role]
     out = dict(existing)
-    out["models"] = kept[:last_student + 1] + added + kept[last_student + 1:]
+    out["models"] = rows
     out["added"] = list(existing.get("added", [])) + [dict(what, models=sorted(names), teacher=new["teacher"])]
     return out
+
+
+def _after_last(rows, roles):
+    """The index after the last row of the first of `roles` that `rows` has (else the end)."""
+    for role in roles:
+        at = [i for i, m in enumerate(rows) if m["role"] == role]
+        if at:
+            return at[-1] + 1
+    return len(rows)
 
 
 # --------------------------------------------------------------------------- command line
@@ -280,7 +298,8 @@ def main(argv=None):
     p.add_argument("--task", required=True)
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER")
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=FOLDER")
-    p.add_argument("--naive", help="model folder of the naive-exits baseline")
+    p.add_argument("--naive", action="append", default=[], metavar="[LABEL=]FOLDER",
+                   help="model folder of a naive-exits baseline (label 'naive exits' unless given); repeatable")
     p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
     p.add_argument("--target", type=float, default=0.965)
     p.add_argument("--pad-to", type=int, default=128)
@@ -340,8 +359,9 @@ def main(argv=None):
     entries = [("teacher", "teacher", folders["teacher"])]
     if "ta" in folders:
         entries.append(("TA", "ta", folders["ta"]))
-    if a.naive:
-        entries.append(("naive exits", "naive", a.naive))
+    for spec in a.naive:
+        label, sep, folder = spec.rpartition("=")
+        entries.append((label if sep and label else "naive exits", "naive", folder))
     for label, summary in runs + ablations:
         student = {m["name"]: m["folder"] for m in summary["models"]}.get("student")
         if student:

@@ -8,6 +8,11 @@
 * naive: the fine-tuned teacher with exits attached at every layer, trained on the hard loss
   of all exits, without gradient equilibrium.
 
+``--exit-lr-multiplier`` sets the rate of the naive exits' parameters as a multiple of
+``--learning-rate``, as the recipe field ``exit_lr_multiplier`` does for the TA: give the TA's
+value for a like-for-like comparison (a TA whose exits learn 100 times faster against naive
+exits at 1 would credit the TA with what the faster exits do).
+
 `--teacher` and `--ta` take a model folder or a stage folder of `npcosteff run`; without `--ta`
 the TA is trained here. The data settings (--max-train, --max-length) must be the ones the
 teacher and TA were trained with.
@@ -58,6 +63,8 @@ def main(argv=None):
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=2e-5)
+    p.add_argument("--exit-lr-multiplier", type=float, default=1.0,
+                   help="the exits' learning rate as a multiple of --learning-rate (the TA's recipe value)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
@@ -65,7 +72,8 @@ def main(argv=None):
                           max_eval=args.max_eval)
     teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, what="teacher"))
     targs = TrainingArguments(task=data.task, epochs=args.epochs, batch_size=args.batch_size,
-                              learning_rate=args.learning_rate, seed=args.seed)
+                              learning_rate=args.learning_rate, seed=args.seed,
+                              exit_lr_multiplier=args.exit_lr_multiplier)
     rows = {"fine-tuned teacher": evaluate(teacher, data.dev, data.task)}
     if args.ta is not None:
         ta = CostEffModel.from_pretrained(resolve_model_dir(args.ta, what="TA"))

@@ -178,5 +178,31 @@ def test_add_students_joins_a_file_only_with_the_same_teacher():
     other = dict(new, dev_examples=99)
     with pytest.raises(ValueError, match="another dev_examples: 100 in the file, 99"):
         report.add_students(existing, other, {})
-    with pytest.raises(ValueError, match="no student to add"):
+    with pytest.raises(ValueError, match="no student or naive-exits baseline to add"):
         report.add_students(existing, dict(new, models=new["models"][:1]), {})
+
+
+def test_add_students_puts_an_added_naive_baseline_after_the_naive_rows():
+    import copy
+
+    models, y, _ = _models()
+    with_naive = copy.deepcopy(models)
+    with_naive["naive exits"] = dict(copy.deepcopy(models["student"]), role="naive")
+    existing = report.build("sst2", with_naive, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    assert [m["name"] for m in existing["models"]] == ["teacher", "student", "naive exits"]
+    again = copy.deepcopy(models)
+    again["naive exits, exits x100"] = dict(again.pop("student"), role="naive")
+    new = report.build("sst2", again, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    merged = report.add_students(existing, new, {"timing": {"date": "2026-12-06"}})
+    assert [(m["name"], m["role"]) for m in merged["models"]] == [
+        ("teacher", "teacher"), ("student", "student"), ("naive exits", "naive"),
+        ("naive exits, exits x100", "naive")]
+    assert merged["added"][0]["models"] == ["naive exits, exits x100"]
+    # The same report again, now with the file's student in it too (its run holds the teacher):
+    # the student measures the same, so the file's row (and its timing) stays.
+    again["student"] = copy.deepcopy(models["student"])
+    new = report.build("sst2", again, y, target=0.7, floor=0.5, thresholds=[0.0, 0.5], majority_metric=0.5)
+    new["models"][-1]["operating_point"]["speedup_measured"] = 99.0   # retimed in the new report
+    merged = report.add_students(existing, new, {"timing": {"date": "2026-12-06"}})
+    assert merged["models"][1] is existing["models"][1]
+    assert merged["added"][0]["models"] == ["naive exits, exits x100"]

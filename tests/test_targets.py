@@ -47,3 +47,15 @@ def test_teacher_target_fails_below_the_pytorch_number(tmp_path):
     _write(tmp_path, "mrpc", 0.833, [0.7], [_model("teacher", [0.833])])
     met, text = targets.teacher_target(targets.load(str(tmp_path)))
     assert met is False and "0.833" in text
+
+
+def test_ta_is_compared_with_the_strongest_naive_baseline(tmp_path):
+    # Two naive rows (exits at the stage's rate and at 100 times it): the TA beats the weaker
+    # (0.60) but not the stronger (0.80), so the task counts as lost whatever the rows' order.
+    for task in ("mrpc", "rte"):
+        weak, strong = _model("naive", [0.55, 0.65]), _model("naive", [0.75, 0.85])
+        _write(tmp_path, task, 0.8, [0.5, 0.5], [_model("teacher", [0.8]), _model("ta", [0.70, 0.80]),
+                                                 *((weak, strong) if task == "mrpc" else (strong, weak))])
+    met, text = targets.naive_target(targets.load(str(tmp_path)))
+    assert met is False                                         # two lost: four of five out of reach
+    assert "mrpc 0.750 <= 0.800" in text and "rte 0.750 <= 0.800" in text
