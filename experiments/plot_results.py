@@ -26,7 +26,7 @@ def plot(results: dict, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    fig, ax = plt.subplots(figsize=(11.5, 5.2))
     teacher = results["teacher"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, m in enumerate(results["models"]):
@@ -53,7 +53,7 @@ def plot(results: dict, out: str) -> None:
     criterion = criteria.pop() if len(criteria) == 1 else "entropy"   # regression tasks: patience
     ax.set_title(f"{results['task']}: sweeps over {criterion} thresholds; dots: cross-fitted operating points")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the axes: over them it hid points
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
