@@ -3,7 +3,7 @@
 Reads ``results/<task>.json`` (written by ``experiments/report.py``) and draws, per model,
 its early-exit sweep (``curve``: dev score at each threshold (entropy, or patience for regression) against FLOPs on inputs
 padded to 128 tokens, as a fraction of the teacher's), its cross-fitted operating point as
-a filled marker, the teacher at (1, its score), and the majority class and the 96.5%-of-
+a filled marker, the teacher as a black star at (1, its score), and the majority class and the 96.5%-of-
 the-teacher target as horizontal lines. The x axis is logarithmic, so 1/19 of the FLOPs
 (the paper's headline) sits as far from 1/2 as 1/2 from 1/10.
 
@@ -28,13 +28,16 @@ def plot(results: dict, out: str) -> None:
 
     fig, ax = plt.subplots(figsize=(11.5, 5.2))
     teacher = results["teacher"]
+    # The teacher is a black star; every other model gets a colour of its own (tab20 once the
+    # default cycle of 10 would repeat one).
+    others = [m for m in results["models"] if m["role"] != "teacher"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, m in enumerate(results["models"]):
+    if len(others) > len(colors):
+        colors = list(plt.get_cmap("tab20").colors)
+    ax.plot([1.0], [100 * teacher], "*", ms=14, color="black", label="teacher")
+    for k, m in enumerate(others):
         color = colors[k % len(colors)]
         op = m["operating_point"]
-        if m["role"] == "teacher":
-            ax.plot([1.0], [100 * teacher], "*", ms=14, color=color, label="teacher")
-            continue
         curve = sorted(m.get("curve") or [], key=lambda p: p["flops_ratio_padded"])
         if curve:
             ax.plot([p["flops_ratio_padded"] for p in curve], [100 * p["metric"] for p in curve], "-",
