@@ -3,8 +3,8 @@
 Reads ``results/<task>.json`` (written by ``experiments/report.py``) and draws, per model,
 its early-exit sweep (``curve``: dev score at each threshold (entropy, or patience for regression) against FLOPs on inputs
 padded to 128 tokens, as a fraction of the teacher's), its cross-fitted operating point as
-a filled marker, the teacher as a black star at (1, its score), and the majority class and the 96.5%-of-
-the-teacher target as horizontal lines. The x axis is logarithmic, so 1/19 of the FLOPs
+a filled marker, the teacher as a black star at (1, its score), and the majority class and
+the 96.5%-of-the-teacher target as horizontal lines. The x axis is logarithmic, so 1/19 of the FLOPs
 (the paper's headline) sits as far from 1/2 as 1/2 from 1/10.
 
     python experiments/plot_results.py mrpc cola      # -> docs/images/<task>_tradeoff.png
