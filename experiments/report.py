@@ -245,6 +245,16 @@ def _after_last(rows, roles):
     return len(rows)
 
 
+def selection_rule(selection):
+    """How a run chose its checkpoints, in words (the recipe field ``selection``)."""
+    if selection == "heldout":
+        return ("best exit-average metric on the held-out tenth of the training set (at most 2,000 examples, "
+                "shuffle seed 0; npcosteff.data.heldout_split), never dev")
+    if selection == "last":
+        return "the last checkpoint"
+    raise ValueError(f"unknown selection {selection!r}")
+
+
 # --------------------------------------------------------------------------- command line
 def _time(models, batches, thresholds_of, criterion, repeats):
     """Median seconds over dev per model, the models taking turns round by round."""
@@ -407,8 +417,16 @@ def main(argv=None):
     seconds = _time(loaded, [b for part in parts for b in part], thresholds_of, recipe.criterion, a.repeats)
     for m in results["models"]:
         m["operating_point"]["speedup_measured"] = seconds["teacher"] / seconds[m["name"]]
+    # How each row was selected: its checkpoint (the recipe's rule, which the naive exits'
+    # training follows too) and its thresholds (cross-fitted above); never on the dev set scored.
+    rule = selection_rule(recipe.selection)
+    for m in results["models"]:
+        m["selection"] = {"checkpoint": rule, "threshold": results["operating_point_rule"]
+                          if m["operating_point"]["threshold"] is not None else None}
     # What ran: the main run's recipe, and whose search chose its learning rates.
     results["recipe"] = runs[0][1]["recipe"]
+    results["seed"] = recipe.seed
+    results["commit"] = _commit()
     results["rates_searched_on"] = a.rates_from or recipe.task
     if runs[0][1].get("unfinished"):
         results["unfinished_run"] = True        # the main run's student had not finished: teacher and TA only
@@ -434,6 +452,20 @@ def main(argv=None):
         with open(a.markdown, "w", encoding="utf-8") as f:
             f.write(md)
     return 0
+
+
+def _commit():
+    """The commit of the code that wrote the results (with "+changes" when the tree differs)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def _cpu():

@@ -60,15 +60,6 @@ EXIT_GRID = {
 SEARCH_ONLY = ("max_train", "ta_epochs", "train_examples")   # settings of a trial that never go into a run
 
 
-def holdout_split(encoded, seed=0, fraction=0.1, cap=2000):
-    """(train part, held-out part) of an EncodedSplit: a seeded shuffle, the last
-    ``min(cap, fraction * n)`` examples held out."""
-    n = len(encoded)
-    k = min(cap, max(1, int(round(fraction * n))))
-    order = np.random.default_rng(seed).permutation(n)
-    return encoded.subset(np.sort(order[:-k])), encoded.subset(np.sort(order[-k:]))
-
-
 def _done(task):
     path = os.path.join(RESULTS, f"{task}.jsonl")
     if not os.path.isfile(path):
@@ -90,6 +81,7 @@ def _trial_name(stage, overrides):
 
 def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overrides=None):
     from npcosteff.pipeline import TaskData, finetune, load_task_data, train_ta
+    from npcosteff.data import heldout_split
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
@@ -125,10 +117,10 @@ def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overri
         if stage == "ta" and teacher is None:
             teacher = load_teacher()
         data = load_task_data(task, glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
-        train, held = holdout_split(data.train)
+        train, held = heldout_split(data.train)
         if "train_examples" in overrides:            # the first N of the training part (its order is seeded)
             train = train.subset(np.arange(min(len(train), overrides["train_examples"])))
-        data = dataclasses.replace(data, train=train, dev=held)
+        data = dataclasses.replace(data, train=train, heldout=held, dev=held)   # chosen and scored on held-out
         folder = os.path.join(RUNS, task, name)
         clock = time.time()
         print(f"[search] {task} {name}: {len(train)} training, {len(held)} held-out examples", flush=True)

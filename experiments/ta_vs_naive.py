@@ -8,6 +8,13 @@
 * naive: the fine-tuned teacher with exits attached at every layer, trained on the hard loss
   of all exits, without gradient equilibrium.
 
+Like for like by default: the naive exits take the TA's pooler (``--pooler``, default the
+TA's; the teacher's dense pooler would give every naive exit a fresh 384 x 384 layer the TA's
+exits lack) and train as many steps as the TA (``--epochs`` times ``1 + --hidden-fraction``:
+the TA's ``hidden`` third, then its ``pred_ta`` epochs). Both choose their checkpoint on the
+held-out tenth of the training set (``--selection heldout``; ``last`` keeps the last one),
+never on dev.
+
 ``--exit-lr-multiplier`` sets the rate of the naive exits' parameters as a multiple of
 ``--learning-rate``, as the recipe field ``exit_lr_multiplier`` does for the TA: give the TA's
 value for a like-for-like comparison (a TA whose exits learn 100 times faster against naive
@@ -65,11 +72,17 @@ def main(argv=None):
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--exit-lr-multiplier", type=float, default=1.0,
                    help="the exits' learning rate as a multiple of --learning-rate (the TA's recipe value)")
+    p.add_argument("--hidden-fraction", type=float, default=1 / 3,
+                   help="the TA's hidden share (its recipe's ta_hidden_fraction): the naive exits train "
+                        "--epochs x (1 + this), the TA's steps")
+    p.add_argument("--pooler", default=None, help="the naive exits' pooler (default: the TA's, else the teacher's)")
+    p.add_argument("--selection", choices=("heldout", "last"), default="heldout",
+                   help="checkpoint: best on the held-out tenth of the training set, or the last")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
     data = load_task_data(args.task, args.glue_dir, max_length=args.max_length, max_train=args.max_train,
-                          max_eval=args.max_eval)
+                          max_eval=args.max_eval, heldout=args.selection == "heldout")
     teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, what="teacher"))
     targs = TrainingArguments(task=data.task, epochs=args.epochs, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, seed=args.seed,
@@ -80,7 +93,12 @@ def main(argv=None):
     else:
         ta, _ = train_ta(data, teacher, targs, os.path.join(args.output, "ta"), pooler=teacher.config.pooler)
     rows["TA (hidden, then pred; GE)"] = evaluate(ta, data.dev, data.task)
-    naive, _ = train_naive_exits(data, teacher, targs, os.path.join(args.output, "naive_exits"))
+    pooler = args.pooler or ta.config.pooler
+    naive_args = TrainingArguments(task=data.task, epochs=args.epochs * (1 + args.hidden_fraction),
+                                   batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                                   exit_lr_multiplier=args.exit_lr_multiplier)
+    naive, result = train_naive_exits(data, teacher, naive_args, os.path.join(args.output, "naive_exits"),
+                                      pooler=pooler)
     rows["teacher + naive exits (hard, no GE)"] = evaluate(naive, data.dev, data.task)
 
     key = main_metric(data.task)
@@ -89,8 +107,11 @@ def main(argv=None):
     with open(os.path.join(args.output, "ta_vs_naive.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.output, "ta_vs_naive.json"), "w") as f:
-        json.dump({k: {"average": v["average"], "exits": {str(l): m for l, m in v["exits"].items()}}
-                   for k, v in rows.items()}, f, indent=2)
+        json.dump({**{k: {"average": v["average"], "exits": {str(l): m for l, m in v["exits"].items()}}
+                      for k, v in rows.items()},
+                   "naive_training": {"pooler": pooler, "epochs": naive_args.epochs, "steps": result["steps"],
+                                      "seed": args.seed, "selection": args.selection,
+                                      "exit_lr_multiplier": args.exit_lr_multiplier}}, f, indent=2)
     print(md)
 
 

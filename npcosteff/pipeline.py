@@ -7,8 +7,13 @@
 5. evaluation of every exit and the early-exit sweep live in `npcosteff.train.evaluate` and
    `npcosteff.sweep`.
 
+Every stage chooses its checkpoint on `TaskData.heldout`, a fixed part of the training set
+held out from training (`npcosteff.data.heldout_split`), never on the dev set that is
+reported; without a held-out part (``heldout=False``) it keeps its last checkpoint.
+
 `train_naive_exits` is the baseline the TA is compared with: the fine-tuned teacher with exits
-attached at every layer and trained on the hard loss only, without gradient equilibrium.
+attached at every layer (with the TA's pooler) and trained on the hard loss only, without
+gradient equilibrium.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .data.batching import EncodedSplit, encode_split
+from .data.batching import EncodedSplit, encode_split, heldout_split
 from .data.glue import get_task, load_glue
 from .model import CostEffModel
 from .surgery import attach_exits
@@ -29,17 +34,23 @@ from .train import Trainer, TrainingArguments
 
 @dataclass
 class TaskData:
-    """A GLUE task tokenized for training: train and dev splits."""
+    """A GLUE task tokenized for training: the training examples, the held-out part of the
+    training set that checkpoints are chosen on (None: keep the last checkpoint), and dev."""
     task: str
     num_labels: int
     is_regression: bool
     train: EncodedSplit
     dev: EncodedSplit
     tokenizer_file: Optional[str] = None
+    heldout: Optional[EncodedSplit] = None
 
 
-def load_task_data(task, data_dir=None, model_dir=None, max_length=128, max_train=None, max_eval=None) -> TaskData:
-    """Load and tokenize a GLUE task (`data_dir`: a GLUE TSV folder; None: $NPCOSTEFF_GLUE_DIR or the hub)."""
+def load_task_data(task, data_dir=None, model_dir=None, max_length=128, max_train=None, max_eval=None,
+                   heldout=False) -> TaskData:
+    """Load and tokenize a GLUE task (`data_dir`: a GLUE TSV folder; None: $NPCOSTEFF_GLUE_DIR or the hub).
+
+    With `heldout`, a fixed tenth of the (first `max_train`) training examples, at most 2,000, is
+    taken out of ``train`` into ``heldout`` (`npcosteff.data.heldout_split`)."""
     from .pretrained import resolve_model_dir
     from .tokenizer import Tokenizer
 
@@ -49,8 +60,11 @@ def load_task_data(task, data_dir=None, model_dir=None, max_length=128, max_trai
     dev_split = "validation_matched" if spec.name == "mnli" else "validation"
     train = encode_split(tok, load_glue(spec, "train", data_dir, max_train), max_length)
     dev = encode_split(tok, load_glue(spec, dev_split, data_dir, max_eval), max_length)
+    held = None
+    if heldout:
+        train, held = heldout_split(train)
     return TaskData(spec.name, spec.num_labels, spec.is_regression, train, dev,
-                    os.path.join(folder, "tokenizer.json"))
+                    os.path.join(folder, "tokenizer.json"), held)
 
 
 def _task_overrides(data: TaskData, exit_start_last: bool, num_layers: int, pooler=None):
@@ -77,12 +91,13 @@ def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=Non
 
     `pooler` is the classifier's pooler (``cls_tanh``, ``mean``, ``dense``; None: the default).
 
-    Returns (best model, training result). The best checkpoint is in <output_dir>/best."""
+    Returns (chosen model, training result): the checkpoint with the best held-out metric,
+    in <output_dir>/best, or the last one when `data` has no held-out part."""
     L = _num_layers(pretrained)
     model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
                                          **_task_overrides(data, True, L, pooler))
     args = dataclasses.replace(args, stage="hard", final_only=True)
-    result = Trainer(model, args, data.train, data.dev, output_dir=output_dir,
+    result = Trainer(model, args, data.train, data.heldout, output_dir=output_dir,
                      tokenizer_file=data.tokenizer_file).train()
     return _best(output_dir, model, dtype), result
 
@@ -95,7 +110,8 @@ def train_ta(data: TaskData, teacher: CostEffModel, args: TrainingArguments, out
     """Stage 2: the teacher-assistant. The pretrained model with an exit after every layer learns
     `hidden` distillation from the teacher for ``hidden_fraction * epochs``, then `pred_ta`
     ((prediction distillation + hard loss) / 2 over all exits), keeping the checkpoint with the
-    best dev metric averaged over exits; `pooler` is the exits' pooler (None: the default).
+    best held-out metric averaged over exits (the last without a held-out part); `pooler` is
+    the exits' pooler (None: the default).
 
     `schedule` ``"authors"``: `pred_ta` then runs the full ``epochs`` (the authors' scripts:
     EPOCH/3 of `hidden`, then EPOCH of `pred`); ``"split"``: the rest of ``epochs``.
@@ -116,18 +132,21 @@ def train_ta(data: TaskData, teacher: CostEffModel, args: TrainingArguments, out
                                         max(1, args.max_steps - hidden_args.max_steps), final_only=False)
     r1 = Trainer(model, hidden_args, data.train, None, teacher=teacher,
                  output_dir=os.path.join(output_dir, "hidden"), tokenizer_file=data.tokenizer_file).train()
-    r2 = Trainer(model, pred_args, data.train, data.dev, teacher=teacher, output_dir=output_dir,
+    r2 = Trainer(model, pred_args, data.train, data.heldout, teacher=teacher, output_dir=output_dir,
                  tokenizer_file=data.tokenizer_file).train()
     return _best(output_dir, model, dtype), {"hidden": r1, "pred_ta": r2}
 
 
 def train_naive_exits(data: TaskData, teacher: CostEffModel, args: TrainingArguments, output_dir,
-                      dtype=np.float32):
+                      dtype=np.float32, pooler=None):
     """The baseline: the fine-tuned teacher with exits attached at every layer, trained on the
-    hard loss of all exits without gradient equilibrium."""
-    model = attach_exits(teacher.astype(dtype), exit_start=1, seed=args.seed)
+    hard loss of all exits without gradient equilibrium, choosing its checkpoint as `finetune`.
+
+    `pooler`: the exits' pooler; give the TA's, so that the two differ in training alone (None:
+    the teacher's; another pooler than the teacher's starts every exit fresh)."""
+    model = attach_exits(teacher.astype(dtype), exit_start=1, seed=args.seed, pooler=pooler)
     args = dataclasses.replace(args, stage="hard", final_only=False, gradient_equilibrium=False)
-    result = Trainer(model, args, data.train, data.dev, output_dir=output_dir,
+    result = Trainer(model, args, data.train, data.heldout, output_dir=output_dir,
                      tokenizer_file=data.tokenizer_file).train()
     return _best(output_dir, model, dtype), result
 

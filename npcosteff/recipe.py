@@ -85,7 +85,9 @@ class Recipe:
     teacher_pooler: Optional[str] = "dense"  # the teacher's pooler; dense starts from BERT's pretrained pooler
     gradient_equilibrium: str = "authors"    # authors | exit_layers | off (docs/method.md, 2)
     regression_distill: str = "all"          # regression: distill every exit (all) or the last (final, the authors')
-    seed: int = 42
+    seed: int = 42                           # every stage from the TA on: data order, dropout, new exits
+    teacher_seed: int = 42                   # the teacher's fine-tuning (one teacher for several seeds)
+    selection: str = "heldout"               # checkpoints: best on a held-out tenth of train (heldout) | last
     eval_batch_size: int = 64
     weight_decay: float = 0.01               # AdamW; none on biases and LayerNorm
     exit_lr_multiplier: float = 1.0          # the exits' learning rate over each stage's (TA, pruning, recovery)
@@ -186,6 +188,7 @@ class Recipe:
             raise RecipeError(f"ta_hidden_fraction must lie strictly between 0 and 1 (the TA trains "
                               f"`hidden`, then `pred_ta`), got {self.ta_hidden_fraction}")
         choices = {"gradient_equilibrium": ("authors", "exit_layers", "off"), "regression_distill": ("all", "final"),
+                   "selection": ("heldout", "last"),
                    "ta_schedule": ("authors", "split"), "prune_timing": ("end", "start"),
                    "importance_hidden_loss": ("padded", "per_token")}
         for key, allowed in choices.items():
@@ -259,7 +262,8 @@ class Recipe:
         """TrainingArguments of stage 1 (the pipeline sets stage `hard`, final exit only)."""
         from .train import TrainingArguments
 
-        common = {**self._common(progress), "exit_lr_multiplier": 1.0}   # the teacher's one head: plain fine-tuning
+        # The teacher's one head learns at the stage's rate (plain fine-tuning), from its own seed.
+        common = {**self._common(progress), "exit_lr_multiplier": 1.0, "seed": self.teacher_seed}
         return TrainingArguments(task=self.task, stage="hard", final_only=True, epochs=self.finetune_epochs,
                                  max_steps=self.finetune_max_steps, batch_size=self.finetune_batch_size,
                                  learning_rate=self.finetune_learning_rate, **common)

@@ -13,10 +13,11 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
 4. train for one pruning period (``prune_period`` epochs) with a fresh AdamW and a fresh
    linear warmup/decay schedule peaking at ``lr * (1 + lr_restore)^t``: the first
    ``repr_proportion`` of the steps with the ``hidden`` stage, the rest with ``pred``;
-5. record widths, parameters, FLOPs and the dev metrics of every exit.
+5. record widths, parameters, FLOPs and the held-out metrics of every exit.
 
 :func:`recover` is step 4 of the pipeline (docs/method.md, 6): ``hidden`` distillation from the TA, then
-``pred``, keeping the checkpoint with the best dev metric averaged over exits.
+``pred``, keeping the checkpoint with the best metric averaged over exits on the held-out part
+of the training set (never on dev; the last checkpoint without one).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         ta_model: the multi-exit TA the student starts from (not changed).
         teacher: the model distilled from (None: `ta_model`, as in the paper).
         train_data: the training ``EncodedSplit`` (importance samples and training batches).
-        eval_data: the dev ``EncodedSplit`` scored after every prune (None: no evaluation).
+        eval_data: the held-out ``EncodedSplit`` scored after every prune (None: no evaluation).
         args: :class:`SlenderizeArguments`.
         output_dir: when given, ``<output_dir>/student/`` holds the latest student and
             ``slenderize_history.json``, rewritten atomically after every prune; a later call
@@ -260,7 +261,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
     ``history`` holds one record for the TA (``prune`` 0) and one per prune t with the widths,
     ``parameters`` / ``encoder_parameters`` (flops.count_parameters), ``flops`` (one sequence of
     ``args.flops_tokens`` tokens through every layer and exit), the period's learning rate and
-    steps, the training logs and the dev metrics of every exit (train.evaluate).
+    steps, the training logs and the held-out metrics of every exit (train.evaluate).
     """
     if not isinstance(ta_model, CostEffModel):
         raise TypeError(f"ta_model must be a CostEffModel, got {type(ta_model).__name__}")
@@ -273,7 +274,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
     hidden_steps = int(math.floor(args.repr_proportion * period_steps + 0.5))   # rounded, halves up
     folder = None if output_dir is None else os.path.join(os.fspath(output_dir), "student")
 
-    def dev_metrics(model):
+    def heldout_metrics(model):
         return None if eval_data is None else evaluate(model, eval_data, args.task, args.training.eval_batch_size)
 
     student, history = None, []
@@ -284,7 +285,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
     if student is None:
         student = ta_model.copy()
         history = [{"prune": 0, **_widths(student.config), **_size(student.config, args.flops_tokens),
-                    "dev": dev_metrics(student)}]
+                    "heldout": heldout_metrics(student)}]
     done = int(history[-1]["prune"])
     if done > len(schedule) or (done > 0 and (
             list(student.config.heads_per_layer) != list(schedule[done - 1].heads_per_layer)
@@ -328,7 +329,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
             "learning_rate": args.period_learning_rate(trained), "steps": period_steps,
             "hidden_steps": hidden_steps, "pred_steps": period_steps - hidden_steps,
             "importance_batches": importance.num_batches, "importance_seconds": importance_seconds,
-            "train_seconds": train_seconds, "train": logs, "dev": dev_metrics(student),
+            "train_seconds": train_seconds, "train": logs, "heldout": heldout_metrics(student),
         })
         if folder is not None:
             _save(student, history, folder, tokenizer_file)
@@ -373,12 +374,13 @@ def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data,
             output_dir=None, tokenizer_file=None):
     """Recover a slender student: ``hidden`` distillation, then ``pred`` (docs/method.md, 6, step 4).
 
-    `student` is trained in place. With `eval_data`, the ``pred`` stage scores every exit on
-    dev and the checkpoint with the best average over exits is returned (a new model);
+    `student` is trained in place. With `eval_data` (the held-out part of the training set,
+    never the dev set that is reported), the ``pred`` stage scores every exit on it and the
+    checkpoint with the best average over exits is returned (a new model);
     without it, the trained student is. `output_dir` keeps the runs (``hidden/``, ``pred/``,
     resumable by the Trainer); without it, a temporary folder holds the best checkpoint.
     Returns ``(model, result)`` with the two trainers' results and, with `eval_data`, the
-    returned model's dev metrics.
+    returned model's metrics on it (``heldout``).
     """
     if teacher is None:
         raise ValueError("recovery distills from the TA: pass teacher=")
@@ -396,5 +398,5 @@ def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data,
         model = student
         if eval_data is not None and os.path.isfile(os.path.join(best_dir, "model.safetensors")):
             model = CostEffModel.from_pretrained(best_dir, dtype=student.dtype)
-            result["dev"] = evaluate(model, eval_data, args.task, args.training.eval_batch_size)
+            result["heldout"] = evaluate(model, eval_data, args.task, args.training.eval_batch_size)
     return model, result

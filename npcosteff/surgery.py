@@ -32,11 +32,17 @@ __all__ = ["attach_exits", "only_final_exit", "slice_model"]
 
 
 # --------------------------------------------------------------------------- exits
-def attach_exits(model: CostEffModel, exit_start=1, seed=0) -> CostEffModel:
+def attach_exits(model: CostEffModel, exit_start=1, seed=0, pooler=None) -> CostEffModel:
     """A copy of `model` with exits after every layer from `exit_start` on; exits it already
-    has keep their weights (the last one stays the model's classifier), new ones are fresh."""
-    config = model.config.replace(exit_start=exit_start)
-    params = {n: p.copy() for n, p in model.params.items()}
+    has keep their weights (the last one stays the model's classifier), new ones are fresh.
+
+    `pooler` (None: the model's) sets the exits' pooler; when it is not the model's, every exit
+    starts fresh, since a classifier trained on one pooler's vectors does not fit another's."""
+    changes = {"exit_start": exit_start}
+    if pooler is not None and pooler != model.config.pooler:
+        changes["pooler"] = pooler
+    config = model.config.replace(**changes)
+    params = {n: p.copy() for n, p in model.params.items() if "pooler" not in changes or not n.startswith("exits.")}
     missing = [n for n in param_shapes(config) if n not in params]
     params.update(init_params(config, model.dtype, seed, names=set(missing)))
     return CostEffModel(config, {n: params[n] for n in param_shapes(config)}, dtype=model.dtype)

@@ -2,12 +2,14 @@
 
 A step is: forward with dropout -> `stage_loss` (stage_loss.py) -> `model.backward` ->
 gradient clipping -> AdamW with a linear warmup/decay schedule. The loop evaluates every exit
-on dev every N steps, keeps the checkpoint with the best dev metric averaged over exits,
+on `eval_data` every N steps, keeps the checkpoint with the best metric averaged over exits,
 writes a metrics file, and can resume after an interruption from its last checkpoint.
+`eval_data` is what checkpoints are chosen on: the pipeline gives the held-out part of the
+training set (`npcosteff.data.heldout_split`), never the dev set it reports.
 
 Run folder layout::
 
-    <output_dir>/best/        config.json, model.safetensors, tokenizer.json (best dev score)
+    <output_dir>/best/        config.json, model.safetensors, tokenizer.json (best eval_data score)
     <output_dir>/last/        the same plus optimizer.safetensors and trainer_state.json (resume)
     <output_dir>/metrics.jsonl   one JSON line per logged training window and per evaluation
 """
@@ -104,7 +106,7 @@ def loss_and_backward(model, batch, stage, teacher=None, *, dropout=None, traini
 
 
 def evaluate(model: CostEffModel, encoded, task, batch_size=64) -> dict:
-    """Dev metrics of every exit in one pass, and their average of the task's main metric.
+    """The metrics of every exit on `encoded` in one pass, and their average of the task's main metric.
 
     Returns ``{"exits": {layer: metrics}, "average": float, "final": float, "main_metric": name}``."""
     logits = [[] for _ in model.config.exit_layers]

@@ -406,6 +406,20 @@ def test_reuse_refuses_a_teacher_trained_otherwise(quick_run, capsys, tmp_path):
     assert "finetune_learning_rate" in line and "other settings" in line
 
 
+def test_reuse_with_another_seed_links_the_teacher_and_trains_a_new_ta(quick_run, capsys, tmp_path):
+    out, argv = finished(quick_run, "ta")
+    other = tmp_path / "seed-2"
+    assert main([*with_output(argv, other), "--set", "seed=2", "--reuse", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (other / "teacher").is_symlink() and (other / "teacher").resolve() == (out / "teacher").resolve()
+    assert not (other / "ta").is_symlink() and (other / "ta" / DONE_FILE).is_file()
+    assert "[reuse] ta of" in printed and "seed: 42 there, 2 now" in printed
+    assert printed.count("already done") == 1                  # the teacher only
+    first = json.loads((out / "ta" / DONE_FILE).read_text())
+    second = json.loads((other / "ta" / DONE_FILE).read_text())
+    assert first["settings"]["recipe"]["seed"] == 42 and second["settings"]["recipe"]["seed"] == 2
+
+
 def test_reuse_needs_finished_stages(capsys, tmp_path):
     (tmp_path / "src" / "teacher").mkdir(parents=True)
     line = _error(capsys, "run", "--preset", "quick", "--output", str(tmp_path / "new"),

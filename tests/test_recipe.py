@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from npcosteff.config import CostEffConfig
+from npcosteff.flops import count_parameters
 from npcosteff.pretrained import default_model_dir
 from npcosteff.presets import PRESETS, get_preset
 from npcosteff.recipe import Recipe, RecipeError, default_thresholds, load_recipe, parse_override
@@ -30,7 +31,14 @@ def test_bert_base_preset_holds_the_papers_settings():
     assert r.finetune_learning_rate == r.ta_learning_rate == 2e-5
     assert (r.prune_learning_rate, r.lr_restore) == (1e-5, 0.12)
     assert (r.recover_hidden_learning_rate, r.recover_pred_learning_rate) == (3e-5, 2e-5)
-    assert (r.heads, r.ffn, r.rank) == (2, 512, 128)
+    # The paper's 1/8-of-the-parameters model: 2 heads, FFN 256, rank 128 (FFN 512 would be 1/5.8).
+    assert (r.heads, r.ffn, r.rank) == (2, 256, 128)
+    bert_base = CostEffConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=512, num_labels=2, exit_start=12)
+    student = bert_base.replace(heads_per_layer=[r.heads] * 12, intermediate_per_layer=[r.ffn] * 12,
+                                embedding_rank=r.rank)
+    ratio = count_parameters(bert_base)["total"] / count_parameters(student)["total"]
+    assert 7.5 < ratio < 8.5, ratio
     assert 0.5 <= r.repr_proportion <= 0.7 and 0.3 <= r.prune_period <= 2.0
     assert (r.weight_decay, r.warmup_proportion, r.max_grad_norm) == (0.01, 0.1, 1.0)
 
@@ -225,13 +233,15 @@ def test_parse_override_errors(text, message):
 
 # --------------------------------------------------------------------------- stage arguments
 def test_stage_arguments_carry_the_recipe():
-    r = get_preset("quick").replace(seed=7, temperature=2.0, last_exit_only=True)
+    r = get_preset("quick").replace(seed=7, teacher_seed=3, temperature=2.0, last_exit_only=True)
     ft = r.finetune_arguments(progress=False)
     assert (ft.epochs, ft.learning_rate, ft.batch_size, ft.max_steps) == \
         (r.finetune_epochs, r.finetune_learning_rate, r.finetune_batch_size, r.finetune_max_steps)
-    assert (ft.seed, ft.temperature, ft.progress, ft.task) == (7, 2.0, False, "sst2")
+    # The teacher has its own seed, so that runs of several seeds can share one teacher.
+    assert (ft.seed, ft.temperature, ft.progress, ft.task) == (3, 2.0, False, "sst2")
     ta = r.ta_arguments()
-    assert (ta.epochs, ta.learning_rate, ta.batch_size) == (r.ta_epochs, r.ta_learning_rate, r.ta_batch_size)
+    assert (ta.epochs, ta.learning_rate, ta.batch_size, ta.seed) == (r.ta_epochs, r.ta_learning_rate,
+                                                                     r.ta_batch_size, 7)
     sl = r.slenderize_arguments()
     assert (sl.heads, sl.ffn, sl.embedding_rank) == (r.heads, r.ffn, r.rank)
     assert (sl.prune_period, sl.repr_proportion, sl.training.learning_rate, sl.lr_restore) == \

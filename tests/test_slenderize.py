@@ -174,7 +174,7 @@ def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path, timing):
         assert record["learning_rate"] == pytest.approx(peak, rel=1e-15)
         assert train_logs[0]["lr"] == 0.0
         assert max(r["lr"] for r in train_logs) == pytest.approx(peak, rel=1e-15)
-        assert sorted(record["dev"]["exits"]) == [1, 2, 3]
+        assert sorted(record["heldout"]["exits"]) == [1, 2, 3]
         assert len(record["kept_heads"]) == 3
     flops = [r["flops"] for r in history]
     assert all(a > b for a, b in zip(flops, flops[1:]))        # every prune is cheaper
@@ -248,7 +248,7 @@ def test_recover_keeps_the_best_averaged_checkpoint(tmp_path):
                             training=TrainingArguments(task="sst2", batch_size=8, eval_every=2, progress=False))
     best, result = recover(student.copy(), ta, train, dev, args, output_dir=tmp_path)
     assert result["hidden"]["steps"] == 3 and result["pred"]["steps"] == 6
-    assert result["dev"]["average"] == pytest.approx(result["best_average"], abs=1e-12)
+    assert result["heldout"]["average"] == pytest.approx(result["best_average"], abs=1e-12)
     assert best.config.heads_per_layer == [2, 2, 2]
     assert os.path.isfile(tmp_path / "pred" / "best" / "model.safetensors")
     evals = [r["average"] for r in (json.loads(line) for line in open(tmp_path / "pred" / "metrics.jsonl"))

@@ -78,6 +78,26 @@ class EncodedSplit:
                            count=len(self.input_ids))
 
 
+# The held-out part of a training set: what checkpoints are chosen on, never the dev set that
+# is reported. Fixed per task (a shuffle seeded apart from any run's seed), so that every run,
+# seed and search trial of a task holds out the same examples.
+HELDOUT_FRACTION = 0.1
+HELDOUT_CAP = 2000
+HELDOUT_SEED = 0
+
+
+def heldout_split(encoded: "EncodedSplit", fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP, seed=HELDOUT_SEED):
+    """(training part, held-out part) of a training split: a seeded shuffle, the last
+    ``min(cap, round(fraction * n))`` examples (at least one) held out; both parts keep the
+    split's order."""
+    n = len(encoded)
+    if n < 2:
+        raise ValueError(f"a held-out part needs at least 2 training examples, got {n}")
+    k = min(cap, max(1, int(round(fraction * n))))
+    order = np.random.default_rng(seed).permutation(n)
+    return encoded.subset(np.sort(order[:-k])), encoded.subset(np.sort(order[-k:]))
+
+
 def encode_split(tokenizer: Tokenizer, split: GlueSplit, max_length: int = 128) -> EncodedSplit:
     """Tokenize every example of a split (sentence pairs for pair tasks), truncated, unpadded."""
     if len(split) == 0:

@@ -175,7 +175,7 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
         source = glue_source(glue_dir, task=recipe.task)
         if need_train:
             return load_task_data(recipe.task, source, tokenizer_folder, recipe.max_length, recipe.max_train,
-                                  recipe.max_eval)
+                                  recipe.max_eval, heldout=recipe.selection == "heldout")
         spec = get_task(recipe.task)
         tok = Tokenizer.from_pretrained(tokenizer_folder)
         split = "validation_matched" if spec.name == "mnli" else "validation"
@@ -193,22 +193,22 @@ def dtype_of(recipe: Recipe):
 
 # --------------------------------------------------------------------------- stage folders
 # Recipe fields that change a stage's result (a finished stage reruns only with the same ones).
-_DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "seed")
+_DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "selection")
 _TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every",
                "gradient_equilibrium", "regression_distill")
 _EXIT_KEYS = ("exit_lr_multiplier",)       # stages that train exits (not the teacher's fine-tuning)
 STAGE_KEYS = {
-    "finetune": _DATA_KEYS + _TRAIN_KEYS + ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
+    "finetune": _DATA_KEYS + _TRAIN_KEYS + ("teacher_seed", "finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
                                             "finetune_max_steps", "teacher_pooler"),
-    "train-ta": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("ta_epochs", "ta_learning_rate", "ta_batch_size",
+    "train-ta": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "ta_epochs", "ta_learning_rate", "ta_batch_size",
                                                          "ta_max_steps", "ta_hidden_fraction", "ta_schedule",
                                                          "pooler"),
-    "slenderize": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("heads", "ffn", "rank", "prune_period",
+    "slenderize": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "heads", "ffn", "rank", "prune_period",
                                                            "repr_proportion", "prune_learning_rate", "lr_restore",
                                                            "prune_batch_size", "importance_examples",
                                                            "last_exit_only", "prune_timing", "min_warmup_steps",
                                                            "importance_hidden_loss", "last_exit_hard"),
-    "recover": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("recover_hidden_epochs", "recover_pred_epochs",
+    "recover": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "recover_hidden_epochs", "recover_pred_epochs",
                                                         "recover_hidden_learning_rate", "recover_pred_learning_rate",
                                                         "recover_batch_size", "recover_hidden_max_steps",
                                                         "recover_pred_max_steps"),
@@ -279,20 +279,41 @@ class StageFolder:
         return record
 
 
-def link_stages(source, output, stages=("teacher", "ta")) -> None:
-    """Link the finished `stages` of run folder `source` into the existing run folder `output`
-    (relative symbolic links), so that another student (other widths, an ablation) reuses its
-    teacher and TA. A stage whose settings differ from the new recipe's is refused when the run
-    reads it, as any stage folder is."""
+# The stage folders of a run that `link_stages` may link, and the stage each holds.
+LINKABLE = {"teacher": "finetune", "ta": "train-ta"}
+
+
+def link_stages(source, output, recipe: Recipe, stages=("teacher", "ta")) -> list:
+    """Link the finished `stages` of run folder `source` whose settings are `recipe`'s into the
+    existing run folder `output` (relative symbolic links), so that another student (other
+    widths, an ablation, another seed) reuses its teacher and TA. Returns the linked stages.
+
+    A stage trained with other settings (another seed for the TA, say) is not linked: the run
+    trains it anew. The first stage must link (a teacher with other settings is an error: the
+    run would silently train a second teacher)."""
     source, output = os.path.abspath(source), os.path.abspath(output)
     if source == output:
         raise UserError("--reuse names the run folder itself")
-    for stage in stages:
+    linked = []
+    for k, stage in enumerate(stages):
         src, dst = os.path.join(source, stage), os.path.join(output, stage)
         if not os.path.isfile(os.path.join(src, DONE_FILE)):
             raise UserError(f"--reuse {source}: its {stage} stage has not finished (no {os.path.join(src, DONE_FILE)})")
+        recorded = _read_json(os.path.join(src, DONE_FILE)).get("settings", {}).get("recipe", {})
+        wanted = _normalized({key: getattr(recipe, key) for key in STAGE_KEYS[LINKABLE[stage]]})
+        differ = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in wanted.items()
+                  if recorded.get(key, _ADDED_KEYS.get(key)) != value]
+        if differ:
+            if k == 0:
+                raise UserError(f"--reuse {source}: its {stage} was trained with other settings "
+                                f"({'; '.join(differ)})")
+            console.say(f"[reuse] {stage} of {source} not linked, trained here: {'; '.join(differ)}")
+            break                                          # what follows a retrained stage is retrained too
         if os.path.lexists(dst):
             if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+                linked.append(stage)
                 continue                                   # linked by an earlier, interrupted run
             raise UserError(f"--reuse: {dst} exists already; give a new output folder")
         os.symlink(os.path.relpath(src, output), dst, target_is_directory=True)
+        linked.append(stage)
+    return linked

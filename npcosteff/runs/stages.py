@@ -112,7 +112,7 @@ def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True
     last = schedule[-1]
 
     def train():
-        student, history = slenderize(start, teacher, data.train, data.dev, recipe.slenderize_arguments(progress),
+        student, history = slenderize(start, teacher, data.train, data.heldout, recipe.slenderize_arguments(progress),
                                       output_dir=folder, tokenizer_file=data.tokenizer_file)
         with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as f:
             for h in history:
@@ -136,7 +136,7 @@ def stage_recover(recipe: Recipe, data, student, teacher, folder, progress=True)
     from ..slenderize import recover
 
     def train():
-        model, result = recover(student, teacher, data.train, data.dev, recipe.recover_arguments(progress),
+        model, result = recover(student, teacher, data.train, data.heldout, recipe.recover_arguments(progress),
                                 output_dir=folder, tokenizer_file=data.tokenizer_file)
         _merge_metrics(folder, ("hidden", "pred"))
         return model, _saved_model_dir(folder, os.path.join("pred", "best"), model, data.tokenizer_file), \
@@ -185,7 +185,7 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
         check_targets(config, recipe)
     os.makedirs(output, exist_ok=True)
     if reuse is not None:
-        link_stages(reuse, output, ("teacher", "ta") if recipe.use_ta else ("teacher",))
+        link_stages(reuse, output, recipe, ("teacher", "ta") if recipe.use_ta else ("teacher",))
     with console.logging_to(os.path.join(output, LOG_FILE)):
         write_json(os.path.join(output, "recipe.json"), recipe.to_dict())
         ablations = [name for name, on in (("no TA", not recipe.use_ta), ("no exits", not recipe.use_exits),
@@ -196,8 +196,10 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
         clock = time.perf_counter()
         data = load_data(recipe, glue_dir, tokenizer_dir(pre))
         from ..data.glue import describe_source, glue_source
+        held = (f", {len(data.heldout)} held out of training to choose checkpoints on" if data.heldout is not None
+                else ", the last checkpoints kept")
         console.say(f"data: {len(data.train)} training and {len(data.dev)} dev examples of {recipe.task} from "
-                    f"{describe_source(glue_source(glue_dir))}, {recipe.max_length} tokens at most")
+                    f"{describe_source(glue_source(glue_dir))}, {recipe.max_length} tokens at most{held}")
         spec = get_task(recipe.task)
         path = lambda name: os.path.join(output, name)
 
