@@ -14,6 +14,10 @@
 # NPCOSTEFF_SEEDS overrides the protocol's seeds (e.g. "4 5" to add two).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# This checkout's code, whatever npcosteff is installed (an editable install of another checkout).
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+python -c "import npcosteff, os, sys; sys.exit(not npcosteff.__file__.startswith(os.getcwd() + os.sep))" || \
+    { echo "npcosteff is not imported from $(pwd)" >&2; exit 1; }
 glue="${1:?give the GLUE folder}"
 shift
 protocol=results/evidence/protocol.json
