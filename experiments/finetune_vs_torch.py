@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from npcosteff.data.batching import iterate_batches  # noqa: E402
 from npcosteff.metrics import compute_metrics, main_metric, predictions_from_logits  # noqa: E402
 from npcosteff.nn.dropout import Dropout  # noqa: E402
-from npcosteff.pipeline import load_task_data  # noqa: E402
+from npcosteff.data import load_task_data  # noqa: E402
 from npcosteff.train import Trainer, TrainingArguments  # noqa: E402
 
 

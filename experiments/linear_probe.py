@@ -76,7 +76,7 @@ def main(argv=None):
 
     from npcosteff.metrics import main_metric
     from npcosteff.model import CostEffModel
-    from npcosteff.pipeline import load_task_data
+    from npcosteff.data import load_task_data
 
     clock = time.time()
     data = load_task_data(a.task, a.glue_dir, a.model, a.max_length, a.max_train)

@@ -29,7 +29,8 @@ def main(argv=None):
     p.add_argument("--output", default=os.path.join(ROOT, "results", "regression_distill.json"))
     a = p.parse_args(argv)
 
-    from npcosteff.pipeline import finetune, load_task_data, train_ta
+    from npcosteff.data import load_task_data
+    from npcosteff.stages import finetune, train_ta
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 

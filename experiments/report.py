@@ -329,7 +329,7 @@ def main(argv=None):
     from npcosteff.metrics import main_metric
     from npcosteff.model import CostEffModel
     from npcosteff.operating_point import exit_logits
-    from npcosteff.pipeline import load_task_data
+    from npcosteff.data import load_task_data
     from npcosteff.pretrained import resolve_model_dir
     from npcosteff.recipe import Recipe
 

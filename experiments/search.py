@@ -80,8 +80,8 @@ def _trial_name(stage, overrides):
 
 
 def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overrides=None):
-    from npcosteff.pipeline import TaskData, finetune, load_task_data, train_ta
-    from npcosteff.data import heldout_split
+    from npcosteff.data import TaskData, heldout_split, load_task_data
+    from npcosteff.stages import finetune, train_ta
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 

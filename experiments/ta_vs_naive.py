@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 
 from npcosteff.metrics import main_metric  # noqa: E402
 from npcosteff.model import CostEffModel  # noqa: E402
-from npcosteff.pipeline import load_task_data, train_naive_exits, train_ta  # noqa: E402
+from npcosteff.data import load_task_data  # noqa: E402
+from npcosteff.stages import train_naive_exits, train_ta  # noqa: E402
 from npcosteff.pretrained import resolve_model_dir  # noqa: E402
 from npcosteff.train import TrainingArguments, evaluate  # noqa: E402
 

@@ -47,8 +47,9 @@ import re
 import sys
 from typing import Optional
 
-from .presets import PRESETS, get_preset
-from .recipe import Recipe, RecipeError, default_thresholds, load_recipe, parse_override
+from .presets import PRESETS, get_preset, load_recipe
+from .early_exit import default_thresholds
+from .recipe import Recipe, RecipeError, parse_override
 from .runs import LOG_FILE, DataUnavailable, UserError, check_targets, console, describe, load_data, load_model, \
     pretrained_dir, run_recipe, stage_finetune, stage_recover, stage_slenderize, stage_train_ta, sweep_models, \
     sweep_table, tokenizer_dir

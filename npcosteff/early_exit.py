@@ -11,6 +11,9 @@ Criteria:
 Samples leave one by one inside a batch: after every exit the finished samples are dropped
 and the remaining batch is cut to its longest remaining sequence, so the deeper layers run on
 fewer, shorter rows. Predictions and exit layers are the same as with batch size 1.
+
+:class:`ExitRule` is the one place the criteria are written: live early exit here and its
+offline replay on stored logits (`npcosteff.operating_point.simulate_exit`) both ask it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,69 @@ import numpy as np
 from .losses import entropy as exit_entropy
 
 CRITERIA = ("entropy", "max_prob", "patience")
+
+# The sweep's default entropy thresholds: 0 never exits early; ln 2 = 0.69 is the largest
+# entropy of two classes.
+DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def default_thresholds(criterion: str) -> tuple:
+    """The sweep's default thresholds for an early-exit criterion.
+
+    entropy: ``DEFAULT_ENTROPY_THRESHOLDS``; max_prob: from 1 (never exits early) down to 0.5;
+    patience: the number of consecutive exits that must agree (PABEE).
+    """
+    if criterion == "entropy":
+        return tuple(DEFAULT_ENTROPY_THRESHOLDS)
+    if criterion == "max_prob":
+        return (1.0, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+    if criterion == "patience":
+        return (1, 2, 3, 4, 5)
+    raise ValueError(f"unknown early-exit criterion {criterion!r}; choose one of {CRITERIA}")
+
+
+class ExitRule:
+    """Which samples leave at an exit, exit after exit, for one pass over a batch.
+
+    Call :meth:`leave` at each exit, shallowest first, with that exit's logits of the samples
+    still running; after dropping the samples that left, call :meth:`keep` so that patience's
+    running state follows the remaining rows (a replay that keeps every row need not).
+    """
+
+    def __init__(self, criterion="entropy", patience=None, regression=False, regression_tolerance=0.1):
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown early-exit criterion {criterion!r}; choose one of {CRITERIA}")
+        self.criterion, self.patience = criterion, patience
+        self.regression, self.regression_tolerance = regression, regression_tolerance
+        self.entropy = None          # (b,) the last exit's entropies (entropy criterion)
+        self._prev = None            # (b,) the previous exit's predictions (patience)
+        self._streak = None          # (b,) consecutive agreeing exits so far (patience)
+
+    def leave(self, z: np.ndarray, threshold=None) -> np.ndarray:
+        """z (b, C): one exit's logits -> (b,) True where the sample leaves here.
+
+        entropy: the entropy of softmax(z) is below `threshold`; max_prob: the largest
+        probability is above it; patience: the prediction has agreed with the previous exits'
+        `patience` times in a row (regression: within `regression_tolerance`)."""
+        if self.criterion == "entropy":
+            self.entropy = exit_entropy(z)                                   # (b,)
+            return self.entropy < threshold
+        if self.criterion == "max_prob":
+            zs = z - z.max(axis=1, keepdims=True)
+            return 1.0 / np.exp(zs).sum(axis=1) > threshold                  # the top class has zs = 0
+        pred = z[:, 0] if self.regression else z.argmax(axis=1)              # (b,)
+        if self._prev is None:
+            self._streak = np.zeros(len(pred), np.int64)
+        else:
+            same = np.abs(pred - self._prev) < self.regression_tolerance if self.regression else pred == self._prev
+            self._streak = np.where(same, self._streak + 1, 0)
+        self._prev = pred
+        return self._streak >= self.patience
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep the running state of `rows` only (a boolean mask or indices of the samples left)."""
+        if self._prev is not None:
+            self._prev, self._streak = self._prev[rows], self._streak[rows]
 
 
 @dataclass
@@ -90,8 +156,7 @@ def early_exit_forward(model, input_ids, attention_mask=None, token_type_ids=Non
     h, _, _ = model.embed(input_ids, token_type_ids)                         # (B, T, d)
     mask = attention_mask
     additive = model.additive_mask(mask)                                     # (B, 1, 1, T)
-    prev_pred = None                                                         # patience bookkeeping
-    streak = np.zeros(B, np.int64)
+    rule = ExitRule(criterion, patience, c.is_regression, regression_tolerance)
     for i in range(c.num_hidden_layers):
         h, _, _ = model.run_layer(i, h, additive, inference=True)            # (b, t, d)
         layer = i + 1
@@ -99,23 +164,10 @@ def early_exit_forward(model, input_ids, attention_mask=None, token_type_ids=Non
             continue
         z, _ = model.run_exit(i, h, mask)                                    # (b, C)
         last = layer == c.num_hidden_layers
+        leave = rule.leave(z, None if tau is None else tau[layer])          # (b,)
         if criterion == "entropy":
-            ent = exit_entropy(z)                                            # (b,)
-            e_all = np.full(B, np.nan)
-            e_all[active] = ent
-            entropies[layer] = e_all
-            leave = ent < tau[layer]
-        elif criterion == "max_prob":
-            zs = z - z.max(axis=1, keepdims=True)
-            p_max = 1.0 / np.exp(zs).sum(axis=1)                             # the top class has zs = 0
-            leave = p_max > tau[layer]
-        else:
-            pred = z[:, 0] if c.is_regression else z.argmax(axis=1)
-            if prev_pred is not None:
-                same = (np.abs(pred - prev_pred) < regression_tolerance) if c.is_regression else pred == prev_pred
-                streak = np.where(same, streak + 1, 0)
-            leave = streak >= patience
-            prev_pred = pred
+            entropies[layer] = np.full(B, np.nan)
+            entropies[layer][active] = rule.entropy
         if last:
             leave = np.ones(len(active), bool)
         if leave.any():
@@ -126,8 +178,7 @@ def early_exit_forward(model, input_ids, attention_mask=None, token_type_ids=Non
             if active.size == 0:
                 break
             h, mask = h[keep], mask[keep]
-            if criterion == "patience":
-                streak, prev_pred = streak[keep], prev_pred[keep]
+            rule.keep(keep)
             if shrink_tokens:                                                # cut trailing padding
                 t = int(lengths[active].max())
                 h, mask = h[:, :t], mask[:, :t]

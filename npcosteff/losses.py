@@ -68,7 +68,7 @@ def _upstream(dloss) -> float:
     return float(dloss)
 
 
-def _check_temperature(temperature) -> float:
+def check_temperature(temperature) -> float:
     if np.ndim(temperature) != 0 or not np.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
@@ -197,7 +197,7 @@ def soft_cross_entropy_loss(z: np.ndarray, t: np.ndarray, temperature: float = 1
     z (B, C) student logits, t (B, C) teacher logits (a constant; -inf entries allowed, they
     are probabilities of exactly 0), T the temperature. No ``T^2`` factor (docs/method.md, 3).
     """
-    T = _check_temperature(temperature)
+    T = check_temperature(temperature)
     z = _float_array(z, "logits", 2, "(B, C)")
     t = np.asarray(t)
     if t.shape != z.shape:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import CostEffConfig
 from .flops import layer_flops
-from .kernels import lanes
+from .kernels.lanes_layer import layer_forward_in_lanes
 from .nn.attention import AttentionCache, attention_backward, attention_forward
 from .nn.dropout import Dropout
 from .nn.embeddings import (EmbeddingsCache, WordCache, embeddings_backward, embeddings_forward,
@@ -339,17 +339,24 @@ class CostEffModel:
         c = self.config
         B, T, d = h.shape
         H = c.heads_per_layer[i]
-        # Both blocks of a layer in lanes or neither (npcosteff/kernels/lanes.py): a layer
-        # with its attention unsplit and its FFN in lanes ran slower than either.
-        n_lanes = lanes.count(B * T, h.dtype, B * layer_flops(c, i, T)["total"]) if inference else 1
-        a, probs, a_cache = attention_forward(
-            h, Prefixed(self.params, f"encoder.layer.{i}.attention."), H, c.attention_head_size,
-            additive_mask, c.layer_norm_eps, head_mask=head_mask,
-            probs_dropout=drop(f"layer.{i}.attention.probs", (B, H, T, T)),
-            output_dropout=drop(f"layer.{i}.attention.output", (B, T, d)), inference=inference, n_lanes=n_lanes)
-        h, f_cache = ffn_forward(a, Prefixed(self.params, f"encoder.layer.{i}."), c.layer_norm_eps,
-                                 ffn_mask=ffn_mask, output_dropout=drop(f"layer.{i}.output", (B, T, d)),
-                                 inference=inference, n_lanes=n_lanes)
+        attention_p = Prefixed(self.params, f"encoder.layer.{i}.attention.")
+        ffn_p = Prefixed(self.params, f"encoder.layer.{i}.")
+        probs_dropout = drop(f"layer.{i}.attention.probs", (B, H, T, T))
+        attention_dropout = drop(f"layer.{i}.attention.output", (B, T, d))
+        output_dropout = drop(f"layer.{i}.output", (B, T, d))
+        if inference and probs_dropout is None and attention_dropout is None and output_dropout is None:
+            # The speed path: the whole layer shared out over the cores when it has the work for
+            # it (npcosteff/kernels/lanes_layer.py); None: it takes the plain pair below.
+            shared = layer_forward_in_lanes(h, attention_p, ffn_p, H, c.attention_head_size, additive_mask,
+                                            c.layer_norm_eps, head_mask=head_mask, ffn_mask=ffn_mask,
+                                            flops=B * layer_flops(c, i, T)["total"])
+            if shared is not None:
+                return (*shared, None)
+        a, probs, a_cache = attention_forward(h, attention_p, H, c.attention_head_size, additive_mask,
+                                              c.layer_norm_eps, head_mask=head_mask, probs_dropout=probs_dropout,
+                                              output_dropout=attention_dropout, inference=inference)
+        h, f_cache = ffn_forward(a, ffn_p, c.layer_norm_eps, ffn_mask=ffn_mask, output_dropout=output_dropout,
+                                 inference=inference)
         return h, probs, None if inference else LayerCache(a_cache, f_cache)
 
     def run_exit(self, i, h, attention_mask, drop=_no_dropout):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .losses import entropy
+from .early_exit import ExitRule
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 
 __all__ = ["exit_logits", "simulate_exit", "cross_fit", "CrossFit"]
@@ -59,27 +59,10 @@ def simulate_exit(logits, exit_layers, criterion="entropy", threshold=0.0, patie
         raise ValueError(f"{E} exits' logits but {len(exit_layers)} exit layers")
     leave_at = np.full(N, E - 1)                                  # index of the exit each sample takes
     done = np.zeros(N, bool)
-    regression = logits.shape[2] == 1
-    streak = np.zeros(N, np.int64)
-    prev = None
-    for k in range(E - 1):
-        z = logits[k]                                             # (N, C)
-        if criterion == "entropy":
-            leave = entropy(z) < threshold
-        elif criterion == "max_prob":
-            zs = z - z.max(axis=1, keepdims=True)
-            leave = 1.0 / np.exp(zs).sum(axis=1) > threshold
-        elif criterion == "patience":
-            pred = z[:, 0] if regression else z.argmax(axis=1)
-            if prev is not None:
-                same = np.abs(pred - prev) < regression_tolerance if regression else pred == prev
-                streak = np.where(same, streak + 1, 0)
-            prev = pred
-            leave = streak >= patience
-        else:
-            raise ValueError(f"unknown criterion {criterion!r}")
-        new = leave & ~done
-        leave_at[new] = k
+    rule = ExitRule(criterion, patience, logits.shape[2] == 1, regression_tolerance)
+    for k in range(E - 1):                                        # the last exit takes everyone left
+        leave = rule.leave(logits[k], threshold)                  # (N,); rows that left stay in the state
+        leave_at[leave & ~done] = k
         done |= leave
     layers = np.asarray(exit_layers)[leave_at]
     return layers, logits[leave_at, np.arange(N)]

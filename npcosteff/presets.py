@@ -14,7 +14,12 @@ demonstration, and the paper's BERT-base settings (docs/method.md, 6).
 
 from __future__ import annotations
 
+import json
+import os
+
 from .recipe import Recipe, RecipeError
+
+__all__ = ["PRESETS", "PRESETS_NEEDING_MODEL", "get_preset", "recipe_from_dict", "load_recipe"]
 
 
 def _quick() -> Recipe:
@@ -155,3 +160,58 @@ def get_preset(name: str) -> Recipe:
     if name not in PRESETS:
         raise RecipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+# --------------------------------------------------------------------------- recipe files
+def recipe_from_dict(d: dict) -> Recipe:
+    """A recipe from a dictionary of fields; an optional ``preset`` key names the preset it
+    starts from (else the defaults)."""
+    d = dict(d)
+    preset = d.pop("preset", None)
+    if preset is not None and not isinstance(preset, str):
+        raise RecipeError(f"preset must be a preset name, got {preset!r}")
+    return Recipe.from_dict(d, get_preset(preset) if preset is not None else None)
+
+
+def load_recipe(path) -> Recipe:
+    """A recipe from a ``.json`` or ``.toml`` file (keys: Recipe fields, and ``preset``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{path} is not valid JSON: {e}") from None
+    elif ext == ".toml":
+        toml = _toml_module()
+        with open(path, "rb") as f:
+            try:
+                d = toml.load(f)
+            except toml.TOMLDecodeError as e:
+                raise RecipeError(f"{path} is not valid TOML: {e}") from None
+    else:
+        raise RecipeError(f"recipe file {path!r} must end in .json or .toml")
+    if not isinstance(d, dict):
+        raise RecipeError(f"{path} must hold a table/object of recipe keys, got {type(d).__name__}")
+    recipe = recipe_from_dict(d)
+    if "name" not in d:
+        recipe = recipe.replace(name=os.path.splitext(os.path.basename(path))[0])
+    return recipe
+
+
+def _toml_module():
+    """tomllib (Python >= 3.11), else tomli, else a clear error."""
+    try:
+        import tomllib
+        return tomllib
+    except ModuleNotFoundError:
+        pass
+    try:
+        import tomli
+        return tomli
+    except ModuleNotFoundError:
+        raise RecipeError("reading a TOML recipe needs Python >= 3.11 (tomllib) or the package tomli: "
+                          "pip install tomli, or write the recipe as JSON") from None

@@ -23,7 +23,7 @@ import numpy as np
 from .model import CostEffModel
 
 __all__ = ["keep_top", "keep_from_importance", "masks_from_keep", "masks_from_importance",
-           "factorize_embedding", "embedding_rank_of"]
+           "factorize_embedding", "embedding_rank_of", "check_keep", "head_columns"]
 
 
 # --------------------------------------------------------------------------- choosing what to keep
@@ -109,8 +109,8 @@ def _masks(keep: list, widths) -> list:
 def masks_from_keep(config, keep_heads=None, keep_neurons=None):
     """0/1 head masks (L arrays (H_i,)) and FFN masks (L arrays (F_i,)) that keep the given
     indices (None: keep everything), for ``model(..., head_mask=, ffn_mask=)``."""
-    keep_heads = _check_keep(keep_heads, config.heads_per_layer, "keep_heads", "head")
-    keep_neurons = _check_keep(keep_neurons, config.intermediate_per_layer, "keep_neurons", "neuron")
+    keep_heads = check_keep(keep_heads, config.heads_per_layer, "keep_heads", "head")
+    keep_neurons = check_keep(keep_neurons, config.intermediate_per_layer, "keep_neurons", "neuron")
     return (_masks(keep_heads, config.heads_per_layer),
             _masks(keep_neurons, config.intermediate_per_layer))
 
@@ -124,7 +124,12 @@ def masks_from_importance(importance, heads_per_layer_target, ffn_per_layer_targ
 
 
 # --------------------------------------------------------------------------- keep lists
-def _check_keep(keep, widths: Sequence[int], what: str, unit: str) -> list:
+def head_columns(keep_heads: np.ndarray, head_size: int) -> np.ndarray:
+    """The attention inner indices (k * d_h,) of the kept heads: head h owns h*d_h..h*d_h+d_h-1."""
+    return (keep_heads[:, None] * head_size + np.arange(head_size)[None, :]).reshape(-1)
+
+
+def check_keep(keep, widths: Sequence[int], what: str, unit: str) -> list:
     """`keep` (None, or L index arrays / Nones) as L sorted int64 arrays, or a clear error."""
     L = len(widths)
     if keep is None:

@@ -16,8 +16,8 @@ Presets, named recipes for the packaged MiniLM and for BERT-base, live in
 :mod:`npcosteff.presets` (``quick``, ``mrpc``, ``rte``, ``stsb``, ``cola``, ``sst2``,
 ``bert-base``); a file or dictionary names one with its ``preset`` key.
 
-Recipes are read from JSON or TOML files with the field names below as keys; an optional
-``preset`` key names the preset the file starts from::
+Recipe files (JSON or TOML, read by :func:`npcosteff.presets.load_recipe`) have the field
+names below as keys; an optional ``preset`` key names the preset the file starts from::
 
     # recipe.toml
     preset = "quick"
@@ -32,42 +32,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
-import os
 import typing
 from dataclasses import dataclass
 from typing import Optional
 
 from .config import POOLERS
 from .data.glue import get_task
-from .early_exit import CRITERIA
+from .early_exit import CRITERIA, DEFAULT_ENTROPY_THRESHOLDS
 
-# The sweep's default entropy thresholds (npcosteff.sweep imports them from here): 0 never exits
-# early; ln 2 = 0.69 is the largest entropy of two classes.
-DEFAULT_ENTROPY_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-
-__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_override", "default_thresholds"]
+__all__ = ["Recipe", "RecipeError", "parse_override"]
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be run: unknown key or preset, wrong type, value out of range."""
-
-
-def default_thresholds(criterion: str) -> tuple:
-    """The sweep's default thresholds for an early-exit criterion.
-
-    entropy: ``DEFAULT_ENTROPY_THRESHOLDS`` (0 never exits early; ln 2 = 0.69 is the largest
-    entropy of two classes); max_prob: from 1 (never exits early) down to 0.5; patience: the
-    number of consecutive exits that must agree (PABEE).
-    """
-    if criterion == "entropy":
-        return tuple(DEFAULT_ENTROPY_THRESHOLDS)
-    if criterion == "max_prob":
-        return (1.0, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
-    if criterion == "patience":
-        return (1, 2, 3, 4, 5)
-    raise RecipeError(f"unknown early-exit criterion {criterion!r}; choose one of {CRITERIA}")
 
 
 @dataclass
@@ -245,21 +223,17 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict, base: Optional["Recipe"] = None) -> "Recipe":
-        """A recipe from a dictionary; a ``preset`` key (or `base`) gives the starting values."""
-        d = dict(d)
-        preset = d.pop("preset", None)
-        if preset is not None:
-            if not isinstance(preset, str):
-                raise RecipeError(f"preset must be a preset name, got {preset!r}")
-            from .presets import get_preset   # presets build Recipes: imported when needed
+        """A recipe from a dictionary of fields, starting from `base` (None: the defaults).
 
-            base = get_preset(preset)
-        base = base or cls()
-        return base.replace(**d)
+        A dictionary that names a ``preset`` is read by `npcosteff.presets.recipe_from_dict`."""
+        if "preset" in d:
+            raise RecipeError("a recipe that names a preset is read by npcosteff.presets.recipe_from_dict "
+                              "(or load_recipe)")
+        return (base or cls()).replace(**d)
 
     # ------------------------------------------------------------------ stage arguments
     def finetune_arguments(self, progress=True):
-        """TrainingArguments of stage 1 (the pipeline sets stage `hard`, final exit only)."""
+        """TrainingArguments of stage 1 (`stages.finetune` sets stage `hard`, final exit only)."""
         from .train import TrainingArguments
 
         # The teacher's one head learns at the stage's rate (plain fine-tuning), from its own seed.
@@ -269,7 +243,7 @@ class Recipe:
                                  learning_rate=self.finetune_learning_rate, **common)
 
     def ta_arguments(self, progress=True):
-        """TrainingArguments of stage 2 (the pipeline splits them into `hidden` and `pred_ta`)."""
+        """TrainingArguments of stage 2 (`stages.train_ta` splits them into `hidden` and `pred_ta`)."""
         from .train import TrainingArguments
 
         return TrainingArguments(task=self.task, stage="hard", final_only=False, epochs=self.ta_epochs,
@@ -278,7 +252,7 @@ class Recipe:
 
     def slenderize_arguments(self, progress=True):
         """SlenderizeArguments of stage 3; its shared training settings peak at ``prune_learning_rate``."""
-        from .slenderize import SlenderizeArguments
+        from .stages import SlenderizeArguments
         from .train import TrainingArguments
 
         training = TrainingArguments(task=self.task, batch_size=self.prune_batch_size,
@@ -293,7 +267,7 @@ class Recipe:
 
     def recover_arguments(self, progress=True):
         """RecoverArguments of stage 4."""
-        from .slenderize import RecoverArguments
+        from .stages import RecoverArguments
         from .train import TrainingArguments
 
         return RecoverArguments(
@@ -407,47 +381,3 @@ def parse_override(text: str) -> tuple:
     except ValueError:
         raise RecipeError(f"{key}={raw!r}: not a valid {base.__name__}") from None
     return key, raw
-
-
-def load_recipe(path) -> Recipe:
-    """A recipe from a ``.json`` or ``.toml`` file (keys: Recipe fields, and ``preset``)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file {path!r} does not exist")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".json":
-        with open(path, encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise RecipeError(f"{path} is not valid JSON: {e}") from None
-    elif ext == ".toml":
-        toml = _toml_module()
-        with open(path, "rb") as f:
-            try:
-                d = toml.load(f)
-            except toml.TOMLDecodeError as e:
-                raise RecipeError(f"{path} is not valid TOML: {e}") from None
-    else:
-        raise RecipeError(f"recipe file {path!r} must end in .json or .toml")
-    if not isinstance(d, dict):
-        raise RecipeError(f"{path} must hold a table/object of recipe keys, got {type(d).__name__}")
-    recipe = Recipe.from_dict(d)
-    if "name" not in d:
-        recipe = recipe.replace(name=os.path.splitext(os.path.basename(path))[0])
-    return recipe
-
-
-def _toml_module():
-    """tomllib (Python >= 3.11), else tomli, else a clear error."""
-    try:
-        import tomllib
-        return tomllib
-    except ModuleNotFoundError:
-        pass
-    try:
-        import tomli
-        return tomli
-    except ModuleNotFoundError:
-        raise RecipeError("reading a TOML recipe needs Python >= 3.11 (tomllib) or the package tomli: "
-                          "pip install tomli, or write the recipe as JSON") from None

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from .losses import (_check_temperature, attention_mse_loss, attention_mse_loss_backward, cross_entropy_loss,
+from .losses import (check_temperature, attention_mse_loss, attention_mse_loss_backward, cross_entropy_loss,
                      cross_entropy_loss_backward, hidden_mse_loss, hidden_mse_loss_backward, mse_loss,
                      mse_loss_backward, soft_cross_entropy_loss, soft_cross_entropy_loss_backward)
 
@@ -158,7 +158,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
     """
     if stage not in _STAGE_WEIGHTS:
         raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
-    T = _check_temperature(temperature)
+    T = check_temperature(temperature)
     weights = dict(_STAGE_WEIGHTS[stage])
     last_exit_only = last_exit_only or stage == "importance_last_exit"
     if regression_distill not in ("all", "final"):

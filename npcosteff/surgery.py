@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model import CostEffModel, init_params, param_shapes
-from .prune import _check_keep
+from .prune import check_keep, head_columns
 
 __all__ = ["attach_exits", "only_final_exit", "slice_model"]
 
@@ -55,11 +55,6 @@ def only_final_exit(model: CostEffModel) -> CostEffModel:
 
 
 # --------------------------------------------------------------------------- slicing
-def _head_columns(keep_heads: np.ndarray, head_size: int) -> np.ndarray:
-    """The attention inner indices (k * d_h,) of the kept heads: head h owns h*d_h..h*d_h+d_h-1."""
-    return (keep_heads[:, None] * head_size + np.arange(head_size)[None, :]).reshape(-1)
-
-
 def slice_model(model: CostEffModel, keep_heads=None, keep_neurons=None) -> CostEffModel:
     """A new, smaller model with only the kept heads and FFN neurons of each layer.
 
@@ -77,12 +72,12 @@ def slice_model(model: CostEffModel, keep_heads=None, keep_neurons=None) -> Cost
     if not isinstance(model, CostEffModel):
         raise TypeError(f"model must be a CostEffModel, got {type(model).__name__}")
     c = model.config
-    keep_heads = _check_keep(keep_heads, c.heads_per_layer, "keep_heads", "head")
-    keep_neurons = _check_keep(keep_neurons, c.intermediate_per_layer, "keep_neurons", "neuron")
+    keep_heads = check_keep(keep_heads, c.heads_per_layer, "keep_heads", "head")
+    keep_neurons = check_keep(keep_neurons, c.intermediate_per_layer, "keep_neurons", "neuron")
     old, params = model.params, {}                            # params: the sliced tensors (fresh arrays)
     for i in range(c.num_hidden_layers):
         pre = f"encoder.layer.{i}."
-        cols = _head_columns(keep_heads[i], c.attention_head_size)               # (A'_i,)
+        cols = head_columns(keep_heads[i], c.attention_head_size)               # (A'_i,)
         for proj in ("query", "key", "value"):
             w, b = f"{pre}attention.self.{proj}.weight", f"{pre}attention.self.{proj}.bias"
             params[w] = old[w][cols]                                              # (A'_i, d)

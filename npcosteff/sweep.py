@@ -11,10 +11,9 @@ import time
 
 import numpy as np
 
-from .early_exit import early_exit_predict
+from .early_exit import DEFAULT_ENTROPY_THRESHOLDS, early_exit_predict
 from .flops import count_parameters, model_flops
 from .metrics import compute_metrics, main_metric, predictions_from_logits
-from .recipe import DEFAULT_ENTROPY_THRESHOLDS
 from .weights import write_text
 
 

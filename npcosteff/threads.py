@@ -4,8 +4,8 @@ A training step alternates between two kinds of parallel work many times per lay
 products in NumPy's BLAS (OpenBLAS, its own threads) and the elementwise loops of
 :mod:`npcosteff.kernels` (Numba, its own threads). Each library keeps its threads spinning
 for a while after a parallel call, waiting for the next one. On a machine with few cores the
-idle pool then spins on the very cores the busy pool needs: on 2 cores the Numba loops ran
-3-4 times slower inside a training step than on their own, and the whole step 20-35% slower.
+idle pool then spins on the very cores the busy pool needs, and both slow down
+(benchmarks/README.md, "Measurements behind the kernels' design").
 
 Two settings make an idle pool sleep instead; :func:`configure` applies them when
 ``npcosteff`` is imported, each only if the user has not chosen otherwise:
@@ -63,9 +63,8 @@ def configure() -> None:
 def _warn_if_openblas_started() -> None:
     """Warn when NumPy, imported before npcosteff, has loaded OpenBLAS without
     ``OPENBLAS_THREAD_TIMEOUT``: its idle threads then spin for their default wait, which the
-    setting cannot change any more. Measured on 2 cores (6 December 2026, early exit over STS-B
-    dev, every model in one process): a 2-head, FFN-128 student took 2.05 s with NumPy imported
-    first and 1.23-1.33 s with npcosteff first; the naive-exits baseline 13.4 s against 8.0-8.3 s."""
+    setting cannot change any more, and inference on few cores slows down markedly
+    (benchmarks/README.md)."""
     try:
         from threadpoolctl import threadpool_info
         openblas = any(lib.get("internal_api") == "openblas" and lib.get("num_threads", 1) > 1
@@ -75,16 +74,15 @@ def _warn_if_openblas_started() -> None:
     if openblas:
         warnings.warn(
             "NumPy was imported before npcosteff, so its OpenBLAS started without OPENBLAS_THREAD_TIMEOUT and its "
-            "idle threads spin on the cores that npcosteff's kernels need (inference 1.5-1.7 times slower on "
-            "2 cores). Import npcosteff before NumPy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment "
+            "idle threads spin on the cores that npcosteff's kernels need, which slows inference markedly on "
+            "few cores. Import npcosteff before NumPy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment "
             "(npcosteff/threads.py).", RuntimeWarning, stacklevel=3)
 
 
 def _warn_if_started_before(numba) -> None:
     """Warn when Numba's threads already run under another layer: a parallel loop or
     ``numba.set_num_threads`` before ``import npcosteff`` starts them, and the layer cannot
-    change afterwards. Measured on 2 cores (4 December 2026): one batch-1 forward pass of
-    MiniLM-L6 took 59-75 ms with OpenMP started that way, 42 ms with ``workqueue``."""
+    change afterwards; OpenMP's spinning threads then slow a forward pass (benchmarks/README.md)."""
     try:
         layer = numba.threading_layer()
     except ValueError:                         # not started yet: the choice above applies

@@ -4,7 +4,7 @@ A step is: forward with dropout -> `stage_loss` (stage_loss.py) -> `model.backwa
 gradient clipping -> AdamW with a linear warmup/decay schedule. The loop evaluates every exit
 on `eval_data` every N steps, keeps the checkpoint with the best metric averaged over exits,
 writes a metrics file, and can resume after an interruption from its last checkpoint.
-`eval_data` is what checkpoints are chosen on: the pipeline gives the held-out part of the
+`eval_data` is what checkpoints are chosen on: the stages (npcosteff.stages) give the held-out part of the
 training set (`npcosteff.data.heldout_split`), never the dev set it reports.
 
 Run folder layout::

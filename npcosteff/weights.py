@@ -106,6 +106,16 @@ def write_safetensors(path, params: dict, names=None, metadata=None):
     _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+def json_default(x):
+    """``json.dumps(default=...)`` for NumPy values: scalars as Python numbers, arrays and
+    tuples as lists."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, tuple)):
+        return x.tolist() if isinstance(x, np.ndarray) else list(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
 def write_text(path, text: str):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:

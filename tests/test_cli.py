@@ -514,7 +514,7 @@ def test_run_stage_resumes_an_interrupted_stage_and_skips_a_finished_one(tmp_pat
 
     from npcosteff.data.batching import EncodedSplit
     from npcosteff.model import CostEffModel
-    from npcosteff.pipeline import TaskData
+    from npcosteff.data import TaskData
     from npcosteff.presets import get_preset
 
     recipe = get_preset("quick")

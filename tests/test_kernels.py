@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from npcosteff import kernels
-from npcosteff.kernels import fast
+from npcosteff.kernels import common, fast, fast_softmax
 from npcosteff.kernels import reference as ref
 
 IMPLEMENTATIONS = [pytest.param(ref, id="reference"), pytest.param(fast, id="fast")]
@@ -77,7 +77,7 @@ def _restore_kernel_choice():
 def row_path(request, monkeypatch):
     """Run a fast LayerNorm / softmax test through the serial loop (little work, the one
     sample of inference) and through the parallel loop, whatever the test's size."""
-    monkeypatch.setattr(fast, "SERIAL_MAX_ELEMENTS", 1 << 62 if request.param == "serial" else -1)
+    monkeypatch.setattr(common, "SERIAL_MAX_ELEMENTS", 1 << 62 if request.param == "serial" else -1)
     return request.param
 
 
@@ -468,10 +468,11 @@ def test_fast_add_layer_norm_matches_reference(dtype, row_path):
 def test_fast_row_kernels_take_the_path_their_size_asks_for(monkeypatch, path):
     """Small inputs run the serial loops, large ones the parallel loops (SERIAL_MAX_ELEMENTS)."""
     ran = []
-    for name in ("_layer_norm_loop", "_layer_norm_loop_serial", "_softmax_loop_f32", "_softmax_loop_f32_serial"):
-        loop = getattr(fast, name)
-        monkeypatch.setattr(fast, name, lambda *a, _loop=loop, _name=name: (ran.append(_name), _loop(*a))[1])
-    n = 2 * fast.SERIAL_MAX_ELEMENTS // 384 if path == "parallel" else 3
+    for module, name in ((fast, "_layer_norm_loop"), (fast, "_layer_norm_loop_serial"),
+                         (fast_softmax, "_softmax_loop_f32"), (fast_softmax, "_softmax_loop_f32_serial")):
+        loop = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _loop=loop, _name=name: (ran.append(_name), _loop(*a))[1])
+    n = 2 * common.SERIAL_MAX_ELEMENTS // 384 if path == "parallel" else 3
     rng = np.random.default_rng(20)
     x = rng.standard_normal((n, 384)).astype(np.float32)
     g, b = np.ones(384, np.float32), np.zeros(384, np.float32)
@@ -520,12 +521,12 @@ def test_fast_exp_matches_numpy():
         ]
     )
     e = t.copy()
-    fast._exp_shifted(e, 0.0, np.empty((2, t.size), dtype=np.int64))
+    fast_softmax._exp_shifted(e, 0.0, np.empty((2, t.size), dtype=np.int64))
     # About one ulp each for this exp and NumPy's: 4 eps relative. Subnormal results have an
     # absolute spacing of 2^-1074; allow two of those.
     np.testing.assert_allclose(e, np.exp(t), rtol=4 * 2.0**-53 * 2, atol=2 * 2.0**-1074)
     nan = np.array([np.nan, -1.0])
-    fast._exp_shifted(nan, 0.0, np.empty((2, 2), dtype=np.int64))
+    fast_softmax._exp_shifted(nan, 0.0, np.empty((2, 2), dtype=np.int64))
     assert np.isnan(nan[0]) and nan[1] == np.exp(-1.0)
 
 

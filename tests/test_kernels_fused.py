@@ -19,7 +19,7 @@ from scipy.special import erfc
 
 from npcosteff import kernels
 from npcosteff.kernels import reference
-from npcosteff.kernels import fused
+from npcosteff.kernels import fast_softmax, fused, pool
 from npcosteff.kernels.batched import batched_matmul
 import npcosteff.optim as optim
 
@@ -165,19 +165,25 @@ def test_batched_matmul_is_np_matmul(monkeypatch, pool_min_flops):
     from npcosteff.kernels import batched
 
     monkeypatch.setattr(batched, "POOL_MIN_FLOPS", pool_min_flops)
+    handed_off = []                                                   # the pool's callers
+    workers = pool.workers
+    monkeypatch.setattr(pool, "workers", lambda n: handed_off.append(n) or workers(n))
 
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((5 * 7, 3 * 2 * 4)).astype(np.float32)            # (B*T, 3*H*dh)
     heads = lambda a, j, blocks: a.reshape(5, 7, blocks, 2, 4)[:, :, j].transpose(0, 2, 1, 3)
     q, k = heads(qkv, 0, 3), heads(qkv, 1, 3)
     with threadpool_limits(2):
+        threads = pool.blas_threads()                                 # 1 without threadpoolctl's hold on BLAS
         s = batched_matmul(q, k.transpose(0, 1, 3, 2))
         np.testing.assert_array_equal(s, np.matmul(q, k.transpose(0, 1, 3, 2)))
         out = np.empty((5 * 7, 2 * 4), np.float32)
         batched_matmul(s, heads(qkv, 2, 3), out=heads(out, 0, 1))
         np.testing.assert_array_equal(heads(out, 0, 1), np.matmul(s, heads(qkv, 2, 3)))
-    if pool_min_flops == 0.0 and batched._blas() is not None:
-        assert batched._state["pool"] is not None                     # the pool path did run
+    if pool_min_flops == 0.0 and threads > 1:
+        assert handed_off == [threads, threads] and pool.started()    # the pool path did run, twice
+    else:
+        assert not handed_off                                         # one call each, no hand-off
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -248,7 +254,7 @@ def test_reference_twins_are_the_unfused_numpy_steps():
 @numba.njit
 def _exp_grid(t, out):
     for i in range(t.size):
-        out[i] = kernels.fast._exp_f32_range(t[i])
+        out[i] = fast_softmax._exp_f32_range(t[i])
 
 
 def test_float32_softmax_exp_is_accurate_to_5e_14():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from npcosteff import kernels
-from npcosteff.kernels import fast, fused, inference, lanes, reference
+from npcosteff.kernels import common, fast, fused, inference, lanes, reference
 from npcosteff.model import CostEffModel
 from npcosteff.config import CostEffConfig
 
@@ -92,7 +92,7 @@ def _scores(rng, shape):
 @pytest.mark.parametrize("serial", [True, False])
 def test_softmax_within_its_ulp_bound(serial, monkeypatch):
     if not serial:
-        monkeypatch.setattr(inference, "SERIAL_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(common, "SERIAL_MAX_ELEMENTS", 0)
     rng = np.random.default_rng(3)
     s = _scores(rng, (6, 12, 128, 128))
     m = np.zeros((6, 1, 1, 128), np.float32)
@@ -206,7 +206,7 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
         model(ids, mask, inference=False)
         assert calls == []                                            # chosen: a teacher's targets in training
         model(ids, mask)
-        # per layer one call of each, or one per lane when the layer is shared out (kernels/lanes.py)
+        # per layer one call of each, or one per lane when the layer is shared out (kernels/lanes_layer.py)
         per_layer = lanes.count(ids.size, dtype, 0)
         assert sorted(set(calls)) == ["bias_gelu_inference", "softmax_inference"] and len(calls) == 4 * per_layer
         with pytest.raises(ValueError, match="no backward"):

@@ -1,10 +1,13 @@
-"""Lanes (npcosteff/kernels/lanes.py): a layer at inference shared out over the cores.
+"""Lanes: a layer at inference shared out over the cores (npcosteff/kernels/lanes_layer.py, run
+by npcosteff/kernels/lanes.py with the worker threads of npcosteff/kernels/pool.py).
 
 The runner is checked on its own (every part runs once, the first in the calling thread,
-errors reach the caller, BLAS gets its threads back); the layers split into lanes are
-checked against the plain NumPy path (``kernels.use("reference")``) on the same float32
-model: slender layers (one head, fewer heads than lanes), padding, head and FFN masks, one
-sample (by heads and by neurons) and several (by rows and samples), and an early-exit pass.
+errors reach the caller, BLAS gets its threads back, the pool is the batched products' one);
+the layer in lanes is checked against its plain twin, the pair of npcosteff/nn/attention.py
+and ffn.py on the plain NumPy kernels (``kernels.use("reference")``), block by block and
+through the float32 model: slender layers (one head, fewer heads than lanes), padding, head
+and FFN masks, one sample (by heads and by neurons) and several (by rows and samples), and an
+early-exit pass.
 """
 
 import threading
@@ -15,15 +18,19 @@ import pytest
 from npcosteff import kernels
 from npcosteff.config import CostEffConfig
 from npcosteff.early_exit import early_exit_forward
-from npcosteff.kernels import lanes
-from npcosteff.kernels.batched import _blas
+from npcosteff.kernels import lanes, pool
+from npcosteff.kernels.batched import batched_matmul
+from npcosteff.kernels.lanes_layer import layer_forward_in_lanes
 from npcosteff.model import CostEffModel, param_shapes
+from npcosteff.nn.attention import attention_forward
+from npcosteff.nn.ffn import ffn_forward
+from npcosteff.nn.prefixed import Prefixed
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
 def blas_threads():
-    return min(lib.num_threads for lib in _blas().lib_controllers)
+    return pool.blas_threads()
 
 
 @pytest.fixture
@@ -101,6 +108,20 @@ def test_run_and_sum_adds_every_lanes_result_once(lanes_on):
     np.testing.assert_array_equal(total, (arrays[0] + arrays[1]) + arrays[2])   # in the parts' order
 
 
+
+def test_lanes_and_batched_products_share_one_pool(lanes_on, monkeypatch):
+    from npcosteff.kernels import batched
+
+    monkeypatch.setattr(batched, "POOL_MIN_FLOPS", 0)
+    handed_off = []
+    workers = pool.workers
+    monkeypatch.setattr(pool, "workers", lambda n: handed_off.append(workers(n)) or handed_off[-1])
+    lanes.run(lambda part: None, [0, 1])
+    a = np.ones((4, 3, 5, 2), np.float32)
+    np.testing.assert_array_equal(batched_matmul(a, a.transpose(0, 1, 3, 2)), np.matmul(a, a.transpose(0, 1, 3, 2)))
+    assert len(handed_off) == 2 and handed_off[0] is handed_off[1] and pool.started()
+
+
 def test_count(lanes_on):
     work = 1e9
     assert lanes.count(128, np.float32, work) == 2
@@ -138,8 +159,9 @@ def test_a_layer_with_little_work_takes_no_lanes(monkeypatch):
 
 
 def test_a_layer_asks_for_lanes_with_its_whole_work(monkeypatch):
-    """run_layer passes lanes.count the FLOPs of the layer's matrix products over the batch
-    (flops.layer_flops), once per layer, and both blocks of the layer follow that one answer:
+    """run_layer hands the lanes the FLOPs of the layer's matrix products over the batch
+    (flops.layer_flops), lanes.count is asked once per layer, and both blocks of the layer
+    follow that one answer:
     MiniLM's layer at 1 x 128 tokens is 8 N d A + 4 B T^2 A + 4 N d F = 478.2 MFLOP
     (N = B T = 128, d = A = 384, F = 1536)."""
     from npcosteff.flops import layer_flops
@@ -215,6 +237,51 @@ class CountRuns:
 # probabilities); 4e-6 leaves room for another BLAS build. A wrong mask, head or row share
 # moves the outputs by 1e-2 or more.
 ATOL32 = 4e-6
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_the_layer_in_lanes_is_the_plain_pair(lanes_on, monkeypatch, B):
+    """The twin on its own: one layer through layer_forward_in_lanes against attention_forward
+    and ffn_forward (npcosteff.nn) on the plain kernels, with padding and both masks; one
+    sample goes by heads and by neurons, three by rows and samples."""
+    model = slender_model()
+    c = model.config
+    ids, mask, _ = batch(B, True)
+    x = np.random.default_rng(B).standard_normal((B, MAX_POS, D)).astype(np.float32)
+    attention_p = Prefixed(model.params, "encoder.layer.0.attention.")
+    ffn_p = Prefixed(model.params, "encoder.layer.0.")
+    args = (4, c.attention_head_size, model.additive_mask(mask), c.layer_norm_eps)
+    masks = dict(head_mask=np.array([1.0, 0.0, 0.5, 1.0], np.float32), ffn_mask=np.linspace(0, 1, 20))
+    kernels.use("reference")
+    try:
+        a, expected_probs, _ = attention_forward(x, attention_p, *args, head_mask=masks["head_mask"], inference=True)
+        expected, _ = ffn_forward(a, ffn_p, c.layer_norm_eps, ffn_mask=masks["ffn_mask"], inference=True)
+    finally:
+        kernels.use("fast")
+    runs = CountRuns(monkeypatch)
+    y, probs = layer_forward_in_lanes(x, attention_p, ffn_p, *args, **masks, flops=lanes.MIN_FLOPS)
+    assert runs.calls == (2 if B == 1 else 4)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=ATOL32)
+    np.testing.assert_allclose(probs, expected_probs, rtol=0, atol=ATOL32)
+
+
+def test_a_layer_without_lanes_is_left_to_the_plain_pair(lanes_on, monkeypatch):
+    """None: float64 data, too little work, or the plain kernels; the caller runs npcosteff.nn."""
+    model = slender_model()
+    c = model.config
+    x = np.zeros((2, MAX_POS, D), np.float32)
+    params = (Prefixed(model.params, "encoder.layer.0.attention."), Prefixed(model.params, "encoder.layer.0."),
+              4, c.attention_head_size, None, c.layer_norm_eps)
+    runs = CountRuns(monkeypatch)
+    assert layer_forward_in_lanes(x.astype(np.float64), *params, flops=1e12) is None
+    monkeypatch.setattr(lanes, "MIN_FLOPS", 1e9)
+    assert layer_forward_in_lanes(x, *params, flops=1e9 - 1) is None
+    kernels.use("reference")
+    try:
+        assert layer_forward_in_lanes(x, *params, flops=1e12) is None
+    finally:
+        kernels.use("fast")
+    assert runs.calls == 0
 
 
 @pytest.mark.parametrize("B", [1, 3])

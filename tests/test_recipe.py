@@ -11,7 +11,9 @@ from npcosteff.config import CostEffConfig
 from npcosteff.flops import count_parameters
 from npcosteff.pretrained import default_model_dir
 from npcosteff.presets import PRESETS, get_preset
-from npcosteff.recipe import Recipe, RecipeError, default_thresholds, load_recipe, parse_override
+from npcosteff.early_exit import DEFAULT_ENTROPY_THRESHOLDS, default_thresholds
+from npcosteff.presets import load_recipe
+from npcosteff.recipe import Recipe, RecipeError, parse_override
 
 
 # --------------------------------------------------------------------------- presets
@@ -90,8 +92,6 @@ def test_unknown_preset_names_the_choices():
 
 
 def test_recipe_thresholds_match_the_sweeps_default():
-    from npcosteff.sweep import DEFAULT_ENTROPY_THRESHOLDS
-
     assert Recipe().thresholds == tuple(DEFAULT_ENTROPY_THRESHOLDS)
     assert default_thresholds("entropy") == tuple(DEFAULT_ENTROPY_THRESHOLDS)
 

@@ -9,7 +9,8 @@ from npcosteff.config import CostEffConfig
 from npcosteff.data import heldout_split
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.model import CostEffModel
-from npcosteff.pipeline import TaskData, finetune, load_task_data, train_naive_exits
+from npcosteff.data import TaskData, load_task_data
+from npcosteff.stages import finetune, train_naive_exits
 from npcosteff.recipe import Recipe, RecipeError
 from npcosteff.runs.folders import STAGE_KEYS
 from npcosteff.surgery import attach_exits
@@ -69,19 +70,20 @@ def _task(heldout):
 
 
 def test_checkpoints_are_chosen_on_the_heldout_part_or_the_last(tmp_path, monkeypatch):
-    import npcosteff.pipeline as pipeline
+    import npcosteff.stages.common as common
+    import npcosteff.stages.fine_tuning as stage
 
     seen = []
-    real = pipeline.Trainer
+    real = stage.Trainer
 
     class Spy(real):
         def evaluate(self):
             seen.append(self.eval_data)
             return super().evaluate()
 
-    monkeypatch.setattr(pipeline, "Trainer", Spy)
-    monkeypatch.setattr(pipeline, "_num_layers", lambda pretrained: 3)
-    monkeypatch.setattr(pipeline.CostEffModel, "from_pretrained",
+    monkeypatch.setattr(stage, "Trainer", Spy)
+    monkeypatch.setattr(stage, "num_layers", lambda pretrained: 3)
+    monkeypatch.setattr(common.CostEffModel, "from_pretrained",
                         classmethod(lambda cls, path, dtype=np.float32, seed=0, **over:
                                     CostEffModel(_config(**{k: v for k, v in over.items() if k != "problem_type"}),
                                                  dtype=dtype, seed=seed)))

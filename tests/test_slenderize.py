@@ -9,13 +9,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import npcosteff.slenderize as S
+import npcosteff.stages.slenderization as S
 from npcosteff.config import CostEffConfig
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.flops import count_parameters, model_flops
 from npcosteff.model import CostEffModel
 from npcosteff.train import TrainingArguments
-from npcosteff.slenderize import (HISTORY_FILE, RecoverArguments, SlenderizeArguments, prune_schedule, recover,
+from npcosteff.stages import (HISTORY_FILE, RecoverArguments, SlenderizeArguments, prune_schedule, recover,
                                   slenderize)
 
 

@@ -5,11 +5,17 @@ Row kernels (GELU, masked softmax, LayerNorm, dropout masks), the fused steps of
 heads' batched matrix products and the AdamW update. Two implementations share one API:
 
 * :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition (the teaching path);
-* ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, fused steps in
-  :mod:`~npcosteff.kernels.fused`, float32 GELU and softmax for the inference path in
-  :mod:`~npcosteff.kernels.inference`), the heads' products split over threads
-  (:mod:`~npcosteff.kernels.batched`) and, at inference, each layer shared out over the
-  cores by rows, samples or heads (:mod:`~npcosteff.kernels.lanes`), each tested against its reference twin.
+* ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, its softmax in
+  :mod:`~npcosteff.kernels.fast_softmax`, fused steps in :mod:`~npcosteff.kernels.fused`,
+  float32 GELU and softmax for the inference path in :mod:`~npcosteff.kernels.inference`,
+  what they share in :mod:`~npcosteff.kernels.common`) and the heads' products split over
+  threads (:mod:`~npcosteff.kernels.batched`), each tested against its reference twin.
+
+The speed path of the model at inference is one layer-level twin outside the switch:
+:func:`npcosteff.kernels.lanes_layer.layer_forward_in_lanes` shares a float32 layer out over
+the cores by rows, samples or heads (run by :mod:`~npcosteff.kernels.lanes`), tested against
+the plain layers of :mod:`npcosteff.nn`. The batched products and the lanes take their
+worker threads from one pool (:mod:`~npcosteff.kernels.pool`).
 
 Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
 the same inputs with the same messages. The package-level functions (``kernels.gelu``,

@@ -16,7 +16,7 @@ import numpy as np
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _float_array(name: str, a) -> np.ndarray:
+def float_array(name: str, a) -> np.ndarray:
     """Return ``a`` as an ndarray, requiring a float32 or float64 dtype."""
     a = np.asarray(a)
     if a.dtype not in _FLOAT_DTYPES:
@@ -24,27 +24,27 @@ def _float_array(name: str, a) -> np.ndarray:
     return a
 
 
-def _same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+def same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
     if a.shape != ref.shape:
         raise ValueError(f"{name} has shape {a.shape} but {ref_name} has shape {ref.shape}")
 
 
-def _same_dtype(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+def same_dtype(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
     if a.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}")
 
 
-def _last_axis(name: str, a: np.ndarray) -> int:
+def last_axis(name: str, a: np.ndarray) -> int:
     """Length of the reduced (last) axis, which must exist and be non-empty."""
     if a.ndim == 0 or a.shape[-1] == 0:
         raise ValueError(f"{name} needs a non-empty last axis, got shape {a.shape}")
     return a.shape[-1]
 
 
-def _check_softmax_inputs(scores, additive_mask):
+def check_softmax_inputs(scores, additive_mask):
     """Validate softmax inputs; return ``(scores, mask)`` with the mask as float64 or None."""
-    scores = _float_array("scores", scores)
-    _last_axis("scores", scores)
+    scores = float_array("scores", scores)
+    last_axis("scores", scores)
     if additive_mask is None:
         return scores, None
     mask = np.asarray(additive_mask)
@@ -65,51 +65,51 @@ def _check_softmax_inputs(scores, additive_mask):
     return scores, mask.astype(np.float64, copy=False)
 
 
-_EMPTY_ROW_MESSAGE = (
+EMPTY_ROW_MESSAGE = (
     "softmax row has every score equal to -inf (all keys masked with -inf); "
     "mask with finfo(dtype).min instead, which gives a uniform row"
 )
 
 
-def _raise_if_empty_rows(row_max: np.ndarray) -> None:
+def raise_if_empty_rows(row_max: np.ndarray) -> None:
     """A row whose scores are all -inf has no softmax; name the problem instead of NaN."""
     if np.any(np.isneginf(row_max)):
-        raise ValueError(_EMPTY_ROW_MESSAGE)
+        raise ValueError(EMPTY_ROW_MESSAGE)
 
 
-def _check_layer_norm_params(x, gamma, beta, eps):
-    x = _float_array("x", x)
-    d = _last_axis("x", x)
-    gamma = _float_array("gamma", gamma)
-    beta = _float_array("beta", beta)
+def check_layer_norm_params(x, gamma, beta, eps):
+    x = float_array("x", x)
+    d = last_axis("x", x)
+    gamma = float_array("gamma", gamma)
+    beta = float_array("beta", beta)
     for name, p in (("gamma", gamma), ("beta", beta)):
         if p.shape != (d,):
             raise ValueError(f"{name} must have shape ({d},) to match x {x.shape}, got {p.shape}")
-        _same_dtype(name, p, "x", x)
+        same_dtype(name, p, "x", x)
     if not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     return x, gamma, beta, float(eps)
 
 
-def _check_layer_norm_backward(dy, x, gamma, mean, rstd):
-    dy = _float_array("dy", dy)
-    x = _float_array("x", x)
-    gamma = _float_array("gamma", gamma)
-    _same_shape("dy", dy, "x", x)
-    _same_dtype("dy", dy, "x", x)
-    d = _last_axis("x", x)
+def check_layer_norm_backward(dy, x, gamma, mean, rstd):
+    dy = float_array("dy", dy)
+    x = float_array("x", x)
+    gamma = float_array("gamma", gamma)
+    same_shape("dy", dy, "x", x)
+    same_dtype("dy", dy, "x", x)
+    d = last_axis("x", x)
     if gamma.shape != (d,):
         raise ValueError(f"gamma must have shape ({d},) to match x {x.shape}, got {gamma.shape}")
-    _same_dtype("gamma", gamma, "x", x)
-    mean = _float_array("mean", mean)
-    rstd = _float_array("rstd", rstd)
+    same_dtype("gamma", gamma, "x", x)
+    mean = float_array("mean", mean)
+    rstd = float_array("rstd", rstd)
     for name, s in (("mean", mean), ("rstd", rstd)):
         if s.shape != x.shape[:-1]:
             raise ValueError(f"{name} must have shape {x.shape[:-1]} (x without its last axis), got {s.shape}")
     return dy, x, gamma, mean, rstd
 
 
-def _check_dropout_args(rng, shape, p, dtype):
+def check_dropout_args(rng, shape, p, dtype):
     """Validate dropout arguments; return ``(shape tuple, p float, dtype)``."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -144,7 +144,7 @@ def _check_rows(name, a, width=None, dtype=None):
         raise ValueError(f"{name} has {a.shape[1]} columns, expected {width}")
 
 
-def _vector(name, v, width, dtype):
+def check_vector(name, v, width, dtype):
     """A (width,) contiguous vector of `dtype`; None gives ones (multiplying by 1 is exact)."""
     if v is None:
         return np.ones(width, dtype)
@@ -154,12 +154,12 @@ def _vector(name, v, width, dtype):
     return v
 
 
-def _check_bias_gelu(pre, bias, ffn_mask, out):
+def check_bias_gelu(pre, bias, ffn_mask, out):
     """-> (bias (F,), mask (F,) (ones when None), act (N, F): `out` or a new array)."""
     _check_rows("pre", pre)
     N, F = pre.shape
-    bias = _vector("bias", bias, F, pre.dtype)
-    mask = _vector("ffn_mask", ffn_mask, F, pre.dtype)
+    bias = check_vector("bias", bias, F, pre.dtype)
+    mask = check_vector("ffn_mask", ffn_mask, F, pre.dtype)
     act = np.empty_like(pre) if out is None else out
     _check_rows("out", act, F, pre.dtype)
     if act.shape[0] != N:
@@ -167,7 +167,7 @@ def _check_bias_gelu(pre, bias, ffn_mask, out):
     return bias, mask, act
 
 
-def _check_bias_gelu_backward(dact, pre, ffn_mask, act_out):
+def check_bias_gelu_backward(dact, pre, ffn_mask, act_out):
     """-> mask (F,) (ones when None)."""
     _check_rows("pre", pre)
     N, F = pre.shape
@@ -178,10 +178,10 @@ def _check_bias_gelu_backward(dact, pre, ffn_mask, act_out):
         _check_rows("act_out", act_out, F, pre.dtype)
         if act_out.shape[0] != N:
             raise ValueError(f"act_out has {act_out.shape[0]} rows, pre has {N}")
-    return _vector("ffn_mask", ffn_mask, F, pre.dtype)
+    return check_vector("ffn_mask", ffn_mask, F, pre.dtype)
 
 
-def _check_scatter_add(table, ids, rows):
+def check_scatter_add(table, ids, rows):
     """-> (ids (N,) int64, rows (N, d) contiguous in table's dtype)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     rows = np.ascontiguousarray(rows, dtype=table.dtype)
@@ -209,17 +209,17 @@ def _like_probs(name, a, probs):
     return a
 
 
-def _check_attention_weights(probs, probs_dropout, head_mask):
+def check_attention_weights(probs, probs_dropout, head_mask):
     """-> (head_scale (H,) (ones when None), probs_dropout (B, H, T, T) or None)."""
     _check_probs("probs", probs)
-    return _vector("head_mask", head_mask, probs.shape[1], probs.dtype), _like_probs("probs_dropout", probs_dropout, probs)
+    return check_vector("head_mask", head_mask, probs.shape[1], probs.dtype), _like_probs("probs_dropout", probs_dropout, probs)
 
 
-def _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout, dprobs_extra):
+def check_attention_probs_backward(dweights, probs, head_mask, probs_dropout, dprobs_extra):
     """-> (head_scale (H,), probs_dropout or None, dprobs_extra or None)."""
     _check_probs("dweights", dweights)
     _check_probs("probs", probs)
     if dweights.shape != probs.shape or dweights.dtype != probs.dtype:
         raise ValueError(f"dweights {dweights.shape} {dweights.dtype} and probs {probs.shape} {probs.dtype} differ")
-    return (_vector("head_mask", head_mask, probs.shape[1], probs.dtype),
+    return (check_vector("head_mask", head_mask, probs.shape[1], probs.dtype),
             _like_probs("probs_dropout", probs_dropout, probs), _like_probs("dprobs_extra", dprobs_extra, probs))

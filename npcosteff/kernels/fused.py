@@ -31,8 +31,8 @@ a vectorizable float64 approximation with a relative error below 2e-13 (see
 :func:`_phi_and_gauss`), i.e. ~1e-6 of a float32 rounding step: the rounded results equal
 the kernel's except for the rare value that lies within 2e-13 of a rounding boundary, which
 then differs by one float32 ulp (and where the true value is below float32's smallest
-subnormal, a zero may carry the other sign). This is what makes GELU cost a few
-nanoseconds per element instead of ~15.
+subnormal, a zero may carry the other sign). This is what makes GELU cheap: a short
+vectorizable polynomial per element instead of a scalar libm call (benchmarks/README.md).
 
 Approximation used for float32 data (a = |x| / sqrt 2, the argument of erfc):
 
@@ -54,10 +54,10 @@ import numpy as np
 from numba import njit, prange
 
 from . import reference
-from .rows import _row_dot
+from .rows import row_dot
 
-from .checks import (_check_attention_probs_backward, _check_attention_weights, _check_bias_gelu,
-                     _check_bias_gelu_backward, _check_scatter_add)
+from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_gelu,
+                     check_bias_gelu_backward, check_scatter_add)
 
 __all__ = ["bias_gelu", "bias_gelu_backward", "attention_weights", "attention_probs_backward", "scatter_add_rows",
            "adamw_update", "fit_coefficients"]
@@ -170,7 +170,7 @@ def bias_gelu(pre, bias, ffn_mask=None, out=None):
     pre (N, F) C-contiguous float32/float64, the output of ``x @ W.T``; bias (F,);
     ffn_mask (F,) or None. Returns act (N, F) (written into `out` when given).
     """
-    bias, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
+    bias, mask, act = check_bias_gelu(pre, bias, ffn_mask, out)
     (_bias_gelu_f32 if pre.dtype == np.float32 else _bias_gelu_exact)(pre, bias, mask, act)
     return act
 
@@ -214,7 +214,7 @@ def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
     given, the forward's ``act = gelu(pre) * ffn_mask`` is recomputed into it in the same pass
     (identical to the forward's values). Returns dpre (the dact array).
     """
-    mask = _check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
+    mask = check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
     recompute = act_out is not None
     act = act_out if recompute else dact                      # unused when not recomputing
     (_gelu_backward_f32 if pre.dtype == np.float32 else _gelu_backward_exact)(dact, pre, mask, act, recompute)
@@ -237,7 +237,7 @@ def scatter_add_rows(table, ids, rows):
 
     table (V, d) C-contiguous; ids (N,) integers in [0, V); rows (N, d) of table's dtype.
     """
-    ids, rows = _check_scatter_add(table, ids, rows)
+    ids, rows = check_scatter_add(table, ids, rows)
     _scatter_add_rows(table, ids, rows)
 
 
@@ -260,7 +260,7 @@ def _probs_backward_loop(dw, probs, head_scale, mask, has_mask, extra, has_extra
             if has_extra:
                 g = g + extra[r, j]                           # `dprobs += dprobs_extra`
             dw[r, j] = g
-        dot = _row_dot(dw[r], probs[r])                       # sum_i dp_i p_i in float64 (vectorized)
+        dot = row_dot(dw[r], probs[r])                        # sum_i dp_i p_i in float64 (vectorized)
         for j in range(n):
             dw[r, j] = np.float64(probs[r, j]) * (np.float64(dw[r, j]) - dot)
 
@@ -276,8 +276,8 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
     dweights, probs (B, H, T, T) C-contiguous, one dtype; head_mask (H,) or None;
     probs_dropout, dprobs_extra (B, H, T, T) or None. Returns dscores (the dweights array).
     """
-    head_scale, mask, extra = _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
-                                                              dprobs_extra)
+    head_scale, mask, extra = check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
+                                                             dprobs_extra)
     B, H, T, n = probs.shape
     dummy = np.zeros((1, 1), probs.dtype)                     # stands for an absent mask (never read)
     _probs_backward_loop(dweights.reshape(-1, n), probs.reshape(-1, n), head_scale,
@@ -305,7 +305,7 @@ def attention_weights(probs, probs_dropout=None, head_mask=None):
     """
     if probs_dropout is None and head_mask is None:
         return probs
-    head_scale, mask = _check_attention_weights(probs, probs_dropout, head_mask)
+    head_scale, mask = check_attention_weights(probs, probs_dropout, head_mask)
     B, H, T, n = probs.shape
     out = np.empty_like(probs)
     _mask_probs_loop(probs.reshape(-1, n), np.zeros((1, 1), probs.dtype) if mask is None else mask.reshape(-1, n),

@@ -3,9 +3,9 @@
 The training kernels (:mod:`.fast`, :mod:`.fused`) compute every GELU and softmax value in
 float64 and round it once, so that they give the reference's results to the last bit. That
 costs: float64 runs half as many values per vector instruction, and an erfc accurate to
-float64 needs long polynomials. At inference (batch 1, 128 tokens, MiniLM-L6, 2 cores) GELU
-and the softmax took 10.5 ms of a 45.8 ms pass, against 1.8 ms of PyTorch's; with these
-kernels 4.9 ms of 28.9 ms, against 1.4 ms (benchmarks/README.md).
+float64 needs long polynomials. At inference GELU and the softmax took a large share of a
+forward pass, several times PyTorch's time for the same steps; these kernels halve it
+(benchmarks/README.md, "Measurements behind the kernels' design").
 
 The kernels here serve a forward pass that keeps no cache (nothing backpropagates through
 it): :meth:`npcosteff.model.CostEffModel.forward` without ``return_cache`` and
@@ -52,16 +52,16 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import fast as _fast
-from . import fused as _fused
-from .checks import _check_bias_gelu, _check_softmax_inputs, _EMPTY_ROW_MESSAGE
-from .rows import _row_sum
+from . import fast_softmax, fused
+from .checks import EMPTY_ROW_MESSAGE, check_bias_gelu, check_softmax_inputs
+from .common import as_rows, mask_groups, serial
+from .rows import row_sum
 
 __all__ = ["bias_gelu_inference", "softmax_inference", "fit_coefficients", "GELU_MAX_ULP", "SOFTMAX_MAX_ULP"]
 
 # Error bounds in float32 ulps of the correctly rounded result, from the error analysis of each
-# kernel (tests/test_kernels_inference.py checks them on millions of values; measured maxima on
-# 5 December 2026: GELU 7, softmax 2). GELU: Q's fit 0.05 ulp; Q's argument u = t * 2.5 - 1.5,
+# kernel (tests/test_kernels_inference.py checks them on millions of values; the maxima seen
+# there are in benchmarks/README.md). GELU: Q's fit 0.05 ulp; Q's argument u = t * 2.5 - 1.5,
 # rounded in float32, carries up to ~3 ulps into Q through its slope; Q's float32 Horner
 # evaluation ~1.5; E(r) ~0.5 and r's roundings ~0.3; the products and the division ~2.5.
 # Softmax: E(r) and its scaling ~1, r's roundings ~0.3, the sum (float64, rounded once) and
@@ -107,11 +107,7 @@ _GELU_EXP_BIAS = 64
 _SPLIT, _SPLIT_INV = np.float32(256.0), np.float32(1.0 / 256.0)   # GELU: x = xh + xl, xh a multiple of 2^-8
 _GELU_UNBIAS = np.float32(2.0 ** -_GELU_EXP_BIAS)
 
-# Up to this many elements the loops run in the calling thread (one sample at inference is
-# 196,608 GELU values and as many attention probabilities for MiniLM at 128 tokens): on 2 cores
-# the parallel loops were no faster there (4 December 2026, bench_profile, batch 1).
-SERIAL_MAX_ELEMENTS = _fast.SERIAL_MAX_ELEMENTS
-
+# The loops run in the calling thread up to common.SERIAL_MAX_ELEMENTS (one sample at inference).
 _GELU_BLOCK = 16      # rows per parallel task (one scratch row each)
 _SOFTMAX_BLOCK = 64
 
@@ -209,9 +205,9 @@ def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
     pre (N, F) C-contiguous, bias (F,), ffn_mask (F,) or None. Returns act (N, F).
     """
     if pre.dtype != np.float32:
-        return _fused.bias_gelu(pre, bias, ffn_mask, out)
-    bias, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
-    loop = _bias_gelu_loop_serial if _fast._serial(pre.size) else _bias_gelu_loop
+        return fused.bias_gelu(pre, bias, ffn_mask, out)
+    bias, mask, act = check_bias_gelu(pre, bias, ffn_mask, out)
+    loop = _bias_gelu_loop_serial if serial(pre.size) else _bias_gelu_loop
     loop(pre, bias, mask, act)
     return act
 
@@ -249,7 +245,7 @@ def _softmax_row_f64(s, m, r, e, bits, probs):
         bits[j] = b if d >= _SOFTMAX_MIN else 0                # 0: exp(d) taken as 0
     for j in range(n):
         e[j] = e[j] * scale[j]                                 # exp(d) = 2^k E(r)
-    total = np.float32(_row_sum(e)) if n_nan == 0 else np.float32(np.nan)   # a NaN score: a NaN row, as the reference
+    total = np.float32(row_sum(e)) if n_nan == 0 else np.float32(np.nan)   # a NaN score: a NaN row, as the reference
     for j in range(n):
         probs[r, j] = e[j] / total
     return row_max == -np.inf
@@ -319,7 +315,7 @@ def _softmax_row_unmasked(s, r, row_max, e, bits, probs):
         bits[j] = np.int32((np.int32(k) + 127) << 23) if keep else 0
     for j in range(n):
         e[j] = e[j] * scale[j]                                 # exp(d) = 2^k E(r)
-    total = np.float32(_row_sum(e))
+    total = np.float32(row_sum(e))
     for j in range(n):
         probs[r, j] = e[j] / total
 
@@ -369,15 +365,15 @@ def softmax_inference(scores, additive_mask=None, out=None):
     if np.asarray(scores).dtype != np.float32:
         if out is not None:
             raise ValueError("softmax_inference: out= is for float32 scores only")
-        return _fast.softmax(scores, additive_mask)
-    scores, mask = _check_softmax_inputs(scores, additive_mask)
+        return fast_softmax.softmax(scores, additive_mask)
+    scores, mask = check_softmax_inputs(scores, additive_mask)
     if mask is not None and not mask.any():
         mask = None                          # a mask of zeros adds nothing (NaN counts as a mask)
-    s = _fast._rows(scores)                                    # (N, n)
+    s = as_rows(scores)                                        # (N, n)
     if mask is None:
         mask2, rows_per_group = np.zeros((1, s.shape[1])), max(1, s.shape[0])
     else:
-        mask2, rows_per_group = _fast._mask_groups(mask, scores.shape)
+        mask2, rows_per_group = mask_groups(mask, scores.shape)
     unmasked = ~np.any(mask2 != 0, axis=1)                     # (G,) mask rows of zeros only (NaN counts as a mask)
     if out is None:
         probs = np.empty_like(s)
@@ -386,8 +382,8 @@ def softmax_inference(scores, additive_mask=None, out=None):
                          f"got {out.dtype} {out.shape}")
     else:
         probs = out.reshape(s.shape)                           # a view: out is C-contiguous
-    loop = _softmax_loop_serial if _fast._serial(s.size) else _softmax_loop
+    loop = _softmax_loop_serial if serial(s.size) else _softmax_loop
     if loop(s, mask2, unmasked, rows_per_group, probs):
-        raise ValueError(_EMPTY_ROW_MESSAGE)
+        raise ValueError(EMPTY_ROW_MESSAGE)
     return probs.reshape(scores.shape)
 

@@ -8,34 +8,22 @@ layer is independent across something: the projections, the output dense, LayerN
 FFN across rows (tokens), the attention core (scores, softmax, context) across heads and
 samples; and for one sentence, whose rows are few, a head's whole way through the block
 (projections, core, its part of the output dense) across heads and the FFN across neurons,
-each lane's part of the output summed by the caller (npcosteff/nn/attention.py, ffn.py).
-A lane is one such share: :func:`run` hands each lane but the first to a worker
-thread, runs the first in the calling thread, and waits for all of them, with BLAS limited
-to one thread and every Numba loop run in its calling thread (:func:`inside`), so the lanes
-never compete for the same threads. Each lane computes its rows exactly as the whole call
-would: the results are those of the unsplit layer up to the summation order of BLAS
-(tests/test_lanes.py).
+each lane's part of the output summed by the caller (:mod:`~npcosteff.kernels.lanes_layer`,
+the layer's steps cut that way).
 
-Handing a lane to a worker costs from about 30 microseconds to a few hundred, four times
-per layer for several samples, twice for one. Measured on 2 cores (5 December 2026, MiniLM-L6, 128 tokens, float32, median ms per forward pass with /
-without lanes, one process, the sides alternating): batch 1 32.9 / 37.6, batch 4 93 / 118,
-batch 8 174 / 231, batch 16 331 / 399, batch 32 674-698 / 803-928: a float32 forward pass at
-inference (no dropout, no cache) takes lanes when BLAS has more than one thread and the
-layer has the work (below; benchmarks/README.md has the side-by-side figures against
-PyTorch).
+This module is the runner. A lane is one share: :func:`run` hands each lane but the first to
+a worker thread of the kernels' pool (:mod:`~npcosteff.kernels.pool`), runs the first in the
+calling thread, and waits for all of them, with BLAS limited to one thread and every Numba
+loop run in its calling thread (:func:`inside`), so the lanes never compete for the same
+threads. Each lane computes its rows exactly as the whole call would: the results are those
+of the unsplit layer up to the summation order of BLAS (tests/test_lanes.py).
 
-A share is worth its hand-offs only when there is enough work to share: a layer takes lanes
-(both its blocks, or neither: a layer with its attention unsplit and its FFN in lanes ran
-slower than either) when the matrix products of the layer over the batch come to at least
-:data:`MIN_FLOPS` (``flops.layer_flops``). Measured on 2 cores (5 December 2026, whole
-forward passes, median ms with every layer in lanes / none): MiniLM at 1 x 16 tokens (57
-MFLOP a layer) 13.0 / 8.3, 1 x 64 (233) 21.3 / 20.5, 1 x 96 (354) 26.2 / 28.9, 1 x 128
-(478) 37.7 / 44.5; a 6-head, FFN-768 student at 1 x 128 (239) 19.2 / 16.2, 2 x 128 (478)
-34.8 / 37.9; a 2-head, FFN-128 student at 1 x 16 (6 MFLOP) 7.6 / 3.6, 4 x 128 (218) 16.9 /
-17.6, 8 x 128 (436) 29.2 / 32.1. Below about 300 MFLOP a layer's four hand-offs (a few
-hundred microseconds on that virtual machine, the worker's wake-up and BLAS's thread count
-set and reset included) cost more than the second core saves: a short sentence through a
-slender early-exit student ran twice as slowly with lanes in every layer.
+Each hand-off to a worker has a cost, paid four times per layer for several samples and
+twice for one, so a layer takes lanes (both its blocks, or neither: a layer with its
+attention unsplit and its FFN in lanes ran slower than either) only when the matrix products
+of the layer over the batch come to at least :data:`MIN_FLOPS` (``flops.layer_flops``);
+below that the hand-offs cost more than the second core saves (:func:`count`; the
+measurements are in benchmarks/README.md, "Measurements behind the kernels' design").
 
 Only float32 layers with the ``fast`` kernels take lanes (the speed path; a float64 model
 runs its exact kernels unsplit); with ``NPCOSTEFF_KERNELS=reference`` no worker thread runs and
@@ -45,22 +33,21 @@ the layers take their plain path.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
-from .batched import _blas, _one_blas_thread
+from . import pool
 
 __all__ = ["MIN_FLOPS", "by_width", "count", "inside", "row_parts", "run", "run_and_sum", "disabled"]
 
-# The least work worth sharing out: FLOPs of a layer's matrix products over the batch, at
-# the measured break-even (between 233 and 354 MFLOP for MiniLM, 218 and 436 for a student).
+# The least work worth sharing out: FLOPs of a layer's matrix products over the batch, at the
+# measured break-even of the hand-offs against the second core (benchmarks/README.md).
 MIN_FLOPS = 300e6
 
 _local = threading.local()
 _lock = threading.Lock()
-_state = {"pool": None, "workers": 0, "disabled": 0}
+_state = {"disabled": 0}
 
 
 def inside() -> bool:
@@ -91,10 +78,9 @@ def count(n_rows: int, dtype, flops: float) -> int:
     if (np.dtype(dtype) != np.float32 or flops < MIN_FLOPS or _state["disabled"] or inside()
             or current() != "fast"):
         return 1
-    blas = _blas()
-    if blas is None:
+    if pool.blas() is None:
         return 1
-    return max(1, min(min(lib.num_threads for lib in blas.lib_controllers), n_rows))
+    return max(1, min(pool.blas_threads(), n_rows))
 
 
 def by_width(n_samples: int, lanes: int, width: int) -> bool:
@@ -109,16 +95,6 @@ def row_parts(n: int, lanes: int) -> list:
     """`lanes` contiguous slices that cover range(n), as equal as possible (none empty when n >= lanes)."""
     bounds = np.linspace(0, n, lanes + 1).astype(int)
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _lock:
-        if _state["workers"] < workers:
-            if _state["pool"] is not None:
-                _state["pool"].shutdown(wait=True)
-            _state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npcosteff-lane")
-            _state["workers"] = workers
-        return _state["pool"]
 
 
 def _in_lane(fn, part):
@@ -137,9 +113,9 @@ def run(fn, parts) -> None:
     parts = list(parts)
     if not parts:
         return
-    blas = _blas()
-    with _one_blas_thread(blas) if blas is not None else _nothing():
-        futures = [_pool(len(parts) - 1).submit(_in_lane, fn, part) for part in parts[1:]] if len(parts) > 1 else []
+    with pool.one_blas_thread():
+        executor = pool.workers(len(parts) - 1) if len(parts) > 1 else None
+        futures = [executor.submit(_in_lane, fn, part) for part in parts[1:]]
         try:
             _in_lane(fn, parts[0])
         finally:
@@ -167,8 +143,3 @@ def run_and_sum(fn, parts):
     for result in results[1:]:
         total += result
     return total
-
-
-@contextmanager
-def _nothing():
-    yield

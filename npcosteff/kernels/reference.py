@@ -27,10 +27,10 @@ import math
 import numpy as np
 from scipy.special import erfc
 
-from .checks import (_check_attention_probs_backward, _check_attention_weights, _check_bias_gelu,
-                     _check_bias_gelu_backward, _check_dropout_args, _check_layer_norm_backward,
-                     _check_layer_norm_params, _check_scatter_add, _check_softmax_inputs, _float_array,
-                     _last_axis, _raise_if_empty_rows, _same_dtype, _same_shape)
+from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_gelu,
+                     check_bias_gelu_backward, check_dropout_args, check_layer_norm_backward,
+                     check_layer_norm_params, check_scatter_add, check_softmax_inputs, float_array,
+                     last_axis, raise_if_empty_rows, same_dtype, same_shape)
 
 __all__ = [
     "gelu",
@@ -70,7 +70,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
     x: any shape, float32 or float64. Returns y with x's shape and dtype.
     """
-    x = _float_array("x", x)
+    x = float_array("x", x)
     x64 = x.astype(np.float64, copy=False)  # (...) compute in float64, round once
     y = 0.5 * x64 * erfc(-x64 * _SQRT_HALF)  # (...)
     return np.asarray(y).astype(x.dtype, copy=False)  # asarray: a 0-d input stays an array
@@ -84,10 +84,10 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     dy, x: same shape and dtype. Returns dx with that shape and dtype.
     """
-    dy = _float_array("dy", dy)
-    x = _float_array("x", x)
-    _same_shape("dy", dy, "x", x)
-    _same_dtype("dy", dy, "x", x)
+    dy = float_array("dy", dy)
+    x = float_array("x", x)
+    same_shape("dy", dy, "x", x)
+    same_dtype("dy", dy, "x", x)
     x64 = x.astype(np.float64, copy=False)  # (...)
     cdf = 0.5 * erfc(-x64 * _SQRT_HALF)  # Phi(x)
     with np.errstate(over="ignore"):  # x * x = inf for |x| > 1e154: exp(-inf) = 0 is the limit
@@ -115,12 +115,12 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
         all ``-inf`` has no softmax and raises ValueError.
     Returns probs with scores' shape and dtype.
     """
-    scores, mask = _check_softmax_inputs(scores, additive_mask)
+    scores, mask = check_softmax_inputs(scores, additive_mask)
     s = scores.astype(np.float64, copy=False)  # (..., n)
     if mask is not None:
         s = s + mask  # (..., n) broadcast, e.g. (B, 1, 1, T) over (B, H, T, T)
     row_max = s.max(axis=-1, keepdims=True)  # (..., 1)
-    _raise_if_empty_rows(row_max)
+    raise_if_empty_rows(row_max)
     e = np.exp(s - row_max)  # (..., n), every exponent <= 0
     probs = e / e.sum(axis=-1, keepdims=True)  # (..., n)
     return probs.astype(scores.dtype, copy=False)
@@ -135,11 +135,11 @@ def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     dprobs, probs: (..., n), same shape and dtype. Returns dscores with that shape and dtype.
     """
-    dprobs = _float_array("dprobs", dprobs)
-    probs = _float_array("probs", probs)
-    _same_shape("dprobs", dprobs, "probs", probs)
-    _same_dtype("dprobs", dprobs, "probs", probs)
-    _last_axis("probs", probs)
+    dprobs = float_array("dprobs", dprobs)
+    probs = float_array("probs", probs)
+    same_shape("dprobs", dprobs, "probs", probs)
+    same_dtype("dprobs", dprobs, "probs", probs)
+    last_axis("probs", probs)
     dp = dprobs.astype(np.float64, copy=False)  # (..., n)
     p = probs.astype(np.float64, copy=False)  # (..., n)
     dot = (dp * p).sum(axis=-1, keepdims=True)  # (..., 1) sum_i dp_i p_i
@@ -163,7 +163,7 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
     Returns ``(y, mean, rstd)``: y (..., d) in x's dtype; mean, rstd (...) in float64
     (see the module docstring).
     """
-    x, gamma, beta, eps = _check_layer_norm_params(x, gamma, beta, eps)
+    x, gamma, beta, eps = check_layer_norm_params(x, gamma, beta, eps)
     x64 = x.astype(np.float64, copy=False)  # (..., d)
     mean = x64.mean(axis=-1)  # (...)
     xc = x64 - mean[..., None]  # (..., d) centred
@@ -187,7 +187,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: 
     dy, x: (..., d); gamma: (d,); mean, rstd: (...), as returned by :func:`layer_norm`.
     Returns ``(dx, dgamma, dbeta)``: dx (..., d), dgamma and dbeta (d,), in x's dtype.
     """
-    dy, x, gamma, mean, rstd = _check_layer_norm_backward(dy, x, gamma, mean, rstd)
+    dy, x, gamma, mean, rstd = check_layer_norm_backward(dy, x, gamma, mean, rstd)
     d = x.shape[-1]
     dy64 = dy.astype(np.float64, copy=False).reshape(-1, d)  # (N, d), N = rows
     x64 = x.astype(np.float64, copy=False).reshape(-1, d)  # (N, d)
@@ -213,10 +213,10 @@ def add_layer_norm(x: np.ndarray, residual: np.ndarray, gamma: np.ndarray, beta:
     x, residual: (..., d), same shape and dtype; gamma, beta: (d,).
     Returns ``(y, s, mean, rstd)``: y and s (..., d) in x's dtype; mean, rstd (...) float64.
     """
-    x = _float_array("x", x)
-    residual = _float_array("residual", residual)
-    _same_shape("residual", residual, "x", x)
-    _same_dtype("residual", residual, "x", x)
+    x = float_array("x", x)
+    residual = float_array("residual", residual)
+    same_shape("residual", residual, "x", x)
+    same_dtype("residual", residual, "x", x)
     s = x + residual  # (..., d) in the input dtype
     y, mean, rstd = layer_norm(s, gamma, beta, eps)
     return y, s, mean, rstd
@@ -238,7 +238,7 @@ def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray
     rng: numpy Generator; shape: output shape; p: 0 <= p < 1; dtype: float32 or float64.
     Returns the mask (shape) in dtype.
     """
-    shape, p, dtype = _check_dropout_args(rng, shape, p, dtype)
+    shape, p, dtype = check_dropout_args(rng, shape, p, dtype)
     if p == 0.0:
         return np.ones(shape, dtype=dtype)
     scale = dtype.type(1.0 / (1.0 - p))  # the kept value, rounded once to dtype
@@ -258,7 +258,7 @@ def bias_gelu(pre, bias, ffn_mask=None, out=None):
     pre (N, F) C-contiguous, the output of ``x @ W.T``; bias (F,); ffn_mask (F,) or None.
     Returns act (N, F) (written into `out` when given).
     """
-    _, mask, act = _check_bias_gelu(pre, bias, ffn_mask, out)
+    _, mask, act = check_bias_gelu(pre, bias, ffn_mask, out)
     pre += bias                                  # (N, F) kept for the backward pass
     act[...] = gelu(pre)
     if ffn_mask is not None:
@@ -273,7 +273,7 @@ def bias_gelu_backward(dact, pre, ffn_mask=None, act_out=None):
     ``act = gelu(pre) * ffn_mask`` is recomputed into it (a layer that did not keep `act`
     needs it for its weight gradient). Returns dpre (the dact array).
     """
-    mask = _check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
+    mask = check_bias_gelu_backward(dact, pre, ffn_mask, act_out)
     if ffn_mask is not None:
         dact *= mask
     dact[...] = gelu_backward(dact, pre)
@@ -315,7 +315,7 @@ def attention_weights(probs, probs_dropout=None, head_mask=None):
     """
     if probs_dropout is None and head_mask is None:
         return probs
-    head_scale, mask = _check_attention_weights(probs, probs_dropout, head_mask)
+    head_scale, mask = check_attention_weights(probs, probs_dropout, head_mask)
     weights = probs * mask if mask is not None else probs.copy()
     if head_mask is not None:
         weights *= head_scale.reshape(1, -1, 1, 1)               # (1, H, 1, 1) over heads
@@ -332,8 +332,8 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
 
     dweights, probs (B, H, T, T), one dtype. Returns dscores (the dweights array).
     """
-    head_scale, mask, extra = _check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
-                                                              dprobs_extra)
+    head_scale, mask, extra = check_attention_probs_backward(dweights, probs, head_mask, probs_dropout,
+                                                             dprobs_extra)
     if head_mask is not None:
         dweights *= head_scale.reshape(1, -1, 1, 1)
     if mask is not None:
@@ -351,7 +351,7 @@ def scatter_add_rows(table, ids, rows):
     A fancy ``table[ids] += rows`` would keep only one of the rows of a repeated id;
     ``np.add.at`` adds each of them, in order.
     """
-    ids, rows = _check_scatter_add(table, ids, rows)
+    ids, rows = check_scatter_add(table, ids, rows)
     np.add.at(table, ids, rows)
 
 

@@ -9,6 +9,9 @@ switches neurons off without slicing (for teaching and importance studies).
 Parameters (local names under ``encoder.layer.{i}.``): ``intermediate.dense.weight`` (F, d),
 ``intermediate.dense.bias`` (F,), ``output.dense.weight`` (d, F), ``output.dense.bias`` (d,),
 ``output.LayerNorm.weight``/``.bias`` (d,).
+
+(The model's speed path at inference is a twin of this block in
+npcosteff/kernels/lanes_layer.py, tested against it.)
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import kernels
-from ..kernels import lanes
-from ..kernels.checks import _vector
 from .linear import linear_backward, linear_forward, linear_input_grad, linear_param_grads
 from .prefixed import Prefixed
 
@@ -37,7 +38,7 @@ class FFNCache(NamedTuple):
     shape: tuple                          # (B, T, d)
 
 
-def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=False, n_lanes=1):
+def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=False):
     """x (B, T, d) -> (y (B, T, d), FFNCache).
 
     The cache keeps the GELU input ``pre`` but not its output ``act``: the backward pass
@@ -45,14 +46,10 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     holding (B*T, F) activations per layer from the forward to the backward pass.
     With ``inference=True`` nothing will backpropagate through the call: GELU is the
     inference kernel (float32 arithmetic for float32 data, npcosteff/kernels/inference.py)
-    and the cache is None; ``n_lanes > 1`` (the layer's choice, ``lanes.count``) then shares
-    the rows out over that many cores.
+    and the cache is None.
     """
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
-    if inference and n_lanes > 1 and output_dropout is None:   # the same steps, rows shared out over the cores
-        by_neurons = lanes.by_width(B, n_lanes, p["intermediate.dense.weight"].shape[0])
-        return _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons).reshape(B, T, d), None
     pre, _ = linear_forward(x2, p["intermediate.dense.weight"], None)           # (N, F), bias below
     # One pass: pre += bias (kept for the backward), act = gelu(pre) * ffn_mask.
     bias_gelu = kernels.bias_gelu_inference if inference else kernels.bias_gelu
@@ -66,37 +63,6 @@ def ffn_forward(x, p, eps, *, ffn_mask=None, output_dropout=None, inference=Fals
     if inference:
         return y.reshape(B, T, d), None
     return y.reshape(B, T, d), FFNCache(x2, pre, s2, mean, rstd, ffn_mask, output_dropout, (B, T, d))
-
-
-def _ffn_in_lanes(x2, p, eps, ffn_mask, n_lanes, by_neurons=False):
-    """:func:`ffn_forward` at inference for a few samples: x2 (N, d) -> y2 (N, d) in `n_lanes`
-    lanes (npcosteff/kernels/lanes.py), one hand-off. By rows, each lane running the block's
-    steps on its share of the rows; or, with `by_neurons` (one sentence: a share of its rows
-    would make BLAS's blocks half as tall), by neurons, each lane taking all rows through its
-    share of the F neurons, GELU(x Wi[f]^T + bi[f]) Wo[:, f]^T (N, d), and the calling thread
-    summing the parts and adding the bias, the residual and LayerNorm."""
-    Wi, bi, Wo = p["intermediate.dense.weight"], p["intermediate.dense.bias"], p["output.dense.weight"]
-    gamma, beta = p["output.LayerNorm.weight"], p["output.LayerNorm.bias"]
-    if by_neurons:
-        if ffn_mask is not None:
-            ffn_mask = _vector("ffn_mask", ffn_mask, Wi.shape[0], x2.dtype)       # (F,), checked before it is cut
-
-        def share(f):                                                            # neurons f -> their part (N, d)
-            act = kernels.bias_gelu_inference(x2 @ Wi[f].T, bi[f], None if ffn_mask is None else ffn_mask[f])
-            return act @ Wo[:, f].T
-        out = lanes.run_and_sum(share, lanes.row_parts(Wi.shape[0], n_lanes))   # (N, d) GELU(x Wi^T + bi) Wo^T
-        out += p["output.dense.bias"]
-        return kernels.add_layer_norm(out, x2, gamma, beta, eps)[0]
-
-    y2 = np.empty_like(x2)                                                       # (N, d)
-
-    def block(r):                                                                # rows r
-        act = kernels.bias_gelu_inference(x2[r] @ Wi.T, bi, ffn_mask)            # (n, F)
-        out = act @ Wo.T                                                         # (n, d)
-        out += p["output.dense.bias"]
-        y2[r] = kernels.add_layer_norm(out, x2[r], gamma, beta, eps)[0]
-    lanes.run(block, lanes.row_parts(x2.shape[0], n_lanes))
-    return y2
 
 
 def ffn_backward(dy, cache: FFNCache, p, grads):

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from ..pretrained import DONE_FILE, STAGE_FILE, resolve_model_dir
+from ..weights import json_default
 from ..recipe import Recipe
 
 __all__ = ["UserError", "DataUnavailable", "Console", "console", "DONE_FILE", "STAGE_FILE", "LOG_FILE",
@@ -80,22 +81,12 @@ class Console:
 console = Console()
 
 
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serializable")
-
-
 def write_json(path, obj):
     """`obj` as indented JSON (numpy values as Python ones), written atomically."""
     from ..weights import write_text
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def _read_json(path):
@@ -108,7 +99,7 @@ def _read_json(path):
 
 def _normalized(obj):
     """`obj` as it reads back from JSON (tuples -> lists, numpy -> Python), for comparisons."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 # --------------------------------------------------------------------------- models and data
@@ -160,7 +151,7 @@ def tokenizer_dir(*candidates) -> str:
 
 
 def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
-    """Tokenized train and dev splits of the recipe's task (see npcosteff.pipeline.load_task_data).
+    """Tokenized train and dev splits of the recipe's task (see npcosteff.data.load_task_data).
 
     `glue_dir`: a folder in GLUE's TSV layout, "shipped", "hub", or None ($NPCOSTEFF_GLUE_DIR,
     else the hub); see `npcosteff.data.glue_source`. Without `need_train` only the dev split is
@@ -168,7 +159,7 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
     """
     from ..data.batching import encode_split
     from ..data.glue import SliceTooSmall, get_task, glue_source, load_glue
-    from ..pipeline import TaskData, load_task_data
+    from ..data.task import TaskData, load_task_data
     from ..tokenizer import Tokenizer
 
     try:

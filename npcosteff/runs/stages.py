@@ -16,8 +16,9 @@ import time
 
 from ..presets import PRESETS_NEEDING_MODEL
 from ..recipe import Recipe
-from .folders import DONE_FILE, LOG_FILE, StageFolder, UserError, _json_default, console, dtype_of, link_stages, \
+from .folders import DONE_FILE, LOG_FILE, StageFolder, UserError, console, dtype_of, link_stages, \
     load_data, load_model, model_folder, pretrained_dir, tokenizer_dir, write_json
+from ..weights import json_default
 from .summary import build_summary, describe, metric_line, sweep_models
 
 __all__ = ["run_stage", "stage_finetune", "stage_train_ta", "stage_slenderize", "stage_recover", "check_targets",
@@ -67,7 +68,7 @@ def _saved_model_dir(folder, best_subdir, model, tokenizer_file):
 # --------------------------------------------------------------------------- the four stages
 def stage_finetune(recipe: Recipe, data, folder, pretrained, progress=True):
     """Stage 1: the fine-tuned teacher. Returns (model, DONE record)."""
-    from ..pipeline import finetune
+    from ..stages import finetune
 
     def train():
         model, result = finetune(data, recipe.finetune_arguments(progress), folder, pretrained, dtype_of(recipe),
@@ -80,7 +81,7 @@ def stage_finetune(recipe: Recipe, data, folder, pretrained, progress=True):
 
 def stage_train_ta(recipe: Recipe, data, teacher, folder, pretrained, progress=True):
     """Stage 2: the multi-exit teacher-assistant. Returns (model, DONE record)."""
-    from ..pipeline import train_ta
+    from ..stages import train_ta
 
     def train():
         model, result = train_ta(data, teacher, recipe.ta_arguments(progress), folder, pretrained,
@@ -94,7 +95,7 @@ def stage_train_ta(recipe: Recipe, data, teacher, folder, pretrained, progress=T
 
 def check_targets(config, recipe: Recipe):
     """The slenderization targets fit a model with `config` (a UserError otherwise)."""
-    from ..slenderize import prune_schedule
+    from ..stages import prune_schedule
 
     try:
         return prune_schedule(config, recipe.heads, recipe.ffn, recipe.rank)
@@ -106,7 +107,7 @@ def check_targets(config, recipe: Recipe):
 
 def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True):
     """Stage 3: prune `start` (the TA) to the target widths, distilling from `teacher`."""
-    from ..slenderize import slenderize
+    from ..stages import slenderize
 
     schedule = check_targets(start.config, recipe)
     last = schedule[-1]
@@ -117,7 +118,7 @@ def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True
         with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as f:
             for h in history:
                 rec = {k: v for k, v in h.items() if k != "train"}
-                f.write(json.dumps({"type": "prune", **rec}, default=_json_default) + "\n")
+                f.write(json.dumps({"type": "prune", **rec}, default=json_default) + "\n")
         model_dir = os.path.join(folder, "student")
         if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
             student.save_pretrained(model_dir, data.tokenizer_file)
@@ -133,7 +134,7 @@ def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True
 
 def stage_recover(recipe: Recipe, data, student, teacher, folder, progress=True):
     """Stage 4: recover the slender student by `hidden` then `pred` distillation."""
-    from ..slenderize import recover
+    from ..stages import recover
 
     def train():
         model, result = recover(student, teacher, data.train, data.heldout, recipe.recover_arguments(progress),

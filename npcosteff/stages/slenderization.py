@@ -1,4 +1,4 @@
-"""Slenderization: iterative pruning in width with distillation from the TA (docs/method.md, 5), and recovery.
+"""Stage 3, slenderization: iterative pruning in width with distillation from the TA (docs/method.md, 5).
 
 The student starts as a copy of the multi-exit teacher-assistant (TA), which also teaches it.
 With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
@@ -14,10 +14,6 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
    linear warmup/decay schedule peaking at ``lr * (1 + lr_restore)^t``: the first
    ``repr_proportion`` of the steps with the ``hidden`` stage, the rest with ``pred``;
 5. record widths, parameters, FLOPs and the held-out metrics of every exit.
-
-:func:`recover` is step 4 of the pipeline (docs/method.md, 6): ``hidden`` distillation from the TA, then
-``pred``, keeping the checkpoint with the best metric averaged over exits on the held-out part
-of the training set (never on dev; the last checkpoint without one).
 """
 
 from __future__ import annotations
@@ -26,23 +22,21 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from . import weights as W
-from .flops import count_parameters, model_flops
-from .importance import importance_batches, taylor_importance
-from .model import CostEffModel
-from .prune import factorize_embedding, keep_from_importance
-from .surgery import slice_model
-from .train import Trainer, TrainingArguments, evaluate
+from .. import weights as W
+from ..flops import count_parameters, model_flops
+from ..importance import importance_batches, taylor_importance
+from ..model import CostEffModel
+from ..prune import factorize_embedding, keep_from_importance
+from ..surgery import slice_model
+from ..train import Trainer, TrainingArguments, evaluate
 
-__all__ = ["PruneStep", "prune_schedule", "SlenderizeArguments", "slenderize",
-           "RecoverArguments", "recover", "HISTORY_FILE"]
+__all__ = ["PruneStep", "prune_schedule", "SlenderizeArguments", "slenderize", "HISTORY_FILE"]
 
 HISTORY_FILE = "slenderize_history.json"     # written next to the student's weights
 
@@ -229,17 +223,9 @@ def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: in
     return logs
 
 
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serializable")
-
-
 def _save(student, history, folder, tokenizer_file):
     """The student and the history so far, as one atomic checkpoint folder."""
-    text = json.dumps(history, indent=2, default=_json_default)
+    text = json.dumps(history, indent=2, default=W.json_default)
     student.save_pretrained(folder, tokenizer_file, extra_files={HISTORY_FILE: lambda p: W.write_text(p, text)})
 
 
@@ -334,69 +320,3 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         if folder is not None:
             _save(student, history, folder, tokenizer_file)
     return student, history
-
-
-# --------------------------------------------------------------------------- recovery
-@dataclass
-class RecoverArguments:
-    """Hyperparameters of recovery after slenderization (defaults: docs/method.md, 6).
-
-    Two stages, each with its own epochs and learning rate; everything else they share is one
-    ``TrainingArguments`` in `training` (None: the defaults).
-    """
-    task: str
-    hidden_epochs: float = 3.0
-    pred_epochs: float = 3.0
-    hidden_learning_rate: float = 3e-5
-    pred_learning_rate: float = 2e-5
-    hidden_max_steps: Optional[int] = None     # override the epochs when set
-    pred_max_steps: Optional[int] = None
-    training: Optional[TrainingArguments] = None   # shared settings of both stages
-
-    def __post_init__(self):
-        if self.training is None:
-            self.training = TrainingArguments(task=self.task)
-        if self.training.task != self.task:
-            raise ValueError(f"the training arguments are for task {self.training.task!r}, not {self.task!r}")
-
-    def training_arguments(self):
-        """The ``(hidden, pred)`` TrainingArguments of the two stages."""
-        hidden = dataclasses.replace(self.training, stage="hidden", epochs=self.hidden_epochs,
-                                     max_steps=self.hidden_max_steps, learning_rate=self.hidden_learning_rate,
-                                     save_best=False)
-        pred = dataclasses.replace(self.training, stage="pred", epochs=self.pred_epochs,
-                                   max_steps=self.pred_max_steps, learning_rate=self.pred_learning_rate,
-                                   save_best=True)
-        return hidden, pred
-
-
-def recover(student: CostEffModel, teacher: CostEffModel, train_data, eval_data, args: RecoverArguments,
-            output_dir=None, tokenizer_file=None):
-    """Recover a slender student: ``hidden`` distillation, then ``pred`` (docs/method.md, 6, step 4).
-
-    `student` is trained in place. With `eval_data` (the held-out part of the training set,
-    never the dev set that is reported), the ``pred`` stage scores every exit on it and the
-    checkpoint with the best average over exits is returned (a new model);
-    without it, the trained student is. `output_dir` keeps the runs (``hidden/``, ``pred/``,
-    resumable by the Trainer); without it, a temporary folder holds the best checkpoint.
-    Returns ``(model, result)`` with the two trainers' results and, with `eval_data`, the
-    returned model's metrics on it (``heldout``).
-    """
-    if teacher is None:
-        raise ValueError("recovery distills from the TA: pass teacher=")
-    hidden_args, pred_args = args.training_arguments()
-    with tempfile.TemporaryDirectory(prefix="npcosteff-recover-") as scratch:
-        root = scratch if output_dir is None else os.fspath(output_dir)
-        hidden = Trainer(student, hidden_args, train_data, None, teacher=teacher,
-                         output_dir=os.path.join(root, "hidden"), tokenizer_file=tokenizer_file)
-        hidden_result = hidden.train()
-        pred = Trainer(student, pred_args, train_data, eval_data, teacher=teacher,
-                       output_dir=os.path.join(root, "pred"), tokenizer_file=tokenizer_file)
-        pred_result = pred.train()
-        result = {"hidden": hidden_result, "pred": pred_result, "best_average": pred.best}
-        best_dir = os.path.join(root, "pred", "best")
-        model = student
-        if eval_data is not None and os.path.isfile(os.path.join(best_dir, "model.safetensors")):
-            model = CostEffModel.from_pretrained(best_dir, dtype=student.dtype)
-            result["heldout"] = evaluate(model, eval_data, args.task, args.training.eval_batch_size)
-    return model, result
