@@ -64,7 +64,7 @@ def trained_model(model_dir: str, steps: int, data_dir: str):
     tokenizer = Tokenizer.from_pretrained()
     train = encode_split(tokenizer, load_glue("sst2", "train", data_dir, max_examples=steps * 32), max_length=64)
     model = CostEffModel.from_pretrained(num_labels=2, exit_start=1)
-    args = TrainingArguments(task="sst2", stage="hard", max_steps=steps, final_only=False, batch_size=32,
+    args = TrainingArguments(task="sst2", objective="hard", max_steps=steps, final_only=False, batch_size=32,
                              learning_rate=5e-5, progress=False, save_best=False, seed=0)
     t0 = time.perf_counter()
     Trainer(model, args, train).train()

@@ -70,7 +70,7 @@ def make_batch(batch: int, seq: int):
 # ---------------------------------------------------------------------------- children
 def child_npcosteff(args):
     from npcosteff.config import CostEffConfig
-    from npcosteff.stage_loss import stage_loss
+    from npcosteff.objectives import objective_loss
     from npcosteff.model import CostEffModel
     from npcosteff.nn.dropout import Dropout
     from npcosteff.optim import AdamW, clip_grad_norm
@@ -87,7 +87,7 @@ def child_npcosteff(args):
             dropout = Dropout(np.random.default_rng(counter[0]), 0.1, 0.1)
             counter[0] += 1
             out = model(ids, mask, types, training=True, dropout=dropout, return_cache=True)
-            loss = stage_loss("hard", out, labels, mask, final_only=True)
+            loss = objective_loss("hard", out, labels, mask, final_only=True)
             t1 = time.perf_counter()
             model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
             del out
@@ -170,7 +170,7 @@ def child_compile(args):
     t0 = time.perf_counter()
     import npcosteff  # noqa: F401
     from npcosteff.config import CostEffConfig
-    from npcosteff.stage_loss import stage_loss
+    from npcosteff.objectives import objective_loss
     from npcosteff.model import CostEffModel
     from npcosteff.nn.dropout import Dropout
     from npcosteff.optim import AdamW, clip_grad_norm
@@ -183,7 +183,7 @@ def child_compile(args):
     ids %= 100
     out = model(ids, mask, types, training=True, dropout=Dropout(np.random.default_rng(0), 0.1, 0.1),
                 return_cache=True)
-    loss = stage_loss("hard", out, labels, mask)
+    loss = objective_loss("hard", out, labels, mask)
     model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
     clip_grad_norm(model.grads, 1.0)
     AdamW(model.params, 1e-3).step(model.grads)

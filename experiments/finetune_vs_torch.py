@@ -37,7 +37,7 @@ def torch_side(model_np, data, args, trainer_np_like):
     """Fine-tune the torch reference from model_np's initial weights; returns (metrics, seconds)."""
     import torch
 
-    from parity_tests.reference import RefCostEffBert, pick_device, stage_loss
+    from parity_tests.reference import RefCostEffBert, pick_device, objective_loss
 
     torch.manual_seed(args.seed)
     device = pick_device()
@@ -75,7 +75,7 @@ def torch_side(model_np, data, args, trainer_np_like):
             opt.zero_grad()
             out = ref(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                       dropout_masks={k: torch.as_tensor(v) for k, v in masks.items()})
-            loss = stage_loss("hard", out, torch.as_tensor(batch["labels"]), torch.as_tensor(batch["attention_mask"]),
+            loss = objective_loss("hard", out, torch.as_tensor(batch["labels"]), torch.as_tensor(batch["attention_mask"]),
                               final_only=True, regression=c.is_regression)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ref.parameters(), args.max_grad_norm)
@@ -122,7 +122,7 @@ def main(argv=None):
     L = npcosteff.CostEffConfig.from_json(npcosteff.pretrained.default_model_dir()).num_hidden_layers
     init = npcosteff.from_pretrained(num_labels=data.num_labels, exit_start=L, seed=args.seed,
                                      problem_type="regression" if data.is_regression else "single_label_classification")
-    targs = TrainingArguments(task=data.task, stage="hard", epochs=args.epochs, batch_size=args.batch_size,
+    targs = TrainingArguments(task=data.task, objective="hard", epochs=args.epochs, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                               max_grad_norm=args.max_grad_norm, seed=args.seed, final_only=True,
                               eval_every=10 ** 9, save_best=False)

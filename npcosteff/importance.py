@@ -16,7 +16,7 @@ so that a head or neuron is kept when *any* exit needs it, not only the last one
 measured as the authors' code measures it (docs/method.md, 4; docs/deviations.md):
 
 * the student runs as in multi-exit training with dropout off, so gradient equilibrium
-  rescales the gradients (``gradient_equilibrium="authors"``; False: the plain gradient);
+  rescales the gradients (``gradient_equilibrium="authors"``; ``"off"``: the plain gradient);
 * the hidden term is a plain MSE over a batch padded to 128 tokens (``hidden_pad_to=128``;
   None: the per-token normalized hidden loss of training);
 * the ablation scores ``prediction(last exit) + hidden``, with no hard term and no gradient
@@ -38,8 +38,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .data.batching import EncodedSplit, iterate_batches
-from .stage_loss import stage_loss, teacher_outputs
+from .heads import per_head
 from .model import CostEffModel
+from .objectives import objective_loss, teacher_outputs
 
 __all__ = ["Importance", "taylor_importance", "head_scores", "neuron_scores", "importance_batches"]
 
@@ -69,12 +70,10 @@ def head_scores(weight_scores: dict, config) -> list:
     The score of ``attention.output.dense.weight`` (d, A_i) is summed over its output
     dimension (rows) -> (A_i,), then over each head's d_h input columns -> (H_i,).
     """
-    dh = config.attention_head_size
     out = []
     for i in range(config.num_hidden_layers):
         s = weight_scores[f"encoder.layer.{i}.attention.output.dense.weight"]   # (d, A_i)
-        per_column = s.sum(axis=0)                                               # (A_i,)
-        out.append(per_column.reshape(config.heads_per_layer[i], dh).sum(axis=1))  # (H_i,)
+        out.append(per_head(s.sum(axis=0), config.heads_per_layer[i]))          # (A_i,) -> (H_i,)
     return out
 
 
@@ -106,7 +105,7 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
         last_exit_only: score from the final exit's prediction and hard losses only (ablation).
         temperature: the distillation temperature T.
         gradient_equilibrium: the rule of the backward pass (``"authors"``, ``"exit_layers"``
-            or False; see ``model.equilibrium_rule``); off in the last-exit ablation.
+            or ``"off"``; see `npcosteff.equilibrium`); off in the last-exit ablation.
         hidden_pad_to: measure the hidden term as an MSE over this many padded tokens (None:
             normalize by each sample's tokens, as in training). Must be >= every batch's length.
         last_exit_hard: in the ablation, keep the ``0.1 * hard`` term of the last exit.
@@ -129,7 +128,7 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
 
     stage = "importance_last_exit" if last_exit_only and not last_exit_hard else "importance"
     if last_exit_only:
-        gradient_equilibrium = False          # the ablation is scored outside multi-exit mode
+        gradient_equilibrium = "off"          # the ablation is scored outside multi-exit mode
     accumulated = {n: np.zeros_like(p) for n, p in model.params.items()}     # sum_batches |grad|
     num_batches = 0
     for batch in tqdm(batches, desc="importance", disable=not progress, leave=False):
@@ -137,7 +136,7 @@ def taylor_importance(model: CostEffModel, batches: Iterable[dict], teacher: Cos
         # Dropout off (training=False); the equilibrium rule is named explicitly.
         out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                     training=False, gradient_equilibrium=gradient_equilibrium, return_cache=True)
-        loss = stage_loss(stage, out, batch.get("labels"), batch["attention_mask"],
+        loss = objective_loss(stage, out, batch.get("labels"), batch["attention_mask"],
                           teacher=teacher_outputs(teacher, batch), temperature=temperature,
                           regression=regression, last_exit_only=last_exit_only,
                           hidden_pad_to=hidden_pad_to)

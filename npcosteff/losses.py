@@ -20,7 +20,7 @@ real token and 0 for padding, n_b = sum_t m[b, t]):
 * ``attention_mse(ps, pt, m) = mean_b( sum_{q,k} m[b,q] m[b,k] (a_s - a_t)[b,q,k]^2 / n_b )``
   with head-averaged maps ``a = mean_h probs``.
 
-:mod:`npcosteff.stage_loss` sums these over exits and layers and combines them as the
+:mod:`npcosteff.objectives` sums these over exits and layers and combines them as the
 training stages of COST-EFF require (``hidden``, ``pred``, ``pred_ta``, ``hard``, ``importance``).
 """
 

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .config import CostEffConfig
+from .equilibrium import equilibrium_rule
 from .flops import layer_flops
 from .kernels.lanes_layer import layer_forward_in_lanes
 from .nn.attention import AttentionCache, attention_backward, attention_forward
@@ -27,69 +28,13 @@ from .nn.embeddings import (EmbeddingsCache, WordCache, embeddings_backward, emb
 from .nn.exits import ExitCache, exit_backward, exit_forward
 from .nn.ffn import FFNCache, ffn_backward, ffn_forward
 from .nn.prefixed import Prefixed
+from .parameters import init_params, param_shapes
 from . import weights as W
 
 
 def _no_dropout(site, shape):
     """The dropout hook of evaluation: no mask anywhere."""
     return None
-
-
-def param_shapes(config: CostEffConfig) -> dict:
-    """The ordered parameter names of a model with this config, with their shapes."""
-    c = config
-    d = c.hidden_size
-    shapes = {}
-    if c.embedding_rank is None:
-        shapes["embeddings.word_embeddings.weight"] = (c.vocab_size, d)
-    else:
-        shapes["embeddings.word_embeddings.weight"] = (c.vocab_size, c.embedding_rank)
-        shapes["embeddings.word_embeddings.projection"] = (c.embedding_rank, d)
-    shapes["embeddings.position_embeddings.weight"] = (c.max_position_embeddings, d)
-    shapes["embeddings.token_type_embeddings.weight"] = (c.type_vocab_size, d)
-    shapes["embeddings.LayerNorm.weight"] = (d,)
-    shapes["embeddings.LayerNorm.bias"] = (d,)
-    for i in range(c.num_hidden_layers):
-        A, F = c.attention_width(i), c.intermediate_per_layer[i]
-        pre = f"encoder.layer.{i}."
-        for proj in ("query", "key", "value"):
-            shapes[f"{pre}attention.self.{proj}.weight"] = (A, d)
-            shapes[f"{pre}attention.self.{proj}.bias"] = (A,)
-        shapes[f"{pre}attention.output.dense.weight"] = (d, A)
-        shapes[f"{pre}attention.output.dense.bias"] = (d,)
-        shapes[f"{pre}attention.output.LayerNorm.weight"] = (d,)
-        shapes[f"{pre}attention.output.LayerNorm.bias"] = (d,)
-        shapes[f"{pre}intermediate.dense.weight"] = (F, d)
-        shapes[f"{pre}intermediate.dense.bias"] = (F,)
-        shapes[f"{pre}output.dense.weight"] = (d, F)
-        shapes[f"{pre}output.dense.bias"] = (d,)
-        shapes[f"{pre}output.LayerNorm.weight"] = (d,)
-        shapes[f"{pre}output.LayerNorm.bias"] = (d,)
-    for i in c.exit_layers:
-        if c.pooler == "dense":
-            shapes[f"exits.{i}.pooler.dense.weight"] = (d, d)
-            shapes[f"exits.{i}.pooler.dense.bias"] = (d,)
-        shapes[f"exits.{i}.classifier.weight"] = (c.num_labels, d)
-        shapes[f"exits.{i}.classifier.bias"] = (c.num_labels,)
-    return shapes
-
-
-def init_params(config: CostEffConfig, dtype=np.float32, seed=0, names=None) -> dict:
-    """Fresh parameters as Hugging Face initializes BERT: N(0, initializer_range) weights,
-    zero biases, LayerNorm weight 1 and bias 0."""
-    rng = np.random.default_rng(seed)
-    std = config.initializer_range
-    out = {}
-    for name, shape in param_shapes(config).items():
-        if names is not None and name not in names:
-            continue
-        if "LayerNorm.weight" in name:
-            out[name] = np.ones(shape, dtype)
-        elif name.endswith(".bias") or "LayerNorm" in name:
-            out[name] = np.zeros(shape, dtype)
-        else:
-            out[name] = (rng.standard_normal(shape) * std).astype(dtype)
-    return out
 
 
 class LayerCache(NamedTuple):
@@ -478,31 +423,6 @@ class CostEffModel:
         model = cls(config, params, dtype=dtype)
         model.source_dir = folder
         return model
-
-
-EQUILIBRIUM_RULES = ("authors", "exit_layers")
-
-
-def equilibrium_rule(gradient_equilibrium, training: bool, num_exits: int):
-    """The gradient-equilibrium rule a forward pass records for its backward (docs/method.md, 2).
-
-    ``gradient_equilibrium``: None (the default: on in multi-exit training), True (the same as
-    ``"authors"``), False (off), ``"authors"`` (every layer below the last is rescaled, and a
-    hidden-state loss on h_l is rescaled together with exit l's) or ``"exit_layers"`` (only
-    layers with an exit are rescaled, a hidden-state loss is added unscaled). A model with one
-    exit has nothing to balance: the rule is off there, as in plain fine-tuning.
-    Returns None (off), ``"authors"`` or ``"exit_layers"``.
-    """
-    if gradient_equilibrium is None:
-        gradient_equilibrium = bool(training)
-    if isinstance(gradient_equilibrium, (bool, np.bool_)):
-        gradient_equilibrium = "authors" if gradient_equilibrium else None
-    if gradient_equilibrium is None:
-        return None
-    if gradient_equilibrium not in EQUILIBRIUM_RULES:
-        raise ValueError(f"gradient_equilibrium must be None, True, False or one of {EQUILIBRIUM_RULES}, "
-                         f"got {gradient_equilibrium!r}")
-    return gradient_equilibrium if num_exits > 1 else None
 
 
 def _scale(a, s):

@@ -23,7 +23,7 @@ import numpy as np
 from .model import CostEffModel
 
 __all__ = ["keep_top", "keep_from_importance", "masks_from_keep", "masks_from_importance",
-           "factorize_embedding", "embedding_rank_of", "check_keep", "head_columns"]
+           "factorize_embedding", "embedding_rank_of", "check_keep"]
 
 
 # --------------------------------------------------------------------------- choosing what to keep
@@ -124,11 +124,6 @@ def masks_from_importance(importance, heads_per_layer_target, ffn_per_layer_targ
 
 
 # --------------------------------------------------------------------------- keep lists
-def head_columns(keep_heads: np.ndarray, head_size: int) -> np.ndarray:
-    """The attention inner indices (k * d_h,) of the kept heads: head h owns h*d_h..h*d_h+d_h-1."""
-    return (keep_heads[:, None] * head_size + np.arange(head_size)[None, :]).reshape(-1)
-
-
 def check_keep(keep, widths: Sequence[int], what: str, unit: str) -> list:
     """`keep` (None, or L index arrays / Nones) as L sorted int64 arrays, or a clear error."""
     L = len(widths)

@@ -40,6 +40,7 @@ from typing import Optional
 from .config import POOLERS
 from .data.glue import get_task
 from .early_exit import CRITERIA, DEFAULT_ENTROPY_THRESHOLDS
+from .equilibrium import EQUILIBRIUM_SETTINGS
 
 __all__ = ["Recipe", "RecipeError", "parse_override"]
 
@@ -165,7 +166,7 @@ class Recipe:
         if not 0.0 < self.ta_hidden_fraction < 1.0:
             raise RecipeError(f"ta_hidden_fraction must lie strictly between 0 and 1 (the TA trains "
                               f"`hidden`, then `pred_ta`), got {self.ta_hidden_fraction}")
-        choices = {"gradient_equilibrium": ("authors", "exit_layers", "off"), "regression_distill": ("all", "final"),
+        choices = {"gradient_equilibrium": EQUILIBRIUM_SETTINGS, "regression_distill": ("all", "final"),
                    "selection": ("heldout", "last"),
                    "ta_schedule": ("authors", "split"), "prune_timing": ("end", "start"),
                    "importance_hidden_loss": ("padded", "per_token")}
@@ -233,12 +234,12 @@ class Recipe:
 
     # ------------------------------------------------------------------ stage arguments
     def finetune_arguments(self, progress=True):
-        """TrainingArguments of stage 1 (`stages.finetune` sets stage `hard`, final exit only)."""
+        """TrainingArguments of stage 1 (`stages.finetune` sets objective `hard`, final exit only)."""
         from .train import TrainingArguments
 
         # The teacher's one head learns at the stage's rate (plain fine-tuning), from its own seed.
         common = {**self._common(progress), "exit_lr_multiplier": 1.0, "seed": self.teacher_seed}
-        return TrainingArguments(task=self.task, stage="hard", final_only=True, epochs=self.finetune_epochs,
+        return TrainingArguments(task=self.task, objective="hard", final_only=True, epochs=self.finetune_epochs,
                                  max_steps=self.finetune_max_steps, batch_size=self.finetune_batch_size,
                                  learning_rate=self.finetune_learning_rate, **common)
 
@@ -246,7 +247,7 @@ class Recipe:
         """TrainingArguments of stage 2 (`stages.train_ta` splits them into `hidden` and `pred_ta`)."""
         from .train import TrainingArguments
 
-        return TrainingArguments(task=self.task, stage="hard", final_only=False, epochs=self.ta_epochs,
+        return TrainingArguments(task=self.task, objective="hard", final_only=False, epochs=self.ta_epochs,
                                  max_steps=self.ta_max_steps, batch_size=self.ta_batch_size,
                                  learning_rate=self.ta_learning_rate, **self._common(progress))
 
@@ -262,7 +263,7 @@ class Recipe:
             prune_period=self.prune_period, prune_timing=self.prune_timing, repr_proportion=self.repr_proportion,
             lr_restore=self.lr_restore, min_warmup_steps=self.min_warmup_steps,
             importance_examples=self.importance_examples, importance_hidden_loss=self.importance_hidden_loss,
-            importance_equilibrium=self._equilibrium(), last_exit_only=self.last_exit_only,
+            importance_equilibrium=self.gradient_equilibrium, last_exit_only=self.last_exit_only,
             last_exit_hard=self.last_exit_hard, flops_tokens=self.max_length, training=training)
 
     def recover_arguments(self, progress=True):
@@ -277,14 +278,10 @@ class Recipe:
             pred_max_steps=self.recover_pred_max_steps,
             training=TrainingArguments(task=self.task, batch_size=self.recover_batch_size, **self._common(progress)))
 
-    def _equilibrium(self):
-        """The gradient-equilibrium rule as the training code takes it (``off`` -> False)."""
-        return False if self.gradient_equilibrium == "off" else self.gradient_equilibrium
-
     def _common(self, progress):
         return dict(eval_batch_size=self.eval_batch_size, weight_decay=self.weight_decay,
                     exit_lr_multiplier=self.exit_lr_multiplier,
-                    gradient_equilibrium=self._equilibrium(), regression_distill=self.regression_distill,
+                    gradient_equilibrium=self.gradient_equilibrium, regression_distill=self.regression_distill,
                     warmup_proportion=self.warmup_proportion, max_grad_norm=self.max_grad_norm,
                     temperature=self.temperature, eval_every=self.eval_every, log_every=self.log_every,
                     seed=self.seed, progress=progress)

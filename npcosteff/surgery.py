@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .heads import head_columns
 from .model import CostEffModel, init_params, param_shapes
-from .prune import check_keep, head_columns
+from .prune import check_keep
 
 __all__ = ["attach_exits", "only_final_exit", "slice_model"]
 

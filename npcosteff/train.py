@@ -1,6 +1,6 @@
-"""Training: one step of any COST-EFF stage, per-exit evaluation, and a resumable loop.
+"""Training: one step of any COST-EFF objective, per-exit evaluation, and a resumable loop.
 
-A step is: forward with dropout -> `stage_loss` (stage_loss.py) -> `model.backward` ->
+A step is: forward with dropout -> `objective_loss` (objectives.py) -> `model.backward` ->
 gradient clipping -> AdamW with a linear warmup/decay schedule. The loop evaluates every exit
 on `eval_data` every N steps, keeps the checkpoint with the best metric averaged over exits,
 writes a metrics file, and can resume after an interruption from its last checkpoint.
@@ -28,20 +28,19 @@ import numpy as np
 
 from . import weights as W
 from .data.batching import iterate_batches
-from .stage_loss import stage_loss, teacher_outputs
+from .objectives import TRAINING_OBJECTIVES, objective_loss, teacher_outputs
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 from .model import CostEffModel
 from .nn.dropout import Dropout
 from .optim import AdamW, LinearSchedule, clip_grad_norm
 
-STAGES = ("hard", "hidden", "pred", "pred_ta")
 
 
 @dataclass
 class TrainingArguments:
-    """Hyperparameters of one training stage (defaults: docs/method.md, 6, fine-tuning)."""
+    """Hyperparameters of one training run of an objective (defaults: docs/method.md, 6, fine-tuning)."""
     task: str
-    stage: str = "hard"                  # hard | hidden | pred | pred_ta
+    objective: str = "hard"              # hard | hidden | pred | pred_ta (npcosteff.objectives)
     epochs: float = 3.0
     max_steps: Optional[int] = None      # overrides epochs when set
     batch_size: int = 32
@@ -53,9 +52,9 @@ class TrainingArguments:
     warmup_steps: Optional[int] = None   # overrides warmup_proportion when set
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    final_only: bool = True              # hard stage: the last exit only (plain fine-tuning)
-    gradient_equilibrium: object = "authors"  # authors | exit_layers | False (model.equilibrium_rule)
-    use_attention: bool = False          # attention-map distillation in hidden/pred stages
+    final_only: bool = True              # hard objective: the last exit only (plain fine-tuning)
+    gradient_equilibrium: str = "authors"     # authors | exit_layers | off (npcosteff.equilibrium)
+    use_attention: bool = False          # attention-map distillation in the hidden and pred objectives
     regression_distill: str = "all"      # regression: distill every exit (all) or the last (final, the authors')
     eval_every: Optional[int] = None     # steps; None = once per epoch
     log_every: int = 20
@@ -64,8 +63,8 @@ class TrainingArguments:
     progress: bool = True
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown training stage {self.stage!r}; choose one of {STAGES}")
+        if self.objective not in TRAINING_OBJECTIVES:
+            raise ValueError(f"unknown training objective {self.objective!r}; choose one of {TRAINING_OBJECTIVES}")
         for name in ("batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,17 +86,17 @@ def exit_lr_scale(multiplier: float):
     return lambda name: multiplier if name.startswith("exits.") else 1.0
 
 
-def loss_and_backward(model, batch, stage, teacher=None, *, dropout=None, training=True, temperature=1.0,
+def loss_and_backward(model, batch, objective, teacher=None, *, dropout=None, training=True, temperature=1.0,
                       final_only=False, use_attention=False, gradient_equilibrium="authors", last_exit_only=False,
                       regression_distill="all"):
-    """Forward, `stage_loss` and backward on one batch; gradients are added into model.grads.
+    """Forward, `objective_loss` and backward on one batch; gradients are added into model.grads.
 
-    Returns the StageLoss (value and components)."""
+    Returns the ObjectiveLoss (value and components)."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], training=training,
                 dropout=dropout, output_attentions=use_attention, return_cache=True,
-                gradient_equilibrium=gradient_equilibrium if training else False)
-    t_out = teacher_outputs(teacher, batch, use_attention) if stage != "hard" else None
-    loss = stage_loss(stage, out, batch.get("labels"), batch["attention_mask"], teacher=t_out,
+                gradient_equilibrium=gradient_equilibrium if training else "off")
+    t_out = teacher_outputs(teacher, batch, use_attention) if objective != "hard" else None
+    loss = objective_loss(objective, out, batch.get("labels"), batch["attention_mask"], teacher=t_out,
                       temperature=temperature, final_only=final_only, use_attention=use_attention,
                       regression=model.config.is_regression, last_exit_only=last_exit_only,
                       regression_distill=regression_distill)
@@ -129,12 +128,12 @@ def evaluate(model: CostEffModel, encoded, task, batch_size=64) -> dict:
 
 
 class Trainer:
-    """Trains `model` on one stage; `teacher` is needed by the distillation stages."""
+    """Trains `model` on one objective; `teacher` is needed by the distillation objectives."""
 
     def __init__(self, model: CostEffModel, args: TrainingArguments, train_data, eval_data=None,
                  teacher: Optional[CostEffModel] = None, output_dir=None, tokenizer_file=None):
-        if args.stage != "hard" and teacher is None:
-            raise ValueError(f"stage {args.stage!r} distills from a teacher; pass teacher=")
+        if args.objective != "hard" and teacher is None:
+            raise ValueError(f"objective {args.objective!r} distills from a teacher; pass teacher=")
         if model.config.num_labels == 0:
             raise ValueError("the model has no exits (num_labels == 0): give num_labels when loading it")
         if len(train_data) == 0:
@@ -173,7 +172,7 @@ class Trainer:
         dropout = Dropout(np.random.default_rng([a.seed, 1_000_003, self.step]), m.config.hidden_dropout_prob,
                           m.config.attention_probs_dropout_prob, record=self.record_dropout)
         self.last_dropout = dropout if self.record_dropout else None
-        loss = loss_and_backward(m, batch, a.stage, self.teacher, dropout=dropout, temperature=a.temperature,
+        loss = loss_and_backward(m, batch, a.objective, self.teacher, dropout=dropout, temperature=a.temperature,
                                  final_only=a.final_only, use_attention=a.use_attention,
                                  gradient_equilibrium=a.gradient_equilibrium,
                                  regression_distill=a.regression_distill)
@@ -197,7 +196,7 @@ class Trainer:
         if resume and self.output_dir and os.path.isfile(os.path.join(self.output_dir, "last", "trainer_state.json")):
             self.load_checkpoint(os.path.join(self.output_dir, "last"))
         eval_every = a.eval_every or self.steps_per_epoch
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{a.task} {a.stage}", disable=not a.progress)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{a.task} {a.objective}", disable=not a.progress)
         window, t0, last_eval = [], time.perf_counter(), None
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)

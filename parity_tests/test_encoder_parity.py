@@ -56,7 +56,7 @@ def _backward_both(model, ref, ids, mask, tt, rng, head_mask=None, ffn_mask=None
     with gradient equilibrium on; returns (npcosteff grads, reference grads, d inputs_embeds both)."""
     masks = shared_dropout(model, ids, mask, tt, head_mask=head_mask, ffn_mask=ffn_mask)
     out = model(ids, mask, tt, training=True, dropout=replay(masks), head_mask=head_mask, ffn_mask=ffn_mask,
-                return_cache=True, output_attentions=True, gradient_equilibrium=True)
+                return_cache=True, output_attentions=True, gradient_equilibrium="authors")
     gh = [rng.standard_normal(h.shape) for h in out.hidden_states]
     gz = [rng.standard_normal(z.shape) for z in out.logits]
     ga = [rng.standard_normal(a.shape) for a in out.attentions]

@@ -46,7 +46,7 @@ def _batches(regression: bool, n=2):
 PAD_TO = 16   # longer than every test batch (11 tokens)
 RULES = {
     "authors": (dict(), dict(gradient_equilibrium="authors", hidden_pad_to=PAD_TO, last_exit_hard=False)),
-    "plain": (dict(gradient_equilibrium=False, hidden_pad_to=None, last_exit_hard=True),
+    "plain": (dict(gradient_equilibrium="off", hidden_pad_to=None, last_exit_hard=True),
               dict(gradient_equilibrium=False, hidden_pad_to=None, last_exit_hard=True)),
 }
 

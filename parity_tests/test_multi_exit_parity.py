@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from npcosteff.stage_loss import stage_loss
+from npcosteff.objectives import objective_loss
 
 from .helpers import assert_close_by_name, make_pair, odd_batch, odd_config, replay, shared_dropout, \
     torch_grads, torch_masks
@@ -47,9 +47,9 @@ def test_stage_loss_and_gradients_match_reference(device, stage, teacher_kind, k
 
     masks = shared_dropout(student, ids, mask, tt, seed=3)
     out = student(ids, mask, tt, training=True, dropout=replay(masks), return_cache=True,
-                  output_attentions=use_attention, gradient_equilibrium=True)
+                  output_attentions=use_attention, gradient_equilibrium="authors")
     teacher_out = t_np(ids, mask, tt, output_attentions=use_attention)
-    loss = stage_loss(stage, out, labels, mask, teacher=teacher_out, **kw)
+    loss = objective_loss(stage, out, labels, mask, teacher=teacher_out, **kw)
     student.zero_grad()
     student.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
 
@@ -75,8 +75,8 @@ def test_regression_stage_losses(device):
     ids, mask, tt = odd_batch(rng)
     y = rng.uniform(0, 5, len(ids))
     for stage in ("hard", "pred", "pred_ta"):
-        out = student(ids, mask, tt, return_cache=True, gradient_equilibrium=True)   # no dropout
-        loss = stage_loss(stage, out, y, mask, teacher=t_np(ids, mask, tt), regression=True)
+        out = student(ids, mask, tt, return_cache=True, gradient_equilibrium="authors")   # no dropout
+        loss = objective_loss(stage, out, y, mask, teacher=t_np(ids, mask, tt), regression=True)
         student.zero_grad()
         student.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
         ref.zero_grad()
@@ -115,7 +115,7 @@ def test_default_equilibrium_is_the_authors(device, stage, exit_start):
     masks = shared_dropout(student, ids, mask, tt, seed=3)
     out = student(ids, mask, tt, training=True, dropout=replay(masks), return_cache=True)
     assert out.cache.gradient_equilibrium == "authors"
-    loss = stage_loss(stage, out, labels, mask, teacher=t_np(ids, mask, tt))
+    loss = objective_loss(stage, out, labels, mask, teacher=t_np(ids, mask, tt))
     student.zero_grad()
     student.backward(out.cache, loss.grad_hidden_states, loss.grad_logits, loss.grad_attentions)
 
@@ -143,7 +143,7 @@ def test_hidden_loss_factors_of_each_rule(device, rule):
                 "exit_layers": {1: [1.0], 3: [0.5, 2 / 3, 1.0]}}[rule]
     for l, factors in expected.items():
         grads, g_l = {}, None
-        for ge in (False, rule):
+        for ge in ("off", rule):
             out = model(ids, mask, tt, return_cache=True, gradient_equilibrium=ge)
             if g_l is None:
                 g_l = rng.standard_normal(out.hidden_states[l].shape)   # the same upstream both times
@@ -153,7 +153,7 @@ def test_hidden_loss_factors_of_each_rule(device, rule):
             model.backward(out.cache, grad_hidden_states=g_up)
             grads[ge] = {j: model.grads[f"encoder.layer.{j - 1}.output.dense.weight"].copy() for j in range(1, l + 1)}
         for j, f in zip(range(1, l + 1), factors):
-            np.testing.assert_allclose(grads[rule][j], f * grads[False][j], rtol=1e-12,
+            np.testing.assert_allclose(grads[rule][j], f * grads["off"][j], rtol=1e-12,
                                        err_msg=f"loss on h_{l}, layer {j}")
 
 
@@ -164,9 +164,9 @@ def test_gradient_equilibrium_changes_gradients(device):
     ids, mask, tt = odd_batch(rng)
     labels = rng.integers(0, 3, len(ids))
     grads = []
-    for ge in (True, False):
+    for ge in ("authors", "off"):
         out = student(ids, mask, tt, return_cache=True, gradient_equilibrium=ge)
-        loss = stage_loss("hard", out, labels, mask)
+        loss = objective_loss("hard", out, labels, mask)
         student.zero_grad()
         student.backward(out.cache, loss.grad_hidden_states, loss.grad_logits)
         grads.append(student.grads["encoder.layer.0.intermediate.dense.weight"].copy())

@@ -52,7 +52,7 @@ def test_twenty_steps_follow_the_same_trajectory(device, stage, exit_lr_multipli
     teacher = t_ref = None
     if stage != "hard":
         teacher, t_ref = make_pair(odd_config(exit_start=3), torch.float64, device, seed=22)
-    args = TrainingArguments(task="sst2", stage=stage, max_steps=20, batch_size=8, learning_rate=5e-3,
+    args = TrainingArguments(task="sst2", objective=stage, max_steps=20, batch_size=8, learning_rate=5e-3,
                              warmup_proportion=0.1, max_grad_norm=1.0, final_only=True, progress=False, seed=5,
                              exit_lr_multiplier=exit_lr_multiplier)
     trainer = Trainer(model, args, _split(48, seed=1), None, teacher=teacher)

@@ -8,7 +8,7 @@ import pytest
 from npcosteff.config import CostEffConfig
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.importance import importance_batches, taylor_importance
-from npcosteff.stage_loss import stage_loss
+from npcosteff.objectives import objective_loss
 from npcosteff.model import CostEffModel
 from npcosteff.prune import masks_from_keep
 
@@ -51,9 +51,9 @@ def _direct_scores(model, teacher, batches, last_exit_only=False, regression=Fal
     for b in batches:
         model.zero_grad()
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], training=False,
-                    gradient_equilibrium=False if last_exit_only else gradient_equilibrium, return_cache=True)
+                    gradient_equilibrium="off" if last_exit_only else gradient_equilibrium, return_cache=True)
         t_out = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-        loss = stage_loss(stage, out, b["labels"], b["attention_mask"], teacher=t_out,
+        loss = objective_loss(stage, out, b["labels"], b["attention_mask"], teacher=t_out,
                           regression=regression, last_exit_only=last_exit_only, hidden_pad_to=hidden_pad_to)
         model.backward(out.cache, loss.grad_hidden_states, loss.grad_logits)
         for n in acc:
@@ -91,8 +91,8 @@ def test_dropout_is_off_and_equilibrium_is_the_authors():
     again = taylor_importance(model, batches, teacher, progress=False)
     for name in model.param_names:                          # no dropout: the same scores twice
         np.testing.assert_array_equal(first.weights[name], again.weights[name])
-    without_ge = _direct_scores(model, teacher, batches, gradient_equilibrium=False)
-    plain = taylor_importance(model, batches, teacher, gradient_equilibrium=False, progress=False)
+    without_ge = _direct_scores(model, teacher, batches, gradient_equilibrium="off")
+    plain = taylor_importance(model, batches, teacher, gradient_equilibrium="off", progress=False)
     name = "encoder.layer.0.attention.output.dense.weight"  # a layer below exits, so equilibrium rescales it
     np.testing.assert_allclose(plain.weights[name], without_ge[name], rtol=SAME_OPS)
     assert np.abs(without_ge[name] - first.weights[name]).max() > 1e-6 * first.weights[name].max()
@@ -153,7 +153,7 @@ def _importance_loss(model, teacher, batches, head_masks=None, ffn_masks=None):
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], head_mask=head_masks,
                     ffn_mask=ffn_masks)
         t_out = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-        total += stage_loss("importance", out, b["labels"], b["attention_mask"], teacher=t_out).value
+        total += objective_loss("importance", out, b["labels"], b["attention_mask"], teacher=t_out).value
     return total
 
 

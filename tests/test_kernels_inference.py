@@ -164,7 +164,7 @@ def test_float64_takes_the_exact_kernels():
 
 
 def test_teacher_targets_take_the_exact_kernels(monkeypatch):
-    from npcosteff.stage_loss import teacher_outputs
+    from npcosteff.objectives import teacher_outputs
     config = CostEffConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, max_position_embeddings=16, num_labels=2)
     model = CostEffModel(config, dtype=np.float32, seed=0)

@@ -18,7 +18,7 @@ from npcosteff.losses import (
     log_softmax, mse_loss, mse_loss_backward, soft_cross_entropy_loss,
     soft_cross_entropy_loss_backward,
 )
-from npcosteff.stage_loss import STAGES, stage_loss
+from npcosteff.objectives import OBJECTIVES, objective_loss
 
 # float64 agreement with torch: the two compute the same sums in a different order, so they
 # differ by a few ulps of the values involved (O(1)); 1e-12 leaves ~1e3 ulps of margin.
@@ -353,7 +353,7 @@ def test_pair_errors_name_the_problem():
         mse_loss_backward(mse_loss(z[:, :1], np.zeros(3))[1], np.ones(2))
 
 
-# --------------------------------------------------------------------------- stage_loss
+# --------------------------------------------------------------------------- objective_loss
 
 def make_output(rng, layers, exit_layers, batch, tokens, hidden, labels, heads, scale=1.0):
     """A model output (as the model returns it) with random values."""
@@ -461,7 +461,7 @@ B, T, D, C = 3, 5, 4, 3
 MASK = padding_mask([5, 2, 4], T)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", OBJECTIVES)
 @pytest.mark.parametrize("use_attention", [False, True])
 def test_stage_loss_one_exit_deeper_teacher(stage, use_attention):
     """Student L_s = 2 with exits at every layer, teacher L_t = 4 with one exit (the
@@ -470,7 +470,7 @@ def test_stage_loss_one_exit_deeper_teacher(stage, use_attention):
     student = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     teacher = make_output(rng, 4, (4,), B, T, D, C, heads=3)
     labels = rng.integers(0, C, size=B)
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, temperature=2.0,
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, temperature=2.0,
                         use_attention=use_attention)
     ref = torch_stage(stage, student, teacher, labels, MASK, temperature=2.0,
                       use_attention=use_attention)
@@ -488,7 +488,7 @@ def test_stage_loss_multi_exit_teacher_matches_exits_by_layer(stage):
     student = make_output(rng, 3, (2, 3), B, T, D, C, heads=2)
     teacher = make_output(rng, 3, (1, 2, 3), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, temperature=1.5)
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, temperature=1.5)
     ref = torch_stage(stage, student, teacher, labels, MASK, temperature=1.5)
     assert_stage_matches_torch(result, ref, False)
     # Pairing by position would give a different prediction loss.
@@ -502,7 +502,7 @@ def test_stage_loss_non_divisible_layer_mapping():
     rng = rng_for(12)
     student = make_output(rng, 2, (2,), B, T, D, C, heads=2)
     teacher = make_output(rng, 3, (3,), B, T, D, C, heads=2)
-    result = stage_loss("hidden", student, None, MASK, teacher=teacher, use_attention=True)
+    result = objective_loss("hidden", student, None, MASK, teacher=teacher, use_attention=True)
     ref = torch_stage("hidden", student, teacher, None, MASK, use_attention=True)
     assert_stage_matches_torch(result, ref, True)
     expected = sum(hidden_mse_loss(student.hidden_states[l], teacher.hidden_states[k], MASK)[0]
@@ -518,12 +518,12 @@ def test_stage_loss_last_exit_only(stage):
     student = make_output(rng, 3, (1, 2, 3), B, T, D, C, heads=2)
     teacher = make_output(rng, 3, (1, 2, 3), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, last_exit_only=True)
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, last_exit_only=True)
     ref = torch_stage(stage, student, teacher, labels, MASK, last_exit_only=True)
     assert_stage_matches_torch(result, ref, False)
     assert result.grad_logits[0] is None and result.grad_logits[1] is None
     assert result.grad_logits[2] is not None
-    full = stage_loss(stage, student, labels, MASK, teacher=teacher)
+    full = objective_loss(stage, student, labels, MASK, teacher=teacher)
     if "hidden" in full.components:
         assert result.components["hidden"] == full.components["hidden"]
         for a, b in zip(result.grad_hidden_states, full.grad_hidden_states):
@@ -536,21 +536,21 @@ def test_stage_loss_final_only_restricts_the_hard_loss_alone():
     teacher = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
     for stage in ("hard", "importance"):
-        result = stage_loss(stage, student, labels, MASK, teacher=teacher, final_only=True)
+        result = objective_loss(stage, student, labels, MASK, teacher=teacher, final_only=True)
         ref = torch_stage(stage, student, teacher, labels, MASK, final_only=True)
         assert_stage_matches_torch(result, ref, False)
     # In `importance` the prediction term still reaches the first exit.
     assert result.grad_logits[0] is not None
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", OBJECTIVES)
 def test_stage_loss_regression(stage):
     """C = 1: hard loss is mse(z, y), prediction distillation mse(z, t[:, 0]) (no temperature)."""
     rng = rng_for(15)
     student = make_output(rng, 2, (1, 2), B, T, D, 1, heads=2)
     teacher = make_output(rng, 4, (4,), B, T, D, 1, heads=2)
     labels = rng.standard_normal(B) * 2
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, temperature=3.0,
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, temperature=3.0,
                         regression=True)
     ref = torch_stage(stage, student, teacher, labels, MASK, regression=True)
     assert_stage_matches_torch(result, ref, False)
@@ -564,7 +564,7 @@ def test_stage_loss_regression_final_distill(stage):
     student = make_output(rng, 2, (1, 2), B, T, D, 1, heads=2)
     teacher = make_output(rng, 4, (4,), B, T, D, 1, heads=2)
     labels = rng.standard_normal(B) * 2
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, regression=True,
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, regression=True,
                         regression_distill="final")
     ref = torch_stage(stage, student, teacher, labels, MASK, regression=True, regression_distill="final")
     assert_stage_matches_torch(result, ref, False)
@@ -579,11 +579,11 @@ def test_stage_loss_padded_hidden_term(stage):
     student = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     teacher = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
-    result = stage_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=16)
+    result = objective_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=16)
     ref = torch_stage(stage, student, teacher, labels, MASK, hidden_pad_to=16)
     assert_stage_matches_torch(result, ref, False)
     with pytest.raises(ValueError, match="pad_to"):
-        stage_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=T - 1)
+        objective_loss(stage, student, labels, MASK, teacher=teacher, hidden_pad_to=T - 1)
 
 
 def test_stage_loss_accepts_dicts_and_float32():
@@ -591,10 +591,10 @@ def test_stage_loss_accepts_dicts_and_float32():
     student = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     teacher = make_output(rng, 2, (2,), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
-    ref = stage_loss("importance", student, labels, MASK, teacher=teacher)
+    ref = objective_loss("importance", student, labels, MASK, teacher=teacher)
     as_dict = {k: tuple(np.float32(a) for a in v) if k != "exit_layers" else v
                for k, v in vars(student).items()}
-    result = stage_loss("importance", as_dict, labels, MASK, teacher=vars(teacher))
+    result = objective_loss("importance", as_dict, labels, MASK, teacher=vars(teacher))
     assert all(g.dtype == np.float32 for g in result.grad_logits + result.grad_hidden_states)
     # float32 student, float64 teacher: round-off of float32 inputs (eps32 ~ 6e-8) on O(1) sums.
     np.testing.assert_allclose(result.value, ref.value, rtol=1e-6)
@@ -607,34 +607,34 @@ def test_stage_loss_errors():
     student = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     teacher = make_output(rng, 2, (1, 2), B, T, D, C, heads=2)
     labels = rng.integers(0, C, size=B)
-    with pytest.raises(ValueError, match="unknown stage 'distill'; known stages: hidden, pred, "
+    with pytest.raises(ValueError, match="unknown objective 'distill'; known objectives: hidden, pred, "
                                          "pred_ta, hard, importance"):
-        stage_loss("distill", student, labels, MASK, teacher=teacher)
+        objective_loss("distill", student, labels, MASK, teacher=teacher)
     for stage in ("hidden", "pred", "pred_ta", "importance"):
-        with pytest.raises(ValueError, match=f"stage '{stage}' distills from a teacher"):
-            stage_loss(stage, student, labels, MASK)
+        with pytest.raises(ValueError, match=f"objective '{stage}' distills from a teacher"):
+            objective_loss(stage, student, labels, MASK)
     with pytest.raises(ValueError, match="has a hard loss, but labels is None"):
-        stage_loss("hard", student, None, MASK)
+        objective_loss("hard", student, None, MASK)
     # The multi-exit teacher lacks an exit at layer 1, where the student has one.
     no_first = make_output(rng, 3, (2, 3), B, T, D, C, heads=2)
     with pytest.raises(ValueError, match=r"teacher has exits at layers \[2, 3\] but the student "
                                          r"also has exits at layers \[1\]"):
-        stage_loss("pred", student, labels, MASK, teacher=no_first)
+        objective_loss("pred", student, labels, MASK, teacher=no_first)
     wide = make_output(rng, 2, (2,), B, T, D + 2, C, heads=2)
     with pytest.raises(ValueError, match=r"teacher and student hidden sizes differ "
                                          r"\(student d = 4, teacher d = 6\)"):
-        stage_loss("hidden", student, labels, MASK, teacher=wide)
+        objective_loss("hidden", student, labels, MASK, teacher=wide)
     shallow = make_output(rng, 1, (1,), B, T, D, C, heads=2)
     with pytest.raises(ValueError, match=r"student has more layers \(2\) than the teacher \(1\)"):
-        stage_loss("hidden", student, labels, MASK, teacher=shallow)
+        objective_loss("hidden", student, labels, MASK, teacher=shallow)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        stage_loss("pred", student, labels, MASK, teacher=teacher, temperature=0.0)
+        objective_loss("pred", student, labels, MASK, teacher=teacher, temperature=0.0)
     with pytest.raises(ValueError, match="use_attention needs attentions"):
-        stage_loss("hidden", student, labels, MASK, teacher=dict(vars(teacher), attentions=None),
+        objective_loss("hidden", student, labels, MASK, teacher=dict(vars(teacher), attentions=None),
                    use_attention=True)
     with pytest.raises(ValueError, match="one exit layer per logits array"):
-        stage_loss("hard", dict(vars(student), exit_layers=(2,)), labels, MASK)
+        objective_loss("hard", dict(vars(student), exit_layers=(2,)), labels, MASK)
     with pytest.raises(ValueError, match=r"labels must have shape \(B,\) = \(3,\)"):
-        stage_loss("hard", student, labels[:2], MASK)
+        objective_loss("hard", student, labels[:2], MASK)
     with pytest.raises(ValueError, match=r"attention_mask must have shape \(B, T\) = \(3, 5\)"):
-        stage_loss("hidden", student, labels, MASK[:, :4], teacher=teacher)
+        objective_loss("hidden", student, labels, MASK[:, :4], teacher=teacher)

@@ -113,7 +113,7 @@ def test_a_training_run_writes_plain_lines_to_a_log(tmp_path):
         "rng = np.random.default_rng(0)\n"
         "ids = [rng.integers(5, 30, 6) for _ in range(8)]\n"
         "split = EncodedSplit(ids, [np.zeros(6, np.int64)] * 8, np.arange(8) % 2, max_length=6)\n"
-        "args = TrainingArguments(task='sst2', stage='hard', max_steps=4, batch_size=2, progress=True, seed=0)\n"
+        "args = TrainingArguments(task='sst2', objective='hard', max_steps=4, batch_size=2, progress=True, seed=0)\n"
         "Trainer(CostEffModel(c, seed=0), args, split).train()\n")
     log = tmp_path / "log.txt"
     with open(log, "w") as f:

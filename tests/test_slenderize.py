@@ -165,7 +165,7 @@ def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path, timing):
         # One period = prune_period * steps_per_epoch = 3 steps: round(0.6 * 3) = 2 hidden, then 1 pred.
         assert (record["steps"], record["hidden_steps"], record["pred_steps"]) == (steps_per_epoch, 2, 1)
         train_logs = [r for r in record["train"] if r["type"] == "train"]
-        assert [(r["step"], r["stage"]) for r in train_logs] == [(1, "hidden"), (2, "hidden"), (3, "pred")]
+        assert [(r["step"], r["objective"]) for r in train_logs] == [(1, "hidden"), (2, "hidden"), (3, "pred")]
         # A fresh warmup every period (lr 0 at its first step), peaking at lr * (1 + lr_restore)^k
         # for the student after k prunes: "end" trains the period before prune t (k = t - 1),
         # "start" the one after it (k = t).

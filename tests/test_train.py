@@ -125,15 +125,15 @@ def test_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match="unknown training stage"):
-        _args(stage="distill")
+    with pytest.raises(ValueError, match="unknown training objective"):
+        _args(objective="distill")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         _args(batch_size=0)
     with pytest.raises(ValueError, match="exit_lr_multiplier must be a number > 0"):
         _args(exit_lr_multiplier=0.0)
     model = CostEffModel(_config(), dtype=np.float64)
     with pytest.raises(ValueError, match="distills from a teacher"):
-        Trainer(model, _args(stage="pred"), _split(), None)
+        Trainer(model, _args(objective="pred"), _split(), None)
     plain = CostEffModel(_config(num_labels=0), dtype=np.float64)
     with pytest.raises(ValueError, match="no exits"):
         Trainer(plain, _args(), _split(), None)

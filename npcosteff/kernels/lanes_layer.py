@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..nn.attention import PROJECTIONS, merge_heads, split_heads
+from ..heads import PROJECTIONS, head_span, merge_heads, split_heads
 from . import lanes, reference
 from .checks import check_vector
 
@@ -133,7 +133,7 @@ def _attention_by_heads(x, p, H, head_size, mask, eps, head_mask, n_lanes):
     probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
 
     def attend(h):                                                     # heads h -> their part (N, d)
-        cols = slice(h.start * head_size, h.stop * head_size)          # their columns of Q, K, V
+        cols = head_span(h.start, h.stop, head_size)                   # their columns of Q, K, V
         q, k, v = (split_heads(x2 @ p[f"self.{name}.weight"][cols].T + p[f"self.{name}.bias"][cols],
                                B, T, h.stop - h.start) for name in PROJECTIONS)   # (B, h, T, d_h) each
         q *= scale

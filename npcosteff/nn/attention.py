@@ -36,11 +36,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import kernels
+from ..heads import PROJECTIONS, merge_heads, split_heads
 from .linear import linear_backward, linear_forward
 from .prefixed import Prefixed
-
-PROJECTIONS = ("query", "key", "value")
-
 
 class AttentionCache(NamedTuple):
     """What the backward pass of one attention block needs from its forward pass."""
@@ -65,17 +63,6 @@ class AttentionCache(NamedTuple):
         """(B, T, d) of the block's input and output."""
         B, H, T, _ = self.q.shape
         return B, T, self.x2.shape[1]
-
-
-def split_heads(x2, B, T, H):
-    """(B*T, H*d_h) rows -> (B, H, T, d_h): head h is columns h*d_h..(h+1)*d_h (a view, no copy)."""
-    return x2.reshape(B, T, H, -1).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x):
-    """(B, H, T, d_h) -> (B*T, H*d_h) rows, the heads side by side (a copy)."""
-    B, H, T, dh = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
 
 
 def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,

@@ -154,7 +154,7 @@ def _merge_metrics(folder, parts):
         path = os.path.join(folder, part, "metrics.jsonl")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                lines += [json.dumps({**json.loads(line), "stage": part}) for line in f if line.strip()]
+                lines += [json.dumps({**json.loads(line), "objective": part}) for line in f if line.strip()]
     from ..weights import write_text
 
     write_text(os.path.join(folder, "metrics.jsonl"), "".join(line + "\n" for line in lines))

@@ -26,7 +26,7 @@ def finetune(data: TaskData, args: TrainingArguments, output_dir, pretrained=Non
     L = num_layers(pretrained)
     model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
                                          **task_overrides(data, True, L, pooler))
-    args = dataclasses.replace(args, stage="hard", final_only=True)
+    args = dataclasses.replace(args, objective="hard", final_only=True)
     result = Trainer(model, args, data.train, data.heldout, output_dir=output_dir,
                      tokenizer_file=data.tokenizer_file).train()
     return chosen(output_dir, model, dtype), result

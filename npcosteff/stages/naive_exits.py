@@ -25,7 +25,7 @@ def train_naive_exits(data: TaskData, teacher: CostEffModel, args: TrainingArgum
     `pooler`: the exits' pooler; give the TA's, so that the two differ in training alone (None:
     the teacher's; another pooler than the teacher's starts every exit fresh)."""
     model = attach_exits(teacher.astype(dtype), exit_start=1, seed=args.seed, pooler=pooler)
-    args = dataclasses.replace(args, stage="hard", final_only=False, gradient_equilibrium=False)
+    args = dataclasses.replace(args, objective="hard", final_only=False, gradient_equilibrium="off")
     result = Trainer(model, args, data.train, data.heldout, output_dir=output_dir,
                      tokenizer_file=data.tokenizer_file).train()
     return chosen(output_dir, model, dtype), result

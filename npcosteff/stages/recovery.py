@@ -41,10 +41,10 @@ class RecoverArguments:
 
     def training_arguments(self):
         """The ``(hidden, pred)`` TrainingArguments of the two stages."""
-        hidden = dataclasses.replace(self.training, stage="hidden", epochs=self.hidden_epochs,
+        hidden = dataclasses.replace(self.training, objective="hidden", epochs=self.hidden_epochs,
                                      max_steps=self.hidden_max_steps, learning_rate=self.hidden_learning_rate,
                                      save_best=False)
-        pred = dataclasses.replace(self.training, stage="pred", epochs=self.pred_epochs,
+        pred = dataclasses.replace(self.training, objective="pred", epochs=self.pred_epochs,
                                    max_steps=self.pred_max_steps, learning_rate=self.pred_learning_rate,
                                    save_best=True)
         return hidden, pred

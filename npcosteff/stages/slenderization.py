@@ -140,7 +140,7 @@ class SlenderizeArguments:
     min_warmup_steps: int = 10                 # a period warms up over max(min_warmup_steps, warmup_proportion)
     importance_examples: Optional[int] = None  # training examples sampled for importance (None: all, the authors')
     importance_hidden_loss: str = "padded"     # padded: MSE over max_length tokens (the authors'); per_token
-    importance_equilibrium: object = "authors"  # gradient-equilibrium rule of the importance pass (False: off)
+    importance_equilibrium: str = "authors"    # gradient-equilibrium rule of the importance pass (npcosteff.equilibrium)
     last_exit_only: bool = False               # importance from the final exit only (ablation)
     last_exit_hard: bool = False               # the ablation keeps 0.1 x hard of the last exit (not the authors')
     flops_tokens: int = 128                    # sequence length at which FLOPs are reported
@@ -210,16 +210,16 @@ def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: in
                                  warmup_steps=args.period_warmup_steps(period_steps), seed=args.training.seed + t,
                                  eval_every=None, save_best=False)
     logs, optimizer = [], None
-    for stage, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
+    for objective, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
         if stop <= start:
             continue
-        trainer = Trainer(student, dataclasses.replace(period, stage=stage), train_data, None, teacher=teacher)
+        trainer = Trainer(student, dataclasses.replace(period, objective=objective), train_data, None, teacher=teacher)
         trainer.step, trainer.total_steps = start, stop   # this stage's share of the period's schedule
         if optimizer is not None:
             trainer.optimizer = optimizer                # the period's AdamW moments carry over
         trainer.train(resume=False)
         optimizer = trainer.optimizer
-        logs.extend({**record, "stage": stage} for record in trainer.history)
+        logs.extend({**record, "objective": objective} for record in trainer.history)
     return logs
 
 

@@ -35,13 +35,13 @@ def train_ta(data: TaskData, teacher: CostEffModel, args: TrainingArguments, out
     L = num_layers(pretrained)
     model = CostEffModel.from_pretrained(pretrained, dtype=dtype, seed=args.seed,
                                          **task_overrides(data, False, L, pooler))
-    hidden_args = dataclasses.replace(args, stage="hidden", epochs=args.epochs * hidden_fraction,
+    hidden_args = dataclasses.replace(args, objective="hidden", epochs=args.epochs * hidden_fraction,
                                       max_steps=None if args.max_steps is None else
                                       max(1, round(args.max_steps * hidden_fraction)), save_best=False)
     if schedule == "authors":
-        pred_args = dataclasses.replace(args, stage="pred_ta", final_only=False)
+        pred_args = dataclasses.replace(args, objective="pred_ta", final_only=False)
     else:
-        pred_args = dataclasses.replace(args, stage="pred_ta", epochs=args.epochs * (1 - hidden_fraction),
+        pred_args = dataclasses.replace(args, objective="pred_ta", epochs=args.epochs * (1 - hidden_fraction),
                                         max_steps=None if args.max_steps is None else
                                         max(1, args.max_steps - hidden_args.max_steps), final_only=False)
     r1 = Trainer(model, hidden_args, data.train, None, teacher=teacher,

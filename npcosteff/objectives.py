@@ -1,8 +1,11 @@
-"""The loss of one training stage of COST-EFF (docs/method.md, 3 and 4) and its gradients.
+"""The training objectives of COST-EFF (docs/method.md, 3 and 4): the loss a training step
+minimizes, and its gradients.
 
-:func:`stage_loss` sums the loss pairs of :mod:`npcosteff.losses` over a model's exits and
-layers, weights them as the stage requires and returns a :class:`StageLoss` that holds the
-value, its terms and the gradients to feed ``model.backward``. The stages:
+An *objective* names which loss terms a step uses and how they are weighted; the method's
+stages (npcosteff.stages) each train with one or two of them. :func:`objective_loss` sums the
+loss pairs of :mod:`npcosteff.losses` over a model's exits and layers, weights them as the
+objective requires and returns an :class:`ObjectiveLoss` that holds the value, its terms and
+the gradients to feed ``model.backward``. The objectives:
 
 * ``hidden`` -- representation distillation (hidden states, optionally attention maps);
 * ``pred`` -- the COST-EFF student: prediction distillation from every exit, plus ``hidden``;
@@ -24,11 +27,11 @@ from .losses import (check_temperature, attention_mse_loss, attention_mse_loss_b
                      cross_entropy_loss_backward, hidden_mse_loss, hidden_mse_loss_backward, mse_loss,
                      mse_loss_backward, soft_cross_entropy_loss, soft_cross_entropy_loss_backward)
 
-__all__ = ["STAGES", "StageLoss", "stage_loss", "teacher_outputs"]
+__all__ = ["OBJECTIVES", "TRAINING_OBJECTIVES", "ObjectiveLoss", "objective_loss", "teacher_outputs"]
 
-# Weight of each loss term in each training stage (docs/architecture.md, "Losses").
+# Weight of each loss term in each objective (docs/architecture.md, "Losses").
 # Attention distillation, when switched on, joins the hidden term with the same weight.
-_STAGE_WEIGHTS = {
+_OBJECTIVE_WEIGHTS = {
     "hidden": {"hidden": 1.0},                              # representation distillation
     "pred": {"pred": 1.0, "hidden": 1.0},                   # the COST-EFF student
     "pred_ta": {"pred": 0.5, "hard": 0.5},                  # the teacher-assistant (TA)
@@ -36,14 +39,15 @@ _STAGE_WEIGHTS = {
     "importance": {"pred": 0.9, "hard": 0.1, "hidden": 1.0},  # Taylor importance (docs/method.md, 4)
     "importance_last_exit": {"pred": 1.0, "hidden": 1.0},    # its last-exit ablation, as the authors score it
 }
-STAGES = tuple(_STAGE_WEIGHTS)
+OBJECTIVES = tuple(_OBJECTIVE_WEIGHTS)
+TRAINING_OBJECTIVES = ("hard", "hidden", "pred", "pred_ta")   # what a training step can minimize
 
 
 @dataclass
-class StageLoss:
+class ObjectiveLoss:
     """The loss of one training step and the gradients to feed ``model.backward``.
 
-    ``value = sum_k weight_k * components[k]`` with the stage's weights; ``components``
+    ``value = sum_k weight_k * components[k]`` with the objective's weights; ``components``
     holds each term used (``hard``, ``pred``, ``hidden``, ``attention``), already summed over
     exits or layers but not yet weighted. The gradients are of ``value``:
 
@@ -119,14 +123,14 @@ def teacher_outputs(teacher, batch, use_attention=False):
                    output_attentions=use_attention, inference=False)
 
 
-def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
-               temperature: float = 1.0, final_only: bool = False,
-               use_attention: bool = False, regression: bool = False,
-               last_exit_only: bool = False, hidden_pad_to: Optional[int] = None,
-               regression_distill: str = "all") -> StageLoss:
-    """The loss of a COST-EFF training stage and its gradients for ``model.backward``.
+def objective_loss(objective: str, student, labels, attention_mask, teacher=None,
+                   temperature: float = 1.0, final_only: bool = False,
+                   use_attention: bool = False, regression: bool = False,
+                   last_exit_only: bool = False, hidden_pad_to: Optional[int] = None,
+                   regression_distill: str = "all") -> ObjectiveLoss:
+    """The loss of a COST-EFF objective and its gradients for ``model.backward``.
 
-    Stages (docs/architecture.md, "Losses"): ``hidden`` = hidden distillation; ``pred`` =
+    Objectives (docs/architecture.md, "Losses"): ``hidden`` = hidden distillation; ``pred`` =
     prediction + hidden distillation (the student); ``pred_ta`` = (prediction + hard) / 2 (the
     TA); ``hard`` = hard loss; ``importance`` = 0.9 prediction + 0.1 hard + hidden (docs/method.md, 4).
 
@@ -141,7 +145,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
       ``sum_{l=1..L_s} attention_mse(p_l, q_{l L_t / L_s}, m)``.
 
     ``last_exit_only`` restricts the hard and prediction terms to the student's last exit
-    (the importance ablation); hidden and attention terms are unchanged. Stage
+    (the importance ablation); hidden and attention terms are unchanged. Objective
     ``importance_last_exit`` is that ablation as the authors' code scores it: prediction
     distillation of the last exit plus hidden distillation, no hard term. ``hidden_pad_to``
     measures the hidden term as a plain MSE over ``hidden_pad_to`` padded tokens
@@ -154,23 +158,23 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
     (B, C), shallowest exit first), ``exit_layers`` (1-based), ``hidden_states`` (tuple of
     L+1 (B, T, d)) and, with ``use_attention``, ``attentions`` (tuple of L (B, H_l, T, T)).
     ``labels`` (B,) are integer classes, or float targets with ``regression``; they are only
-    needed by stages with a hard term. ``attention_mask`` (B, T) marks real tokens.
+    needed by objectives with a hard term. ``attention_mask`` (B, T) marks real tokens.
     """
-    if stage not in _STAGE_WEIGHTS:
-        raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
+    if objective not in _OBJECTIVE_WEIGHTS:
+        raise ValueError(f"unknown objective {objective!r}; known objectives: {', '.join(OBJECTIVES)}")
     T = check_temperature(temperature)
-    weights = dict(_STAGE_WEIGHTS[stage])
-    last_exit_only = last_exit_only or stage == "importance_last_exit"
+    weights = dict(_OBJECTIVE_WEIGHTS[objective])
+    last_exit_only = last_exit_only or objective == "importance_last_exit"
     if regression_distill not in ("all", "final"):
         raise ValueError(f"regression_distill must be 'all' or 'final', got {regression_distill!r}")
-    final_distill = regression and regression_distill == "final" and stage in ("pred", "pred_ta")
-    if final_distill and stage == "pred_ta":
+    final_distill = regression and regression_distill == "final" and objective in ("pred", "pred_ta")
+    if final_distill and objective == "pred_ta":
         weights = {"pred": 1.0}
     last_exit_only = last_exit_only or final_distill
     if use_attention and "hidden" in weights:
         weights["attention"] = weights["hidden"]
     if ("pred" in weights or "hidden" in weights) and teacher is None:
-        raise ValueError(f"stage {stage!r} distills from a teacher, but teacher is None")
+        raise ValueError(f"objective {objective!r} distills from a teacher, but teacher is None")
 
     s_logits, s_layers = _exits(student, "student")
     s_hidden = _field(student, "hidden_states")
@@ -180,7 +184,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
     last = len(s_logits) - 1
     if "hard" in weights:
         if labels is None:
-            raise ValueError(f"stage {stage!r} has a hard loss, but labels is None")
+            raise ValueError(f"objective {objective!r} has a hard loss, but labels is None")
         exits = [last] if (final_only or last_exit_only) else range(len(s_logits))
         forward, backward = ((mse_loss, mse_loss_backward) if regression
                              else (cross_entropy_loss, cross_entropy_loss_backward))
@@ -257,7 +261,7 @@ def stage_loss(stage: str, student, labels, attention_mask, teacher=None,
             components["attention"] = total
 
     value = sum(weights[k] * components[k] for k in components)
-    return StageLoss(
+    return ObjectiveLoss(
         value=float(value),
         components=components,
         weights={k: weights[k] for k in components},
