@@ -45,10 +45,10 @@ for task in "${tasks[@]}"; do
 import json, sys
 p = json.load(open(sys.argv[1]))["recipes"]
 task = sys.argv[2]
-cuts = ["prune_period=0.2", "importance_examples=600", "recover_hidden_epochs=1.5", "recover_pred_epochs=1.5",
-        f"ta_epochs={p['ta_epochs'][task]}"]
+cuts = ["slenderize.period=0.2", "slenderize.importance_examples=600", "recover.hidden_epochs=1.5",
+        "recover.pred_epochs=1.5", f"ta.epochs={p['ta_epochs'][task]}"]
 if task == "sst2":
-    cuts += ["finetune_epochs=1", "prune_period=0.05", "recover_hidden_epochs=0.5", "recover_pred_epochs=0.5"]
+    cuts += ["finetune.epochs=1", "slenderize.period=0.05", "recover.hidden_epochs=0.5", "recover.pred_epochs=0.5"]
 print(" ".join(f"--set {c}" for c in cuts))
 PY
 )"
@@ -61,24 +61,26 @@ PY
         first="$root/s${seeds[0]}"
         echo "   seed $seed $(date -u +%FT%TZ)"
         if [ "$seed" = "${seeds[0]}" ]; then
-            run --set seed="$seed" --output "$main"
+            run --set training.seed="$seed" --output "$main"
         else
-            run --set seed="$seed" --reuse "$first" --output "$main"     # the first seed's teacher, a new TA
+            run --set training.seed="$seed" --reuse "$first" --output "$main"     # the first seed's teacher, a new TA
         fi
         read -r -a naive_args <<< "$(python - "$main/recipe.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-args = dict(epochs=r["ta_epochs"], hidden_fraction=r["ta_hidden_fraction"], learning_rate=r["ta_learning_rate"],
-            exit_lr_multiplier=r["exit_lr_multiplier"], max_length=r["max_length"], seed=r["seed"],
-            selection=r["selection"], max_train=r["max_train"], max_eval=r["max_eval"], batch_size=r["ta_batch_size"])
+ta, data, training = r["ta"], r["data"], r["training"]
+args = dict(epochs=ta["epochs"], hidden_fraction=ta["hidden_fraction"], learning_rate=ta["learning_rate"],
+            exit_lr_multiplier=training["exit_lr_multiplier"], max_length=data["max_length"], seed=training["seed"],
+            selection=data["selection"], max_train=data["max_train"], max_eval=data["max_eval"],
+            batch_size=ta["batch_size"])
 print(" ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items() if v is not None))
 PY
 )"
         [ -f "$main-naive/ta_vs_naive.json" ] || python experiments/ta_vs_naive.py --task "$task" \
             --teacher "$main/teacher" --ta "$main/ta" --glue-dir "$glue" "${naive_args[@]}" \
             --output "$main-naive" >> "$log" 2>&1
-        run --set seed="$seed" --reuse "$main" --last-exit-only --output "$main-last-exit"
-        run --set seed="$seed" --reuse "$main" --no-exits --output "$main-no-exits"
+        run --set training.seed="$seed" --reuse "$main" --last-exit-only --output "$main-last-exit"
+        run --set training.seed="$seed" --reuse "$main" --no-exits --output "$main-no-exits"
         [ -f "$out/seed-$seed.json" ] || python experiments/report.py --task "$task" --glue-dir "$glue" \
             --run "2 / 128 / 32=$main" --ablation "last-exit importance=$main-last-exit" \
             --ablation "no exits=$main-no-exits" --naive "naive exits=$main-naive/naive_exits/best" \

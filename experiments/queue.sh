@@ -55,7 +55,7 @@ for task in "${tasks[@]}"; do
         echo "   report $(date -u +%FT%TZ): results/$task.json (${args[*]})"
     }
     run --output "runs/$task"
-    ta_lr=$(python -c "import json,sys; r=json.load(open('runs/$task/recipe.json')); print(r['ta_learning_rate'], r['ta_epochs'], r['max_length'], f\"{r.get('exit_lr_multiplier', 1.0):g}\")")
+    ta_lr=$(python -c "import json,sys; r=json.load(open('runs/$task/recipe.json')); print(r['ta']['learning_rate'], r['ta']['epochs'], r['data']['max_length'], f\"{r['training']['exit_lr_multiplier']:g}\")")
     read -r lr epochs max_length exit_x <<< "$ta_lr"
     [ -f "results/probe/$task.json" ] || python experiments/linear_probe.py --task "$task" --glue-dir "$glue" \
         --max-length "$max_length" >> "$log" 2>&1
@@ -75,7 +75,7 @@ for task in "${tasks[@]}"; do
     report
     run --reuse "runs/$task" --last-exit-only --output "runs/$task-last-exit"
     report
-    run --reuse "runs/$task" --set heads=6 --set ffn=768 --set rank=192 --output "runs/$task-w6"
+    run --reuse "runs/$task" --set slenderize.heads=6 --set slenderize.ffn=768 --set slenderize.rank=192 --output "runs/$task-w6"
     report
     run --reuse "runs/$task" --no-exits --output "runs/$task-no-exits"
     report

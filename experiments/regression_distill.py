@@ -34,18 +34,16 @@ def main(argv=None):
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
-    recipe = get_preset("stsb").replace(finetune_epochs=a.epochs, ta_epochs=a.epochs, max_train=a.max_train,
-                                        max_eval=a.max_eval)
-    data = load_task_data("stsb", a.glue_dir, None, recipe.max_length, a.max_train, a.max_eval)
+    recipe = get_preset("stsb").replace({"finetune.epochs": a.epochs, "ta.epochs": a.epochs,
+                                         "data.max_train": a.max_train, "data.max_eval": a.max_eval})
+    data = load_task_data("stsb", a.glue_dir, None, recipe.data.max_length, a.max_train, a.max_eval)
     result = {"train_examples": len(data.train), "dev_examples": len(data.dev), "epochs": a.epochs}
     with tempfile.TemporaryDirectory() as tmp:
-        teacher, _ = finetune(data, recipe.finetune_arguments(progress=False), os.path.join(tmp, "teacher"),
-                              pooler=recipe.teacher_pooler)
+        teacher, _ = finetune(data, recipe.finetune, recipe.training, os.path.join(tmp, "teacher"), progress=False)
         result["teacher"] = evaluate(teacher, data.dev, "stsb")["final"]
         for rule in ("all", "final"):
-            args = dataclasses.replace(recipe.ta_arguments(progress=False), regression_distill=rule)
-            ta, _ = train_ta(data, teacher, args, os.path.join(tmp, f"ta-{rule}"), pooler=recipe.pooler,
-                             schedule=recipe.ta_schedule)
+            training = dataclasses.replace(recipe.training, regression_distill=rule)
+            ta, _ = train_ta(data, teacher, recipe.ta, training, os.path.join(tmp, f"ta-{rule}"), progress=False)
             scores = evaluate(ta, data.dev, "stsb")
             result[f"ta_{rule}"] = {str(k): v["combined"] for k, v in scores["exits"].items()}
             print(f"TA, regression_distill={rule}: exits " +

@@ -377,9 +377,10 @@ def main(argv=None):
         if student:
             entries.append((f"student: {label}", "student", student))
 
-    data = load_task_data(recipe.task, a.glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
+    d = recipe.data
+    data = load_task_data(recipe.task, a.glue_dir, d.model, d.max_length, d.max_train, d.max_eval)
     labels = np.asarray(data.dev.labels)
-    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
+    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.training.eval_batch_size, sort_by_length=True))
     loaded, measured = {}, {}
     for name, role, folder in entries:
         model = CostEffModel.from_pretrained(folder)
@@ -394,11 +395,11 @@ def main(argv=None):
     if os.path.isfile(probe_file):
         with open(probe_file, encoding="utf-8") as f:
             probe = json.load(f)["probe"][1:]                  # layers 1..L
-    thresholds = list(recipe.thresholds)
-    if recipe.criterion == "entropy":                          # a fine grid as well, up to ln C
+    thresholds = list(recipe.early_exit.thresholds)
+    if recipe.early_exit.criterion == "entropy":                          # a fine grid as well, up to ln C
         thresholds = sorted(set(thresholds) | set(np.round(np.linspace(0, math.log(max(2, data.num_labels)), 41), 4)))
     results = build(recipe.task, measured, labels, target=a.target, floor=maj, pad_to=a.pad_to,
-                    thresholds=thresholds, criterion=recipe.criterion, probe=probe, majority_metric=maj,
+                    thresholds=thresholds, criterion=recipe.early_exit.criterion, probe=probe, majority_metric=maj,
                     metric_name=main_metric(recipe.task))
     # Time every model side by side, each half of dev with the threshold chosen on the other.
     order = np.random.default_rng(0).permutation(len(labels))
@@ -406,7 +407,7 @@ def main(argv=None):
 
     def half_batches(idx):
         sub = data.dev.subset(idx)
-        return list(iterate_batches(sub, sub.labels, recipe.eval_batch_size, sort_by_length=True))
+        return list(iterate_batches(sub, sub.labels, recipe.training.eval_batch_size, sort_by_length=True))
 
     parts = (half_batches(halves[1]), half_batches(halves[0]))   # threshold chosen on A runs on B, and back
     thresholds_of = {m["name"]: None if m["operating_point"]["threshold"] is None else
@@ -414,18 +415,18 @@ def main(argv=None):
     # Every model on the same batches: the teacher and the models without exits run the two
     # halves' batches too (batched apart, they pad differently from all of dev batched at once:
     # 5% more time for the teacher on STS-B).
-    seconds = _time(loaded, [b for part in parts for b in part], thresholds_of, recipe.criterion, a.repeats)
+    seconds = _time(loaded, [b for part in parts for b in part], thresholds_of, recipe.early_exit.criterion, a.repeats)
     for m in results["models"]:
         m["operating_point"]["speedup_measured"] = seconds["teacher"] / seconds[m["name"]]
     # How each row was selected: its checkpoint (the recipe's rule, which the naive exits'
     # training follows too) and its thresholds (cross-fitted above); never on the dev set scored.
-    rule = selection_rule(recipe.selection)
+    rule = selection_rule(recipe.data.selection)
     for m in results["models"]:
         m["selection"] = {"checkpoint": rule, "threshold": results["operating_point_rule"]
                           if m["operating_point"]["threshold"] is not None else None}
     # What ran: the main run's recipe, and whose search chose its learning rates.
     results["recipe"] = runs[0][1]["recipe"]
-    results["seed"] = recipe.seed
+    results["seed"] = recipe.training.seed
     results["commit"] = _commit()
     results["rates_searched_on"] = a.rates_from or recipe.task
     if runs[0][1].get("unfinished"):

@@ -39,25 +39,25 @@ RUNS = os.path.join(ROOT, "runs", "search")
 # The grids. Teacher: the learning rate, with the epochs of the authors' scripts where the CPU
 # allows; TA: its learning rate (the TA distills from the best teacher of the first search).
 TEACHER_GRID = {
-    "mrpc": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (2e-5, 5e-5, 1e-4)],
-    "rte": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (5e-5, 1e-4)],
-    "stsb": [dict(finetune_learning_rate=lr, finetune_epochs=5.0) for lr in (5e-5, 1e-4)],
-    "cola": [dict(finetune_learning_rate=lr, finetune_epochs=4.0) for lr in (5e-5, 1e-4)],
-    "sst2": [dict(finetune_learning_rate=lr, finetune_epochs=1.0, max_train=20000) for lr in (5e-5, 1e-4)],
+    "mrpc": [{"finetune.learning_rate": lr, "finetune.epochs": 5.0} for lr in (2e-5, 5e-5, 1e-4)],
+    "rte": [{"finetune.learning_rate": lr, "finetune.epochs": 5.0} for lr in (5e-5, 1e-4)],
+    "stsb": [{"finetune.learning_rate": lr, "finetune.epochs": 5.0} for lr in (5e-5, 1e-4)],
+    "cola": [{"finetune.learning_rate": lr, "finetune.epochs": 4.0} for lr in (5e-5, 1e-4)],
+    "sst2": [{"finetune.learning_rate": lr, "finetune.epochs": 1.0, "data.max_train": 20000} for lr in (5e-5, 1e-4)],
 }
 # TA trials run 2 epochs (2/3 of `hidden`, then 2 of `pred_ta`) to keep the search affordable;
 # the runs then use the preset's epochs with the chosen rate.
 TA_GRID = {
-    task: [dict(ta_learning_rate=lr, ta_epochs=2.0) for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
+    task: [{"ta.learning_rate": lr, "ta.epochs": 2.0} for lr in (5e-5, 1e-4, 2e-4)] for task in TEACHER_GRID
 }
-# Exit heads: the exits' learning rate as a multiple of the TA's (recipe field
-# exit_lr_multiplier), TA trials at the chosen TA rate on `train_examples` of the training part
+# Exit heads: the exits' learning rate as a multiple of the TA's (recipe setting
+# training.exit_lr_multiplier), TA trials at the chosen TA rate on `train_examples` of the training part
 # (to keep a trial near ten minutes), distilling from the teacher given with --teacher.
 EXIT_GRID = {
-    task: [dict(exit_lr_multiplier=m, ta_epochs=2.0, train_examples=2000) for m in (1.0, 10.0, 30.0, 100.0)]
+    task: [{"training.exit_lr_multiplier": m, "ta.epochs": 2.0, "train_examples": 2000} for m in (1.0, 10.0, 30.0, 100.0)]
     for task in TEACHER_GRID
 }
-SEARCH_ONLY = ("max_train", "ta_epochs", "train_examples")   # settings of a trial that never go into a run
+SEARCH_ONLY = ("data.max_train", "ta.epochs", "train_examples")   # settings of a trial that never go into a run
 
 
 def _done(task):
@@ -85,7 +85,7 @@ def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overri
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate
 
-    base = get_preset(preset or task).replace(**(base_overrides or {}))
+    base = get_preset(preset or task).replace(base_overrides or {})
     grid = {"teacher": TEACHER_GRID, "ta": TA_GRID, "exit": EXIT_GRID}[stage][task]
     finished = {r["trial"] for r in _done(task)}
     teacher = None
@@ -113,10 +113,11 @@ def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overri
         if name in finished:
             print(f"[search] {task} {name}: done before, skipped", flush=True)
             continue
-        recipe = base.replace(**{k: v for k, v in overrides.items() if k != "train_examples"})
+        recipe = base.replace({k: v for k, v in overrides.items() if k != "train_examples"})
         if stage == "ta" and teacher is None:
             teacher = load_teacher()
-        data = load_task_data(task, glue_dir, recipe.model, recipe.max_length, recipe.max_train, recipe.max_eval)
+        data = load_task_data(task, glue_dir, recipe.data.model, recipe.data.max_length, recipe.data.max_train,
+                              recipe.data.max_eval)
         train, held = heldout_split(data.train)
         if "train_examples" in overrides:            # the first N of the training part (its order is seeded)
             train = train.subset(np.arange(min(len(train), overrides["train_examples"])))
@@ -125,12 +126,10 @@ def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overri
         clock = time.time()
         print(f"[search] {task} {name}: {len(train)} training, {len(held)} held-out examples", flush=True)
         if stage == "teacher":
-            model, _ = finetune(data, recipe.finetune_arguments(progress=False), folder, recipe.model,
-                                pooler=recipe.teacher_pooler)
+            model, _ = finetune(data, recipe.finetune, recipe.training, folder, recipe.data.model, progress=False)
         else:
-            model, _ = train_ta(data, teacher, recipe.ta_arguments(progress=False), folder, recipe.model,
-                                recipe.ta_hidden_fraction, pooler=recipe.pooler, schedule=recipe.ta_schedule)
-        scores = evaluate(model, held, task, recipe.eval_batch_size)
+            model, _ = train_ta(data, teacher, recipe.ta, recipe.training, folder, recipe.data.model, progress=False)
+        scores = evaluate(model, held, task, recipe.training.eval_batch_size)
         record = dict(task=task, stage=stage, trial=name, overrides={**(base_overrides or {}), **overrides},
                       holdout=scores["average"], teacher=teacher_dir if stage == "exit" else None,
                       holdout_exits={str(k): v[scores["main_metric"]] for k, v in scores["exits"].items()},
@@ -171,7 +170,7 @@ def table() -> str:
             lines += [f"## {rs[0]['task']}: {stage}", ""]
             if stage == "exit":
                 lines += [f"TA trials with the exits' learning rate at a multiple of the TA's "
-                          f"(`exit_lr_multiplier`), on the first {rs[0]['overrides'].get('train_examples', 'all')} "
+                          f"(`training.exit_lr_multiplier`), on the first {rs[0]['overrides'].get('train_examples', 'all')} "
                           f"examples of the training part. They distill from {rs[0]['teacher']}, a teacher "
                           f"fine-tuned on the whole training set, held-out part included: the held-out "
                           f"scores compare the trials with one another, not with the other stages.", ""]
@@ -195,12 +194,12 @@ def best_settings(task) -> dict:
             chosen.update(max(rs, key=lambda r: r["holdout"])["overrides"])
     for key in SEARCH_ONLY:
         chosen.pop(key, None)
-    if "finetune_learning_rate" in chosen:
+    if "finetune.learning_rate" in chosen:
         # Not searched: pruning and recovery keep the paper's ratios to the fine-tuning rate
         # (BERT-base: 2e-5 fine-tuning, 1e-5 pruning, 3e-5 hidden and 2e-5 pred recovery).
-        lr = chosen["finetune_learning_rate"]
-        chosen.update(prune_learning_rate=lr / 2, recover_hidden_learning_rate=1.5 * lr,
-                      recover_pred_learning_rate=lr)
+        lr = chosen["finetune.learning_rate"]
+        chosen.update({"slenderize.learning_rate": lr / 2, "recover.hidden_learning_rate": 1.5 * lr,
+                       "recover.pred_learning_rate": lr})
     return chosen
 
 
@@ -209,8 +208,8 @@ def main(argv=None):
     p.add_argument("--task")
     p.add_argument("--stage", choices=("teacher", "ta", "exit"))
     p.add_argument("--teacher", help="--stage exit: the fine-tuned teacher the TA trials distill from")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="--stage exit: a recipe setting of every trial, e.g. the chosen ta_learning_rate")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="--stage exit: a recipe setting of every trial, e.g. the chosen ta.learning_rate")
     p.add_argument("--glue-dir", default=os.environ.get("NPCOSTEFF_GLUE_DIR"))
     p.add_argument("--preset", help="the recipe the trials start from (default: the task's preset)")
     p.add_argument("--table", action="store_true", help="write docs/search.md from the finished trials")

@@ -30,6 +30,7 @@ Writes <output>/ta_vs_naive.json and .md (a table of the dev metric per exit).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,7 +45,8 @@ from npcosteff.model import CostEffModel  # noqa: E402
 from npcosteff.data import load_task_data  # noqa: E402
 from npcosteff.stages import train_naive_exits, train_ta  # noqa: E402
 from npcosteff.pretrained import resolve_model_dir  # noqa: E402
-from npcosteff.train import TrainingArguments, evaluate  # noqa: E402
+from npcosteff.recipe import TeacherAssistant, Training  # noqa: E402
+from npcosteff.train import evaluate  # noqa: E402
 
 
 def table(rows: dict, key: str) -> str:
@@ -74,7 +76,7 @@ def main(argv=None):
     p.add_argument("--exit-lr-multiplier", type=float, default=1.0,
                    help="the exits' learning rate as a multiple of --learning-rate (the TA's recipe value)")
     p.add_argument("--hidden-fraction", type=float, default=1 / 3,
-                   help="the TA's hidden share (its recipe's ta_hidden_fraction): the naive exits train "
+                   help="the TA's hidden share (its recipe's ta.hidden_fraction): the naive exits train "
                         "--epochs x (1 + this), the TA's steps")
     p.add_argument("--pooler", default=None, help="the naive exits' pooler (default: the TA's, else the teacher's)")
     p.add_argument("--selection", choices=("heldout", "last"), default="heldout",
@@ -85,21 +87,20 @@ def main(argv=None):
     data = load_task_data(args.task, args.glue_dir, max_length=args.max_length, max_train=args.max_train,
                           max_eval=args.max_eval, heldout=args.selection == "heldout")
     teacher = CostEffModel.from_pretrained(resolve_model_dir(args.teacher, what="teacher"))
-    targs = TrainingArguments(task=data.task, epochs=args.epochs, batch_size=args.batch_size,
-                              learning_rate=args.learning_rate, seed=args.seed,
-                              exit_lr_multiplier=args.exit_lr_multiplier)
+    # The TA's settings (the naive exits take them all, so that the two differ in training alone)
+    # and the shared training settings, as a recipe's `ta` and `training` sections.
+    ta_settings = TeacherAssistant(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                                   hidden_fraction=args.hidden_fraction, pooler=args.pooler or teacher.config.pooler)
+    training = Training(seed=args.seed, exit_lr_multiplier=args.exit_lr_multiplier)
     rows = {"fine-tuned teacher": evaluate(teacher, data.dev, data.task)}
     if args.ta is not None:
         ta = CostEffModel.from_pretrained(resolve_model_dir(args.ta, what="TA"))
+        ta_settings = dataclasses.replace(ta_settings, pooler=args.pooler or ta.config.pooler)
     else:
-        ta, _ = train_ta(data, teacher, targs, os.path.join(args.output, "ta"), pooler=teacher.config.pooler)
+        ta, _ = train_ta(data, teacher, ta_settings, training, os.path.join(args.output, "ta"))
     rows["TA (hidden, then pred; GE)"] = evaluate(ta, data.dev, data.task)
-    pooler = args.pooler or ta.config.pooler
-    naive_args = TrainingArguments(task=data.task, epochs=args.epochs * (1 + args.hidden_fraction),
-                                   batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                                   exit_lr_multiplier=args.exit_lr_multiplier)
-    naive, result = train_naive_exits(data, teacher, naive_args, os.path.join(args.output, "naive_exits"),
-                                      pooler=pooler)
+    pooler = ta_settings.pooler
+    naive, result = train_naive_exits(data, teacher, ta_settings, training, os.path.join(args.output, "naive_exits"))
     rows["teacher + naive exits (hard, no GE)"] = evaluate(naive, data.dev, data.task)
 
     key = main_metric(data.task)
@@ -110,7 +111,8 @@ def main(argv=None):
     with open(os.path.join(args.output, "ta_vs_naive.json"), "w") as f:
         json.dump({**{k: {"average": v["average"], "exits": {str(l): m for l, m in v["exits"].items()}}
                       for k, v in rows.items()},
-                   "naive_training": {"pooler": pooler, "epochs": naive_args.epochs, "steps": result["steps"],
+                   "naive_training": {"pooler": pooler, "epochs": args.epochs * (1 + args.hidden_fraction),
+                                      "steps": result["steps"],
                                       "seed": args.seed, "selection": args.selection,
                                       "exit_lr_multiplier": args.exit_lr_multiplier}}, f, indent=2)
     print(md)

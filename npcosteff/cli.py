@@ -42,14 +42,15 @@ end with exit code 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 from typing import Optional
 
-from .presets import PRESETS, get_preset, load_recipe
 from .early_exit import default_thresholds
-from .recipe import Recipe, RecipeError, parse_override
+from .presets import PRESETS, get_preset, load_recipe
+from .recipe import SECTIONS, Recipe, RecipeError, field_type, parse_override, parse_value
 from .runs import LOG_FILE, DataUnavailable, UserError, check_targets, console, describe, load_data, load_model, \
     pretrained_dir, run_recipe, stage_finetune, stage_recover, stage_slenderize, stage_train_ta, sweep_models, \
     sweep_table, tokenizer_dir
@@ -61,9 +62,12 @@ __all__ = ["main", "build_parser"]
 DEMO_OUTPUT = "npcosteff-demo"
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- recipes from options
+# Every recipe option of a command is a recipe setting: its dest is the setting's name
+# (``finetune.epochs``), its flag the field's name (``--epochs``); `_recipe_from_args` collects
+# them. They are derived from the recipe's sections (npcosteff.recipe), never listed here.
 def _recipe_from_args(args, base: Optional[Recipe] = None) -> Recipe:
-    """The recipe: --preset / --config (or `base`), then --task, --model, caps and --set."""
+    """The recipe: --preset / --config (or `base`), then the setting options given, then --set."""
     if getattr(args, "preset", None) and getattr(args, "config", None):
         raise UserError("give either --preset or --config, not both")
     try:
@@ -74,45 +78,49 @@ def _recipe_from_args(args, base: Optional[Recipe] = None) -> Recipe:
         else:
             recipe = base or Recipe()
         changes = {}
-        for key in ("task", "max_length", "max_train", "max_eval", "seed", "dtype", "eval_batch_size"):
-            value = getattr(args, key, None)
-            if value is not None:
-                changes[key] = value
-        if getattr(args, "pretrained", None) is not None:
-            changes["model"] = args.pretrained
+        for key, value in vars(args).items():
+            if "." in key and value is not None:           # a setting option that was given
+                if isinstance(value, list):                # a list of numbers, given as several values
+                    value = ",".join(value)
+                changes[key] = value if isinstance(value, bool) else parse_value(key, value)
         for text in getattr(args, "set", None) or []:
             k, v = parse_override(text)
             changes[k] = v
-        return recipe.replace(**changes) if changes else recipe
+        return recipe.replace(changes) if changes else recipe
     except RecipeError as e:
         raise UserError(str(e)) from None
 
 
-def _apply(recipe: Recipe, args, mapping: dict) -> Recipe:
-    """Copy the command-line options that were given (not None) into recipe fields."""
-    changes = {field: getattr(args, opt) for opt, field in mapping.items() if getattr(args, opt, None) is not None}
-    try:
-        return recipe.replace(**changes) if changes else recipe
-    except RecipeError as e:
-        raise UserError(str(e)) from None
+def _setting_options(p, section, title, skip=()):
+    """An option per field of recipe section `section` (``--max-steps`` sets ``finetune.max_steps``)."""
+    g = p.add_argument_group(title)
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name in skip:
+            continue
+        key = f"{section}.{f.name}"
+        kind, _ = field_type(key)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            g.add_argument(flag, dest=key, action="store_true", default=None, help=f"sets {key}")
+        elif kind is tuple:
+            g.add_argument(flag, dest=key, nargs="+", metavar="X", help=f"sets {key}")
+        else:
+            g.add_argument(flag, dest=key, metavar=kind.__name__.upper(), help=f"sets {key}")
+    return g
 
 
-def _stage_map(prefix):
-    return {"epochs": f"{prefix}_epochs", "learning_rate": f"{prefix}_learning_rate",
-            "batch_size": f"{prefix}_batch_size", "max_steps": f"{prefix}_max_steps"}
-
-
+# --------------------------------------------------------------------------- commands
 def cmd_finetune(args):
-    recipe = _apply(_recipe_from_args(args), args, _stage_map("finetune"))
-    pre = pretrained_dir(recipe.model)
+    recipe = _recipe_from_args(args)
+    pre = pretrained_dir(recipe.data.model)
     data = load_data(recipe, args.glue_dir, tokenizer_dir(pre))
     stage_finetune(recipe, data, args.output, pre, progress=not args.no_progress)
     console.say(f"outputs: {args.output}")
 
 
 def cmd_train_ta(args):
-    recipe = _apply(_recipe_from_args(args), args, {**_stage_map("ta"), "hidden_fraction": "ta_hidden_fraction"})
-    pre = pretrained_dir(recipe.model)
+    recipe = _recipe_from_args(args)
+    pre = pretrained_dir(recipe.data.model)
     from .data.glue import get_task
     teacher = load_model(args.teacher, dtype_of(recipe), "teacher", get_task(recipe.task))
     data = load_data(recipe, args.glue_dir, tokenizer_dir(teacher.folder, pre))
@@ -120,16 +128,8 @@ def cmd_train_ta(args):
     console.say(f"outputs: {args.output}")
 
 
-_SLENDER_MAP = {"heads": "heads", "ffn": "ffn", "rank": "rank", "prune_period": "prune_period",
-                "repr_proportion": "repr_proportion", "learning_rate": "prune_learning_rate",
-                "lr_restore": "lr_restore", "batch_size": "prune_batch_size",
-                "importance_examples": "importance_examples"}
-
-
 def cmd_slenderize(args):
-    recipe = _apply(_recipe_from_args(args), args, _SLENDER_MAP)
-    if args.last_exit_only:
-        recipe = recipe.replace(last_exit_only=True)
+    recipe = _recipe_from_args(args)
     from .data.glue import get_task
     ta = load_model(args.ta, dtype_of(recipe), "TA", get_task(recipe.task))
     teacher = ta if args.teacher is None else load_model(args.teacher, dtype_of(recipe), "teacher",
@@ -140,14 +140,8 @@ def cmd_slenderize(args):
     console.say(f"outputs: {args.output}")
 
 
-_RECOVER_MAP = {"hidden_epochs": "recover_hidden_epochs", "pred_epochs": "recover_pred_epochs",
-                "hidden_learning_rate": "recover_hidden_learning_rate",
-                "pred_learning_rate": "recover_pred_learning_rate", "hidden_max_steps": "recover_hidden_max_steps",
-                "pred_max_steps": "recover_pred_max_steps", "batch_size": "recover_batch_size"}
-
-
 def cmd_recover(args):
-    recipe = _apply(_recipe_from_args(args), args, _RECOVER_MAP)
+    recipe = _recipe_from_args(args)
     from .data.glue import get_task
     student = load_model(args.student, dtype_of(recipe), "student", get_task(recipe.task))
     teacher = load_model(args.teacher, dtype_of(recipe), "teacher", get_task(recipe.task))
@@ -161,7 +155,7 @@ def cmd_evaluate(args):
     from .data.glue import get_task
     model = load_model(args.model, dtype_of(recipe), "model", get_task(recipe.task))
     data = load_data(recipe, args.glue_dir, tokenizer_dir(model.folder), need_train=False)
-    summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
+    summary = describe(model, data.dev, recipe.task, recipe.training.eval_batch_size)
     c = model.config
     metrics = list(next(iter(summary["dev"]["exits"].values())))
     console.say(f"model {model.folder}: {c.num_hidden_layers} layers, heads {c.heads_per_layer}, FFN "
@@ -199,15 +193,12 @@ def _named_models(specs):
 
 
 def cmd_sweep(args):
+    criterion = getattr(args, "early_exit.criterion")
+    if criterion is not None and getattr(args, "early_exit.thresholds") is None:
+        # Another criterion without thresholds: that criterion's default sweep.
+        setattr(args, "early_exit.thresholds", [str(t) for t in default_thresholds(criterion)])
     recipe = _recipe_from_args(args)
     from .data.glue import get_task
-    criterion = args.criterion or recipe.criterion
-    thresholds = args.thresholds if args.thresholds else (
-        recipe.thresholds if criterion == recipe.criterion else default_thresholds(criterion))
-    try:
-        recipe = recipe.replace(criterion=criterion, thresholds=tuple(thresholds), summary_thresholds=())
-    except RecipeError as e:
-        raise UserError(str(e)) from None
     models = {name: load_model(folder, dtype_of(recipe), f"model {name}", get_task(recipe.task))
               for name, folder in _named_models(args.model).items()}
     first = next(iter(models.values()))
@@ -216,14 +207,14 @@ def cmd_sweep(args):
         curves, png = sweep_models(models, data, recipe, args.output, progress=not args.no_progress)
         for name, rows in curves.items():
             console.say(f"{name}:")
-            console.say(sweep_table(rows, recipe.criterion))
+            console.say(sweep_table(rows, recipe.early_exit.criterion))
         console.say(f"plot: {png}")
 
 
 def _check_ablations(args):
     if args.no_slenderize and args.no_exits:
         raise UserError("--no-exits shapes the slender student, and --no-slenderize trains none")
-    if args.no_slenderize and args.last_exit_only:
+    if args.no_slenderize and getattr(args, "slenderize.last_exit_only"):
         raise UserError("--last-exit-only changes the slenderization's importance, and --no-slenderize skips it")
     if args.no_slenderize and args.no_ta:
         raise UserError("--no-ta with --no-slenderize would train only the fine-tuned teacher")
@@ -234,17 +225,8 @@ def cmd_run(args):
         raise UserError("give a recipe: --preset NAME (one of " + ", ".join(PRESETS) + ") or --config FILE")
     _check_ablations(args)
     recipe = _recipe_from_args(args)
-    changes = {}
-    if args.no_ta:
-        changes["use_ta"] = False
-    if args.no_exits:
-        changes["use_exits"] = False
-    if args.no_slenderize:
-        changes["use_slenderize"] = False
-    if args.last_exit_only:
-        changes["last_exit_only"] = True
-    if changes:
-        recipe = recipe.replace(**changes)
+    switches = {"use_ta": not args.no_ta, "use_exits": not args.no_exits, "use_slenderize": not args.no_slenderize}
+    recipe = recipe.replace({k: False for k, on in switches.items() if not on})
     output = args.output or os.path.join("runs", f"{recipe.name}-{recipe.task}")
     run_recipe(recipe, output, args.glue_dir, progress=not args.no_progress, reuse=args.reuse)
 
@@ -252,7 +234,7 @@ def cmd_run(args):
 def cmd_demo(args):
     recipe = get_preset("quick")
     try:
-        recipe = recipe.replace(**dict(parse_override(s) for s in args.set or []))
+        recipe = recipe.replace(dict(parse_override(s) for s in args.set or []))
     except RecipeError as e:
         raise UserError(str(e)) from None
     from .data.glue import SHIPPED, SliceTooSmall, describe_source, get_task, glue_source, is_shipped, load_glue
@@ -261,12 +243,12 @@ def cmd_demo(args):
         # --glue-dir, else $NPCOSTEFF_GLUE_DIR, else the slices in the package: runs offline.
         source = glue_source(args.glue_dir, default=SHIPPED, task=spec)
         # Read the data first: without it there is nothing to show, and the error says how to get it.
-        for split, n in (("train", recipe.max_train), ("validation", recipe.max_eval)):
+        for split, n in (("train", recipe.data.max_train), ("validation", recipe.data.max_eval)):
             load_glue(spec, split, source, n)
     except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:
         raise DataUnavailable(spec.name, e) from None
     if is_shipped(source):
-        where = (f"on {describe_source(source)} ({recipe.max_train} training and {recipe.max_eval} dev "
+        where = (f"on {describe_source(source)} ({recipe.data.max_train} training and {recipe.data.max_eval} dev "
                  f"sentences; full GLUE: --glue-dir FOLDER, --glue-dir hub or NPCOSTEFF_GLUE_DIR)")
     else:
         where = f"on GLUE from {describe_source(source)}"
@@ -281,34 +263,31 @@ GLUE_DIR_HELP = ("where GLUE comes from: a folder in GLUE's TSV layout, 'hub' (n
 
 
 def _data_options(p, task_required=True):
-    g = p.add_argument_group("data")
-    g.add_argument("--task", required=task_required, help="GLUE task: sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, "
-                                                          "wnli (GLUE folder names such as SST-2 work too)")
+    g = _setting_options(p, "data", "data", skip=("model",))
+    for action in g._group_actions:                      # the task: required by the stage commands
+        if action.dest == "data.task":
+            action.required = task_required
+            action.help = ("GLUE task: sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, wnli (GLUE folder names such "
+                           "as SST-2 work too)")
     g.add_argument("--glue-dir", metavar="SOURCE", help=GLUE_DIR_HELP)
-    g.add_argument("--max-length", type=int, help="tokens per example (recipe default 128)")
-    g.add_argument("--max-train", type=int, help="keep the first N training examples")
-    g.add_argument("--max-eval", type=int, help="keep the first N dev examples")
-    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--eval-batch-size", dest="training.eval_batch_size", metavar="INT",
+                   help="sets training.eval_batch_size")
 
 
-def _recipe_options(p):
+def _recipe_options(p, seed=True):
+    """--preset, --config, --set; and --seed (training.seed), unless the command's section has one."""
     g = p.add_argument_group("recipe (defaults: the paper's BERT-base settings)")
     g.add_argument("--preset", help=f"start from a preset recipe: {', '.join(PRESETS)}")
     g.add_argument("--config", help="start from a recipe file (.json or .toml)")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any recipe field, e.g. --set warmup_proportion=0.06 (repeatable)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--dtype", choices=("float32", "float64"))
+    g.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="set any recipe setting, e.g. --set training.warmup_proportion=0.06 (repeatable)")
+    if seed:
+        g.add_argument("--seed", dest="training.seed", metavar="INT", help="sets training.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _training_options(p, what):
-    g = p.add_argument_group(f"{what} hyperparameters")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--max-steps", type=int, help="steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--learning-rate", "--lr", type=float)
-    return g
+def _pretrained_option(p, what="pretrained BERT folder (default: the packaged MiniLM)"):
+    p.add_argument("--model", dest="data.model", metavar="PATH", help=what)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,20 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="stage 1: fine-tune the pretrained model (the teacher)")
     _data_options(p)
     p.add_argument("--output", required=True, help="stage folder to write")
-    p.add_argument("--model", dest="pretrained", metavar="PATH",
-                   help="pretrained BERT folder (default: the packaged MiniLM)")
-    _training_options(p, "fine-tuning")
-    _recipe_options(p)
+    _pretrained_option(p)
+    _setting_options(p, "finetune", "fine-tuning (the recipe's finetune section)")
+    _recipe_options(p, seed=False)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("train-ta", help="stage 2: the multi-exit teacher-assistant")
     _data_options(p)
     p.add_argument("--teacher", required=True, help="fine-tuned teacher (model or stage folder)")
     p.add_argument("--output", required=True)
-    p.add_argument("--model", dest="pretrained", metavar="PATH",
-                   help="pretrained BERT folder the TA starts from (default: the packaged MiniLM)")
-    g = _training_options(p, "TA")
-    g.add_argument("--hidden-fraction", type=float, help="share of the epochs on hidden distillation (1/3)")
+    _pretrained_option(p, "pretrained BERT folder the TA starts from (default: the packaged MiniLM)")
+    _setting_options(p, "ta", "the TA (the recipe's ta section)")
     _recipe_options(p)
     p.set_defaults(func=cmd_train_ta)
 
@@ -343,17 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ta", required=True, help="the multi-exit TA (model or stage folder)")
     p.add_argument("--teacher", help="model distilled from (default: the TA)")
     p.add_argument("--output", required=True)
-    g = p.add_argument_group("slenderization")
-    g.add_argument("--heads", type=int, help="target heads per layer")
-    g.add_argument("--ffn", type=int, help="target FFN width")
-    g.add_argument("--rank", type=int, help="target word-embedding rank")
-    g.add_argument("--prune-period", type=float, help="epochs of training after each prune")
-    g.add_argument("--repr-proportion", type=float, help="share of each period on hidden distillation")
-    g.add_argument("--learning-rate", "--lr", type=float)
-    g.add_argument("--lr-restore", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--importance-examples", type=int)
-    g.add_argument("--last-exit-only", action="store_true", help="importance from the last exit only (ablation)")
+    _setting_options(p, "slenderize", "slenderization (the recipe's slenderize section)")
     _recipe_options(p)
     p.set_defaults(func=cmd_slenderize)
 
@@ -362,14 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="the slenderized student (model or stage folder)")
     p.add_argument("--teacher", required=True, help="the TA it learns from (model or stage folder)")
     p.add_argument("--output", required=True)
-    g = p.add_argument_group("recovery")
-    g.add_argument("--hidden-epochs", type=float)
-    g.add_argument("--pred-epochs", type=float)
-    g.add_argument("--hidden-learning-rate", type=float)
-    g.add_argument("--pred-learning-rate", type=float)
-    g.add_argument("--hidden-max-steps", type=int)
-    g.add_argument("--pred-max-steps", type=int)
-    g.add_argument("--batch-size", type=int)
+    _setting_options(p, "recover", "recovery (the recipe's recover section)")
     _recipe_options(p)
     p.set_defaults(func=cmd_recover)
 
@@ -385,34 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                    help="a model to sweep (repeatable); one curve per model")
     p.add_argument("--output", required=True)
-    p.add_argument("--thresholds", type=float, nargs="+", help="thresholds (patience: integers)")
-    p.add_argument("--criterion", choices=("entropy", "max_prob", "patience"))
+    _setting_options(p, "early_exit", "early exit (the recipe's early_exit section)", skip=("summary_thresholds",))
     _recipe_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("run", help="all stages from one recipe, with a summary table and plot")
-    g = p.add_argument_group("recipe")
-    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")
-    g.add_argument("--config", help="a recipe file (.json or .toml)")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any recipe field (repeatable)")
-    g.add_argument("--task", help="override the recipe's task")
-    g.add_argument("--model", dest="pretrained", metavar="PATH",
-                   help="pretrained BERT folder (default: the packaged MiniLM)")
-    g.add_argument("--glue-dir", metavar="SOURCE", help=GLUE_DIR_HELP)
-    g.add_argument("--max-length", type=int)
-    g.add_argument("--max-train", type=int)
-    g.add_argument("--max-eval", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--dtype", choices=("float32", "float64"))
+    _data_options(p, task_required=False)
+    _pretrained_option(p)
+    _recipe_options(p)
     p.add_argument("--output", help="run folder (default: runs/<recipe>-<task>)")
     p.add_argument("--reuse", metavar="RUN", help="take the finished teacher and TA of run folder RUN (linked, "
                                                   "not retrained): another width or an ablation of the same recipe")
     a = p.add_argument_group("ablations")
     a.add_argument("--no-ta", action="store_true", help="distill the student from the fine-tuned teacher directly")
-    a.add_argument("--last-exit-only", action="store_true", help="importance from the last exit's loss only")
+    a.add_argument("--last-exit-only", dest="slenderize.last_exit_only", action="store_true", default=None,
+                   help="importance from the last exit's loss only (sets slenderize.last_exit_only)")
     a.add_argument("--no-exits", action="store_true", help="slenderization without exits (final exit only)")
     a.add_argument("--no-slenderize", action="store_true", help="exits without slenderization (the TA is final)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the quick recipe on SST-2 with the packaged MiniLM, in a few minutes")
@@ -421,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "datasets) or 'shipped' (the GLUE slices in the package; default: $NPCOSTEFF_GLUE_DIR, "
                         "else shipped)")
     p.add_argument("--output", default=DEMO_OUTPUT, help=f"run folder (default: {DEMO_OUTPUT})")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a field of the quick recipe")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="change a setting of the quick recipe")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

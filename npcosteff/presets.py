@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from .recipe import Recipe, RecipeError
+from .recipe import Data, EarlyExit, Finetune, Recipe, RecipeError, Recover, Slenderize, TeacherAssistant
 
 __all__ = ["PRESETS", "PRESETS_NEEDING_MODEL", "get_preset", "recipe_from_dict", "load_recipe"]
 
@@ -38,25 +38,30 @@ def _quick() -> Recipe:
     of the pipeline and of the shape of the trade-off, not as the paper's numbers.
     """
     return Recipe(
-        name="quick", task="sst2", max_length=48, max_train=512, max_eval=128, eval_batch_size=64,
-        finetune_epochs=1.0, finetune_learning_rate=2e-4, finetune_batch_size=16,
-        ta_epochs=1.0, ta_learning_rate=1e-3, ta_batch_size=16, ta_hidden_fraction=0.2,
-        heads=6, ffn=768, rank=192, prune_period=0.0625, repr_proportion=0.5, prune_learning_rate=2e-4,
-        prune_batch_size=16, importance_examples=32,
-        recover_hidden_epochs=0.25, recover_pred_epochs=0.5, recover_batch_size=16,
-        recover_hidden_learning_rate=5e-4, recover_pred_learning_rate=5e-4,
-        thresholds=(0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7))
+        name="quick",
+        data=Data(task="sst2", max_length=48, max_train=512, max_eval=128),
+        finetune=Finetune(epochs=1.0, learning_rate=2e-4, batch_size=16),
+        ta=TeacherAssistant(epochs=1.0, learning_rate=1e-3, batch_size=16, hidden_fraction=0.2),
+        slenderize=Slenderize(heads=6, ffn=768, rank=192, period=0.0625, repr_proportion=0.5, learning_rate=2e-4,
+                              batch_size=16, importance_examples=32),
+        recover=Recover(hidden_epochs=0.25, pred_epochs=0.5, batch_size=16, hidden_learning_rate=5e-4,
+                        pred_learning_rate=5e-4),
+        early_exit=EarlyExit(thresholds=(0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7)))
 
 
-def _scaled_minilm(**changes) -> Recipe:
-    """The paper's recipe scaled to the packaged MiniLM and a 2-core CPU; see `_mrpc`."""
-    base = dict(
-        max_length=128, finetune_epochs=5.0, finetune_learning_rate=5e-5, ta_epochs=5.0, ta_learning_rate=2e-4,
-        pooler="mean", heads=2, ffn=128, rank=32, prune_period=0.5, prune_learning_rate=2.5e-5, lr_restore=0.12,
-        repr_proportion=0.6, importance_examples=None, recover_hidden_epochs=5.0, recover_pred_epochs=5.0,
-        recover_hidden_learning_rate=7.5e-5, recover_pred_learning_rate=5e-5)
-    base.update(changes)
-    return Recipe(**base)
+def _scaled_minilm(name, task, changes=None) -> Recipe:
+    """The paper's recipe scaled to the packaged MiniLM and a 2-core CPU, with `changes`
+    (``section.field`` keys); see `_mrpc`."""
+    base = {
+        "data.task": task, "data.max_length": 128,
+        "finetune.epochs": 5.0, "finetune.learning_rate": 5e-5,
+        "ta.epochs": 5.0, "ta.learning_rate": 2e-4, "ta.pooler": "mean",
+        "slenderize.heads": 2, "slenderize.ffn": 128, "slenderize.rank": 32, "slenderize.period": 0.5,
+        "slenderize.learning_rate": 2.5e-5, "slenderize.lr_restore": 0.12, "slenderize.repr_proportion": 0.6,
+        "slenderize.importance_examples": None,
+        "recover.hidden_epochs": 5.0, "recover.pred_epochs": 5.0, "recover.hidden_learning_rate": 7.5e-5,
+        "recover.pred_learning_rate": 5e-5}
+    return Recipe(name=name).replace({**base, **(changes or {})})
 
 
 # The exits' learning rate over each stage's, chosen on STS-B (docs/search.md, "stsb: exit"):
@@ -84,7 +89,7 @@ def _mrpc() -> Recipe:
     (12), TA 5/3 + 5 (4 + 12), pruning 10 periods of 0.5 epochs (of 2.0), recovery 5 + 5
     (20 + 10).
     """
-    return _scaled_minilm(name="mrpc", task="mrpc")
+    return _scaled_minilm("mrpc", "mrpc")
 
 
 def _sst2() -> Recipe:
@@ -98,9 +103,10 @@ def _sst2() -> Recipe:
     importance from 8,000 sampled training sentences per prune (all 67,349), recovery 1 + 1
     (10 + 6).
     """
-    return _scaled_minilm(name="sst2", task="sst2", max_length=64, finetune_epochs=2.0, ta_epochs=2.0,
-                          prune_period=0.1, importance_examples=8000, recover_hidden_epochs=1.0,
-                          recover_pred_epochs=1.0, exit_lr_multiplier=FAST_EXITS)
+    return _scaled_minilm("sst2", "sst2", {
+        "data.max_length": 64, "finetune.epochs": 2.0, "ta.epochs": 2.0, "slenderize.period": 0.1,
+        "slenderize.importance_examples": 8000, "recover.hidden_epochs": 1.0, "recover.pred_epochs": 1.0,
+        "training.exit_lr_multiplier": FAST_EXITS})
 
 
 def _bert_base() -> Recipe:
@@ -113,18 +119,20 @@ def _bert_base() -> Recipe:
     targets 2 heads, FFN 256, embedding rank 128: the paper's 1/8-of-the-parameters model
     (13.9M of BERT-base's 108.9M, 1/7.8; FFN 512 would give 18.6M, 1/5.8).
     """
-    return Recipe(name="bert-base", task="sst2", max_length=128, finetune_epochs=3.0, finetune_learning_rate=2e-5,
-                  finetune_batch_size=32, ta_epochs=3.0, ta_learning_rate=2e-5, ta_batch_size=32,
-                  heads=2, ffn=256, rank=128, prune_period=1.0, repr_proportion=0.6, prune_learning_rate=1e-5,
-                  lr_restore=0.12, prune_batch_size=32, recover_hidden_epochs=3.0, recover_pred_epochs=3.0,
-                  recover_hidden_learning_rate=3e-5, recover_pred_learning_rate=2e-5, recover_batch_size=32)
+    return Recipe(name="bert-base", data=Data(task="sst2", max_length=128),
+                  finetune=Finetune(epochs=3.0, learning_rate=2e-5, batch_size=32),
+                  ta=TeacherAssistant(epochs=3.0, learning_rate=2e-5, batch_size=32),
+                  slenderize=Slenderize(heads=2, ffn=256, rank=128, period=1.0, repr_proportion=0.6,
+                                        learning_rate=1e-5, lr_restore=0.12, batch_size=32),
+                  recover=Recover(hidden_epochs=3.0, pred_epochs=3.0, hidden_learning_rate=3e-5,
+                                  pred_learning_rate=2e-5, batch_size=32))
 
 
 def _rte() -> Recipe:
     """The ``mrpc`` preset's settings on RTE (2,490 training pairs, 277 dev), with RTE's own
     search (docs/search.md): the teacher at 5e-5 (as on MRPC), the TA at 1e-4 with the exits at
     ``FAST_EXITS`` times its rate."""
-    return _scaled_minilm(name="rte", task="rte", ta_learning_rate=1e-4, exit_lr_multiplier=FAST_EXITS)
+    return _scaled_minilm("rte", "rte", {"ta.learning_rate": 1e-4, "training.exit_lr_multiplier": FAST_EXITS})
 
 
 def _cola() -> Recipe:
@@ -135,10 +143,10 @@ def _cola() -> Recipe:
     pruning and recovery at the paper's ratios to it (5e-5, 1.5e-4, 1e-4), and the TA at 1e-4.
     The authors' CoLA epochs: 8 fine-tuning and TA, 20 pruning, 20 + 10 recovery; fine-tuning
     is cut to the 4 the search ran."""
-    return _scaled_minilm(name="cola", task="cola", max_length=64, exit_lr_multiplier=FAST_EXITS,
-                          finetune_epochs=4.0, finetune_learning_rate=1e-4, ta_learning_rate=1e-4,
-                          prune_learning_rate=5e-5, recover_hidden_learning_rate=1.5e-4,
-                          recover_pred_learning_rate=1e-4)
+    return _scaled_minilm("cola", "cola", {
+        "data.max_length": 64, "training.exit_lr_multiplier": FAST_EXITS, "finetune.epochs": 4.0,
+        "finetune.learning_rate": 1e-4, "ta.learning_rate": 1e-4, "slenderize.learning_rate": 5e-5,
+        "recover.hidden_learning_rate": 1.5e-4, "recover.pred_learning_rate": 1e-4})
 
 
 def _stsb() -> Recipe:
@@ -146,8 +154,8 @@ def _stsb() -> Recipe:
     its learning rates included, the exits at ``FAST_EXITS`` times each stage's rate (the
     choice of STS-B's exit search). Early exit uses the patience criterion: a regression exit
     has no class probabilities."""
-    return _scaled_minilm(name="stsb", task="stsb", criterion="patience", thresholds=(1, 2, 3, 4, 5),
-                          exit_lr_multiplier=FAST_EXITS)
+    return _scaled_minilm("stsb", "stsb", {"early_exit.criterion": "patience", "early_exit.thresholds": (1, 2, 3, 4, 5),
+                                           "training.exit_lr_multiplier": FAST_EXITS})
 
 
 PRESETS = {"quick": _quick, "mrpc": _mrpc, "sst2": _sst2, "rte": _rte, "cola": _cola, "stsb": _stsb,

@@ -78,6 +78,14 @@ class TrainingArguments:
             raise ValueError(f"exit_lr_multiplier must be a number > 0, got {self.exit_lr_multiplier}")
 
 
+def training_arguments(task: str, training, progress: bool = True, **run) -> TrainingArguments:
+    """The trainer's arguments for one run of a stage: every field of the recipe's shared
+    ``training`` section (npcosteff.recipe.Training), then this run's own settings (`run`:
+    objective, epochs, learning_rate, batch_size, ...)."""
+    shared = {f.name: getattr(training, f.name) for f in dataclasses.fields(training)}
+    return TrainingArguments(task=task, progress=progress, **{**shared, **run})
+
+
 def exit_lr_scale(multiplier: float):
     """The optimizer's per-parameter learning-rate factor: `multiplier` for the exits' parameters
     (names under ``exits.``), 1 for the encoder; None when the multiplier is 1."""

@@ -4,6 +4,7 @@ says how to get GLUE when the source it was given has none, and `run --preset qu
 to end on the shipped SST-2 slice (capped to a few examples) and writes the summary, the sweep
 and the plot."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 
 from npcosteff import cli
 from npcosteff.cli import build_parser, main
+from npcosteff.presets import get_preset
+from npcosteff.recipe import SECTIONS
 from npcosteff.pretrained import resolve_model_dir
 from npcosteff.runs import DONE_FILE, LOG_FILE, STAGE_FILE, StageFolder, UserError, run_stage
 from npcosteff.surgery import only_final_exit
@@ -28,38 +31,54 @@ def _parse(*argv):
 # --------------------------------------------------------------------------- parsing
 def test_finetune_arguments():
     a = _parse("finetune", "--task", "sst2", "--output", "o", "--glue-dir", "g", "--model", "m", "--epochs", "2",
-               "--lr", "3e-5", "--batch-size", "16", "--max-steps", "5", "--max-length", "64", "--max-train", "100",
-               "--max-eval", "50", "--seed", "3", "--dtype", "float64", "--preset", "quick", "--set", "log_every=5",
-               "--no-progress")
-    assert (a.func, a.task, a.output, a.glue_dir, a.pretrained) == (cli.cmd_finetune, "sst2", "o", "g", "m")
-    assert (a.epochs, a.learning_rate, a.batch_size, a.max_steps) == (2.0, 3e-5, 16, 5)
-    assert (a.max_length, a.max_train, a.max_eval, a.seed, a.dtype) == (64, 100, 50, 3, "float64")
-    assert (a.preset, a.set, a.no_progress) == ("quick", ["log_every=5"], True)
+               "--learning-rate", "3e-5", "--batch-size", "16", "--max-steps", "5", "--max-length", "64",
+               "--max-train", "100", "--max-eval", "50", "--seed", "3", "--dtype", "float64", "--preset", "quick",
+               "--set", "training.log_every=5", "--no-progress")
+    assert (a.func, a.output, a.glue_dir, a.preset, a.set, a.no_progress) == \
+        (cli.cmd_finetune, "o", "g", "quick", ["training.log_every=5"], True)
+    r = cli._recipe_from_args(a)
+    assert (r.task, r.data.model, r.data.max_length, r.data.max_train, r.data.max_eval, r.data.dtype) == \
+        ("sst2", "m", 64, 100, 50, "float64")
+    # finetune's --seed is the teacher's own (finetune.seed), not the later stages' training.seed
+    f = r.finetune
+    assert (f.epochs, f.learning_rate, f.batch_size, f.max_steps, f.seed) == (2.0, 3e-5, 16, 5, 3)
+    assert r.training.log_every == 5 and r.training.seed == get_preset("quick").training.seed
 
 
-def test_finetune_options_become_recipe_fields():
-    a = _parse("finetune", "--task", "SST-2", "--output", "o", "--epochs", "2", "--lr", "3e-5", "--max-train", "9",
-               "--set", "warmup_proportion=0.06")
-    r = cli._apply(cli._recipe_from_args(a), a, cli._stage_map("finetune"))
-    assert (r.task, r.finetune_epochs, r.finetune_learning_rate, r.max_train, r.warmup_proportion) == \
+def test_command_options_are_derived_from_the_recipe_sections():
+    # Every field of a stage's section is an option of its command, named after the field.
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for command, section in (("finetune", "finetune"), ("train-ta", "ta"), ("slenderize", "slenderize"),
+                             ("recover", "recover")):
+        dests = {a.dest for a in sub[command]._actions}
+        assert {f"{section}.{f.name}" for f in dataclasses.fields(SECTIONS[section])} <= dests, command
+
+
+def test_finetune_options_become_recipe_settings():
+    a = _parse("finetune", "--task", "SST-2", "--output", "o", "--epochs", "2", "--learning-rate", "3e-5",
+               "--max-train", "9", "--set", "training.warmup_proportion=0.06")
+    r = cli._recipe_from_args(a)
+    assert (r.task, r.finetune.epochs, r.finetune.learning_rate, r.data.max_train, r.training.warmup_proportion) == \
         ("sst2", 2.0, 3e-5, 9, 0.06)
 
 
 def test_train_ta_arguments():
-    a = _parse("train-ta", "--task", "mrpc", "--teacher", "t", "--output", "o", "--hidden-fraction", "0.25")
-    assert (a.func, a.teacher, a.hidden_fraction, a.pretrained) == (cli.cmd_train_ta, "t", 0.25, None)
-    r = cli._apply(cli._recipe_from_args(a), a, {**cli._stage_map("ta"), "hidden_fraction": "ta_hidden_fraction"})
-    assert r.ta_hidden_fraction == 0.25 and r.task == "mrpc"
+    a = _parse("train-ta", "--task", "mrpc", "--teacher", "t", "--output", "o", "--hidden-fraction", "0.25",
+               "--seed", "4")
+    assert (a.func, a.teacher) == (cli.cmd_train_ta, "t")
+    r = cli._recipe_from_args(a)
+    assert (r.ta.hidden_fraction, r.task, r.data.model, r.training.seed) == (0.25, "mrpc", None, 4)
 
 
 def test_slenderize_arguments():
     a = _parse("slenderize", "--task", "sst2", "--ta", "ta", "--output", "o", "--heads", "4", "--ffn", "384",
-               "--rank", "96", "--last-exit-only", "--prune-period", "0.5", "--repr-proportion", "0.7",
+               "--rank", "96", "--last-exit-only", "--period", "0.5", "--repr-proportion", "0.7",
                "--lr-restore", "0.2", "--importance-examples", "256", "--teacher", "t")
-    assert (a.func, a.ta, a.teacher, a.last_exit_only) == (cli.cmd_slenderize, "ta", "t", True)
-    r = cli._apply(cli._recipe_from_args(a), a, cli._SLENDER_MAP)
-    assert (r.heads, r.ffn, r.rank, r.prune_period, r.repr_proportion, r.lr_restore, r.importance_examples) == \
-        (4, 384, 96, 0.5, 0.7, 0.2, 256)
+    assert (a.func, a.ta, a.teacher) == (cli.cmd_slenderize, "ta", "t")
+    s = cli._recipe_from_args(a).slenderize
+    assert (s.heads, s.ffn, s.rank, s.period, s.repr_proportion, s.lr_restore, s.importance_examples,
+            s.last_exit_only) == (4, 384, 96, 0.5, 0.7, 0.2, 256, True)
 
 
 def test_recover_arguments():
@@ -67,10 +86,14 @@ def test_recover_arguments():
                "--hidden-epochs", "1", "--pred-epochs", "2", "--hidden-learning-rate", "1e-4",
                "--pred-learning-rate", "5e-5", "--hidden-max-steps", "3", "--pred-max-steps", "4")
     assert (a.func, a.student, a.teacher) == (cli.cmd_recover, "s", "t")
-    r = cli._apply(cli._recipe_from_args(a), a, cli._RECOVER_MAP)
-    assert (r.recover_hidden_epochs, r.recover_pred_epochs, r.recover_hidden_learning_rate,
-            r.recover_pred_learning_rate, r.recover_hidden_max_steps, r.recover_pred_max_steps) == \
-        (1.0, 2.0, 1e-4, 5e-5, 3, 4)
+    v = cli._recipe_from_args(a).recover
+    assert (v.hidden_epochs, v.pred_epochs, v.hidden_learning_rate, v.pred_learning_rate, v.hidden_max_steps,
+            v.pred_max_steps) == (1.0, 2.0, 1e-4, 5e-5, 3, 4)
+
+
+def test_a_bad_option_value_is_one_line_naming_the_setting(capsys):
+    line = _error(capsys, "finetune", "--task", "sst2", "--output", "o", "--epochs", "two")
+    assert "finetune.epochs='two': not a valid float" in line
 
 
 def test_evaluate_and_sweep_arguments():
@@ -78,17 +101,18 @@ def test_evaluate_and_sweep_arguments():
     assert (a.func, a.model, a.json) == (cli.cmd_evaluate, "m", "out.json")
     a = _parse("sweep", "--task", "sst2", "--model", "ta=a", "--model", "b", "--output", "o",
                "--thresholds", "0", "0.2", "--criterion", "max_prob")
-    assert (a.func, a.model, a.thresholds, a.criterion) == (cli.cmd_sweep, ["ta=a", "b"], [0.0, 0.2], "max_prob")
+    assert (a.func, a.model) == (cli.cmd_sweep, ["ta=a", "b"])
+    e = cli._recipe_from_args(a).early_exit
+    assert (e.thresholds, e.criterion) == ((0.0, 0.2), "max_prob")
     assert cli._named_models(a.model) == {"ta": "a", "b": "b"}
 
 
 def test_run_and_demo_arguments():
     a = _parse("run", "--preset", "quick", "--output", "o", "--no-ta", "--last-exit-only", "--no-exits",
-               "--task", "mrpc", "--model", "m", "--set", "heads=8")
-    assert (a.func, a.preset, a.no_ta, a.last_exit_only, a.no_exits, a.no_slenderize) == \
-        (cli.cmd_run, "quick", True, True, True, False)
+               "--task", "mrpc", "--model", "m", "--set", "slenderize.heads=8")
+    assert (a.func, a.preset, a.no_ta, a.no_exits, a.no_slenderize) == (cli.cmd_run, "quick", True, True, False)
     r = cli._recipe_from_args(a)
-    assert (r.task, r.model, r.heads) == ("mrpc", "m", 8)
+    assert (r.task, r.data.model, r.slenderize.heads, r.slenderize.last_exit_only) == ("mrpc", "m", 8, True)
     a = _parse("run", "--config", "r.toml", "--no-slenderize")
     assert (a.config, a.no_slenderize, a.output) == ("r.toml", True, None)
     a = _parse("demo")
@@ -148,6 +172,8 @@ def test_missing_recipe_file(capsys, tmp_path):
 
 def test_bad_set_key(capsys):
     assert "unknown recipe key 'hedas'" in _error(capsys, "run", "--preset", "quick", "--set", "hedas=2")
+    # a key of the flat recipes of earlier versions is refused with its new name
+    assert "did you mean 'slenderize.heads'" in _error(capsys, "run", "--preset", "quick", "--set", "heads=2")
 
 
 def test_missing_model_folder(capsys, tmp_path):
@@ -178,7 +204,7 @@ def test_pretrained_encoder_is_not_a_teacher(capsys, tmp_path):
 
 
 def test_targets_that_do_not_fit(capsys, tmp_path):
-    line = _error(capsys, "run", "--preset", "quick", "--set", "heads=12", "--output", str(tmp_path / "o"))
+    line = _error(capsys, "run", "--preset", "quick", "--set", "slenderize.heads=12", "--output", str(tmp_path / "o"))
     assert "targets" in line and "heads" in line
     assert not (tmp_path / "o").exists()                 # refused before anything was written
 
@@ -259,7 +285,7 @@ def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, mo
 
 def test_demo_refuses_more_examples_than_the_slice_holds(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
-    line = _error(capsys, "demo", "--set", "max_train=1000", "--output", str(tmp_path / "demo"))
+    line = _error(capsys, "demo", "--set", "data.max_train=1000", "--output", str(tmp_path / "demo"))
     assert "holds 512 examples, and 1000 were asked for" in line
     _assert_how_to(line)
     assert not (tmp_path / "demo").exists()
@@ -293,10 +319,10 @@ def test_demo_offline_without_a_cache_says_how_to_get_data(tmp_path):
 # The quick preset, capped so that it takes well under a minute on 2 cores: 16 training and
 # 16 dev examples, one prune (12 -> 11 heads) and one or two steps per stage.
 CAPS = ["--max-train", "16", "--max-eval", "16", "--max-length", "24",
-        "--set", "heads=11", "--set", "ffn=1024", "--set", "rank=256", "--set", "importance_examples=16",
-        "--set", "finetune_max_steps=1", "--set", "ta_max_steps=2", "--set", "recover_hidden_max_steps=1",
-        "--set", "recover_pred_max_steps=1", "--set", "thresholds=0,0.3,0.6,0.7", "--set", "pooler=mean",
-        "--set", "teacher_pooler=mean"]
+        "--set", "slenderize.heads=11", "--set", "slenderize.ffn=1024", "--set", "slenderize.rank=256",
+        "--set", "slenderize.importance_examples=16", "--set", "finetune.max_steps=1", "--set", "ta.max_steps=2",
+        "--set", "recover.hidden_max_steps=1", "--set", "recover.pred_max_steps=1",
+        "--set", "early_exit.thresholds=0,0.3,0.6,0.7", "--set", "ta.pooler=mean", "--set", "finetune.pooler=mean"]
 
 
 @pytest.fixture(scope="module")
@@ -383,14 +409,14 @@ def with_output(argv, folder):
 
 def test_rerun_with_other_settings_is_refused(quick_run, capsys):
     out, argv = finished(quick_run, "teacher")
-    line = _error(capsys, *argv, "--set", "finetune_learning_rate=0.001")
-    assert "finetune_learning_rate" in line and "other settings" in line
+    line = _error(capsys, *argv, "--set", "finetune.learning_rate=0.001")
+    assert "finetune.learning_rate" in line and "other settings" in line
 
 
 def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp_path):
     out, argv = finished(quick_run, "ta")
     other = tmp_path / "other-width"
-    widths = with_output([a if a != "heads=11" else "heads=10" for a in argv], other)
+    widths = with_output([a if a != "slenderize.heads=11" else "slenderize.heads=10" for a in argv], other)
     assert main([*widths, "--reuse", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("already done") == 2                  # teacher and TA: linked, not retrained
@@ -402,22 +428,22 @@ def test_reuse_links_the_teacher_and_ta_for_another_width(quick_run, capsys, tmp
 
 def test_reuse_refuses_a_teacher_trained_otherwise(quick_run, capsys, tmp_path):
     out, argv = finished(quick_run, "ta")
-    line = _error(capsys, *with_output(argv, tmp_path / "other-lr"), "--set", "finetune_learning_rate=0.001", "--reuse", str(out))
-    assert "finetune_learning_rate" in line and "other settings" in line
+    line = _error(capsys, *with_output(argv, tmp_path / "other-lr"), "--set", "finetune.learning_rate=0.001", "--reuse", str(out))
+    assert "finetune.learning_rate" in line and "other settings" in line
 
 
 def test_reuse_with_another_seed_links_the_teacher_and_trains_a_new_ta(quick_run, capsys, tmp_path):
     out, argv = finished(quick_run, "ta")
     other = tmp_path / "seed-2"
-    assert main([*with_output(argv, other), "--set", "seed=2", "--reuse", str(out)]) == 0
+    assert main([*with_output(argv, other), "--set", "training.seed=2", "--reuse", str(out)]) == 0
     printed = capsys.readouterr().out
     assert (other / "teacher").is_symlink() and (other / "teacher").resolve() == (out / "teacher").resolve()
     assert not (other / "ta").is_symlink() and (other / "ta" / DONE_FILE).is_file()
-    assert "[reuse] ta of" in printed and "seed: 42 there, 2 now" in printed
+    assert "[reuse] ta of" in printed and "training.seed: 42 there, 2 now" in printed
     assert printed.count("already done") == 1                  # the teacher only
     first = json.loads((out / "ta" / DONE_FILE).read_text())
     second = json.loads((other / "ta" / DONE_FILE).read_text())
-    assert first["settings"]["recipe"]["seed"] == 42 and second["settings"]["recipe"]["seed"] == 2
+    assert first["settings"]["recipe"]["training.seed"] == 42 and second["settings"]["recipe"]["training.seed"] == 2
 
 
 def test_reuse_needs_finished_stages(capsys, tmp_path):
@@ -445,24 +471,6 @@ def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
 
 
 # --------------------------------------------------------------------------- stage folders
-def test_stage_folder_written_before_a_setting_was_added_matches_its_default(tmp_path):
-    # A TA folder written before `exit_lr_multiplier` existed ran at the default (1): it is
-    # reused by a recipe that keeps the default and refused by one that changes it.
-    from npcosteff.presets import get_preset
-
-    recipe = get_preset("quick")
-    stage = StageFolder("train-ta", tmp_path / "ta", recipe, {"teacher": "/models/t"})
-    stage.begin()
-    path = tmp_path / "ta" / STAGE_FILE
-    old = json.loads(path.read_text())
-    del old["recipe"]["exit_lr_multiplier"]
-    path.write_text(json.dumps(old))
-    StageFolder("train-ta", tmp_path / "ta", recipe, {"teacher": "/models/t"}).begin()
-    changed = StageFolder("train-ta", tmp_path / "ta", recipe.replace(exit_lr_multiplier=10.0), {"teacher": "/models/t"})
-    with pytest.raises(UserError, match=r"exit_lr_multiplier: 1\.0 there, 10\.0 now"):
-        changed.begin()
-
-
 def test_stage_folder_records_settings_and_refuses_others(tmp_path):
     from npcosteff.presets import get_preset
 
@@ -474,13 +482,14 @@ def test_stage_folder_records_settings_and_refuses_others(tmp_path):
     assert json.loads((run / "teacher" / STAGE_FILE).read_text()) == stage.settings
     # An interrupted stage resumes with the same settings only.
     StageFolder("finetune", run / "teacher", recipe, {"pretrained": "/models/minilm"}).begin()
-    other = StageFolder("finetune", run / "teacher", recipe.replace(finetune_epochs=2.0),
-                            {"pretrained": "/models/minilm"})
+    other = StageFolder("finetune", run / "teacher", recipe.replace({"finetune.epochs": 2.0}),
+                        {"pretrained": "/models/minilm"})
     with pytest.raises(UserError, match=r"unfinished finetune run with other settings "
-                                            r"\(finetune_epochs: 1\.0 there, 2\.0 now\)"):
+                                        r"\(finetune.epochs: 1\.0 there, 2\.0 now\)"):
         other.begin()
     # Settings of other stages do not matter to this one.
-    StageFolder("finetune", run / "teacher", recipe.replace(heads=4), {"pretrained": "/models/minilm"}).begin()
+    StageFolder("finetune", run / "teacher", recipe.replace({"slenderize.heads": 4}),
+                {"pretrained": "/models/minilm"}).begin()
 
     model_dir = run / "teacher" / "best"
     model_dir.mkdir()
@@ -540,7 +549,7 @@ def test_run_stage_resumes_an_interrupted_stage_and_skips_a_finished_one(tmp_pat
     assert (folder / STAGE_FILE).is_file() and not (folder / DONE_FILE).exists()
     # An unfinished stage resumes with its own settings only; other settings never reach train().
     with pytest.raises(UserError, match="unfinished finetune run with other settings"):
-        stage(recipe.replace(finetune_epochs=2.0))
+        stage(recipe.replace({"finetune.epochs": 2.0}))
     assert len(calls) == 1
     trained, record = stage()                                  # resumed: trains again, then DONE.json
     assert len(calls) == 2 and trained is model and trained.folder == str(folder / "best")
@@ -556,7 +565,7 @@ def test_run_stage_resumes_an_interrupted_stage_and_skips_a_finished_one(tmp_pat
     assert "[finetune] already done" in capsys.readouterr().out
     assert "already done" in (folder / LOG_FILE).read_text()
     with pytest.raises(UserError, match="finished finetune run with other settings"):
-        stage(recipe.replace(finetune_epochs=2.0))
+        stage(recipe.replace({"finetune.epochs": 2.0}))
     assert len(calls) == 2
 
 

@@ -91,9 +91,9 @@ def test_the_quick_recipe_fits_the_sst2_slice():
 
     quick = get_preset("quick")
     assert quick.task == "sst2"
-    assert (quick.max_train, quick.max_eval) == SLICE_ROWS["sst2"]
-    assert len(load_glue("sst2", "train", SHIPPED, quick.max_train)) == quick.max_train
-    assert len(load_glue("sst2", "validation", SHIPPED, quick.max_eval)) == quick.max_eval
+    assert (quick.data.max_train, quick.data.max_eval) == SLICE_ROWS["sst2"]
+    assert len(load_glue("sst2", "train", SHIPPED, quick.data.max_train)) == quick.data.max_train
+    assert len(load_glue("sst2", "validation", SHIPPED, quick.data.max_eval)) == quick.data.max_eval
 
 
 def test_asking_a_slice_for_more_than_it_holds_is_an_error():

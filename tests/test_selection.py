@@ -11,10 +11,9 @@ from npcosteff.data.batching import EncodedSplit
 from npcosteff.model import CostEffModel
 from npcosteff.data import TaskData, load_task_data
 from npcosteff.stages import finetune, train_naive_exits
-from npcosteff.recipe import Recipe, RecipeError
+from npcosteff.recipe import Finetune, Recipe, RecipeError, TeacherAssistant, Training
 from npcosteff.runs.folders import STAGE_KEYS
 from npcosteff.surgery import attach_exits
-from npcosteff.train import TrainingArguments
 
 
 def _split(n, seed=0, max_length=12):
@@ -87,26 +86,26 @@ def test_checkpoints_are_chosen_on_the_heldout_part_or_the_last(tmp_path, monkey
                         classmethod(lambda cls, path, dtype=np.float32, seed=0, **over:
                                     CostEffModel(_config(**{k: v for k, v in over.items() if k != "problem_type"}),
                                                  dtype=dtype, seed=seed)))
-    args = TrainingArguments(task="sst2", max_steps=4, batch_size=8, eval_every=2, learning_rate=1e-3, progress=False)
+    settings, training = Finetune(max_steps=4, batch_size=8, learning_rate=1e-3), Training(eval_every=2)
     data = _task(_split(10, seed=3))
-    finetune(data, args, tmp_path / "held", pretrained="unused")
+    finetune(data, settings, training, tmp_path / "held", pretrained="unused", progress=False)
     assert seen and all(s is data.heldout for s in seen)          # every evaluation on the held-out part
     assert (tmp_path / "held" / "best" / "model.safetensors").is_file()
 
     seen.clear()
-    model, _ = finetune(_task(None), args, tmp_path / "last", pretrained="unused")
+    model, _ = finetune(_task(None), settings, training, tmp_path / "last", pretrained="unused", progress=False)
     assert all(s is None for s in seen)                           # nothing to choose on: no evaluation
     assert not (tmp_path / "last" / "best").exists()               # the last checkpoint is the model
 
 
 def test_the_teacher_has_its_own_seed_and_the_stages_after_it_the_run_seed():
-    assert "teacher_seed" in STAGE_KEYS["finetune"] and "seed" not in STAGE_KEYS["finetune"]
+    assert "finetune.seed" in STAGE_KEYS["finetune"] and "training.seed" not in STAGE_KEYS["finetune"]
     for stage in ("train-ta", "slenderize", "recover"):
-        assert "seed" in STAGE_KEYS[stage] and "teacher_seed" not in STAGE_KEYS[stage]
+        assert "training.seed" in STAGE_KEYS[stage] and "finetune.seed" not in STAGE_KEYS[stage]
     for stage in STAGE_KEYS.values():
-        assert "selection" in stage                                # which examples train depends on it
+        assert "data.selection" in stage                           # which examples train depends on it
     with pytest.raises(RecipeError, match="selection"):
-        Recipe(selection="dev")
+        Recipe().replace({"data.selection": "dev"})
 
 
 def test_attach_exits_with_another_pooler_starts_every_exit_fresh():
@@ -124,9 +123,15 @@ def test_attach_exits_with_another_pooler_starts_every_exit_fresh():
             np.testing.assert_array_equal(mean.params[n], teacher.params[n], err_msg=n)
 
 
-def test_naive_exits_train_with_the_given_pooler(tmp_path):
+def test_naive_exits_train_with_the_tas_pooler_and_steps(tmp_path):
     teacher = CostEffModel(_config(pooler="dense"), dtype=np.float32, seed=0)
-    args = TrainingArguments(task="sst2", max_steps=3, batch_size=8, learning_rate=1e-3, progress=False)
-    naive, result = train_naive_exits(_task(_split(10, seed=3)), teacher, args, tmp_path, pooler="mean")
+    # The TA's settings: 3 epochs of `pred_ta` after a third of them of `hidden`, 4 in all.
+    ta = TeacherAssistant(epochs=3.0, batch_size=8, learning_rate=1e-3, pooler="mean")
+    naive, result = train_naive_exits(_task(_split(10, seed=3)), teacher, ta, Training(), tmp_path,
+                                      progress=False)
     assert naive.config.pooler == "mean" and naive.config.exit_layers == [0, 1, 2]
-    assert result["steps"] == 3
+    steps_per_epoch = 6                                            # 48 examples, batches of 8
+    assert result["steps"] == 4 * steps_per_epoch
+    capped = TeacherAssistant(epochs=3.0, batch_size=8, max_steps=6, pooler="mean")   # 2 + 6 steps
+    _, result = train_naive_exits(_task(None), teacher, capped, Training(), None, progress=False)
+    assert result["steps"] == 8

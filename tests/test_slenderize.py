@@ -14,9 +14,10 @@ from npcosteff.config import CostEffConfig
 from npcosteff.data.batching import EncodedSplit
 from npcosteff.flops import count_parameters, model_flops
 from npcosteff.model import CostEffModel
-from npcosteff.train import TrainingArguments
-from npcosteff.stages import (HISTORY_FILE, RecoverArguments, SlenderizeArguments, prune_schedule, recover,
-                                  slenderize)
+from npcosteff.data import TaskData
+from npcosteff.recipe import Recover, RecipeError, Slenderize, Training
+from npcosteff.stages import HISTORY_FILE, prune_schedule, recover, slenderize
+from npcosteff.stages.slenderization import period_warmup_steps
 
 
 def _config(**kw):
@@ -38,13 +39,19 @@ def _split(n=24, seed=0, max_length=10):
 
 
 def _args(**kw):
-    base = dict(task="sst2", heads=1, ffn=8, embedding_rank=5, prune_period=1.0, repr_proportion=0.6,
-                importance_examples=16, flops_tokens=10)
-    training = dict(task="sst2", batch_size=8, learning_rate=1e-3, log_every=1, progress=False, seed=7)
-    own = {f.name for f in dataclasses.fields(SlenderizeArguments)}
-    for k, v in kw.items():                    # the shared settings go into the training arguments
+    """(the slenderize section, the shared training section) of a tiny run."""
+    base = dict(heads=1, ffn=8, rank=5, period=1.0, repr_proportion=0.6, importance_examples=16, batch_size=8,
+                learning_rate=1e-3)
+    training = dict(log_every=1, seed=7)
+    own = {f.name for f in dataclasses.fields(Slenderize)}
+    for k, v in kw.items():                    # the shared settings go into the training section
         (base if k in own else training)[k] = v
-    return SlenderizeArguments(**base, training=TrainingArguments(**training))
+    return Slenderize(**base), Training(**training)
+
+
+def _data(train, heldout=None):
+    """A task's data from synthetic splits (dev is never read by the stages)."""
+    return TaskData("sst2", 2, False, train, None, None, heldout)
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -111,26 +118,26 @@ def test_schedule_refuses_bad_targets(kw, error, match):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(prune_period=0), "prune_period must be > 0"),
-    (dict(repr_proportion=1.5), r"repr_proportion 1.5 is outside \[0, 1\]"),
-    (dict(lr_restore=-0.1), "lr_restore must be >= 0"),
-    (dict(learning_rate=-1.0), "learning_rate must be >= 0"),
-    (dict(importance_examples=0), "importance_examples must be >= 1"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(heads=0), "heads must be >= 1"),
-    (dict(prune_timing="middle"), "prune_timing"),
-    (dict(importance_hidden_loss="sum"), "importance_hidden_loss"),
+    (dict(period=0), "slenderize.period must be a number > 0"),
+    (dict(repr_proportion=1.5), r"slenderize.repr_proportion must lie in \[0, 1\]"),
+    (dict(lr_restore=-0.1), "slenderize.lr_restore must be a number >= 0"),
+    (dict(learning_rate=-1.0), "slenderize.learning_rate must be a number >= 0"),
+    (dict(importance_examples=0), "slenderize.importance_examples must be >= 1"),
+    (dict(batch_size=0), "slenderize.batch_size must be >= 1"),
+    (dict(heads=0), "slenderize.heads must be >= 1"),
+    (dict(timing="middle"), "slenderize.timing"),
+    (dict(importance_hidden_loss="sum"), "slenderize.importance_hidden_loss"),
 ])
 def test_arguments_refuse_bad_values(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(RecipeError, match=match):
         _args(**kw)
 
 
 def test_period_warmup_is_at_least_min_warmup_steps():
-    args = _args()                                              # warmup 10%, at least 10 steps
-    assert args.period_warmup_steps(50) == 10 and args.period_warmup_steps(500) == 50
-    assert args.period_warmup_steps(4) == 4                     # never longer than the period
-    assert _args(min_warmup_steps=0).period_warmup_steps(33) == 4
+    settings, training = _args()                                # warmup 10%, at least 10 steps
+    assert period_warmup_steps(settings, training, 50) == 10 and period_warmup_steps(settings, training, 500) == 50
+    assert period_warmup_steps(settings, training, 4) == 4      # never longer than the period
+    assert period_warmup_steps(*_args(min_warmup_steps=0), 33) == 4
 
 
 # --------------------------------------------------------------------------- end to end
@@ -139,8 +146,8 @@ def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path, timing):
     ta = CostEffModel(_config(), dtype=np.float64, seed=0)
     ta_before = {n: p.copy() for n, p in ta.params.items()}
     train, dev = _split(), _split(12, seed=1)
-    args = _args(prune_timing=timing, min_warmup_steps=0)     # warmup ceil(0.1 * 3) = 1 step
-    student, history = slenderize(ta, None, train, dev, args, output_dir=tmp_path)
+    args = _args(timing=timing, min_warmup_steps=0)           # warmup ceil(0.1 * 3) = 1 step
+    student, history = slenderize(ta, None, _data(train, dev), *args, output_dir=tmp_path, progress=False)
 
     # The TA (also the teacher) is untouched; the student reached every target.
     for name, p in ta.params.items():
@@ -193,8 +200,8 @@ def test_slenderize_reaches_the_targets_on_the_schedule(tmp_path, timing):
 def test_slenderize_resumes_after_an_interruption(tmp_path, monkeypatch):
     ta = CostEffModel(_config(), dtype=np.float64, seed=1)
     train, dev = _split(seed=2), _split(8, seed=3)
-    args = _args(heads=2, ffn=10, embedding_rank=None)
-    straight, _ = slenderize(ta, None, train, dev, args)
+    args = _args(heads=2, ffn=10, rank=None)
+    straight, _ = slenderize(ta, None, _data(train, dev), *args, progress=False)
 
     real_evaluate, calls = S.evaluate, []
 
@@ -206,17 +213,18 @@ def test_slenderize_resumes_after_an_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(S, "evaluate", interrupted_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        slenderize(ta, None, train, dev, args, output_dir=tmp_path)
+        slenderize(ta, None, _data(train, dev), *args, output_dir=tmp_path, progress=False)
     with open(tmp_path / "student" / HISTORY_FILE, encoding="utf-8") as f:
         assert [r["prune"] for r in json.load(f)] == [0, 1]
     monkeypatch.setattr(S, "evaluate", real_evaluate)
-    resumed, history = slenderize(ta, None, train, dev, args, output_dir=tmp_path)
+    resumed, history = slenderize(ta, None, _data(train, dev), *args, output_dir=tmp_path, progress=False)
     assert [r["prune"] for r in history] == [0, 1, 2]
     for name in straight.param_names:
         np.testing.assert_array_equal(resumed.params[name], straight.params[name], err_msg=name)
     # A run with other targets refuses to continue from this folder.
     with pytest.raises(ValueError, match="does not follow the schedule"):
-        slenderize(ta, None, train, dev, _args(heads=1, ffn=10, embedding_rank=None), output_dir=tmp_path)
+        slenderize(ta, None, _data(train, dev), *_args(heads=1, ffn=10, rank=None), output_dir=tmp_path,
+                   progress=False)
 
 
 def test_the_last_exit_switch_reaches_importance(monkeypatch):
@@ -229,24 +237,23 @@ def test_the_last_exit_switch_reaches_importance(monkeypatch):
 
     monkeypatch.setattr(S, "taylor_importance", spy)
     ta = CostEffModel(_config(), dtype=np.float64, seed=2)
-    slenderize(ta, None, _split(), None, _args(heads=3, last_exit_only=True, embedding_rank=None, ffn=None))
+    slenderize(ta, None, _data(_split()), *_args(heads=3, last_exit_only=True, rank=None, ffn=None), progress=False)
     assert seen == [True]
 
 
 def test_slenderize_refuses_a_model_without_exits():
     with pytest.raises(ValueError, match="no exits"):
-        slenderize(CostEffModel(_config(num_labels=0), dtype=np.float64), None, _split(), None, _args())
+        slenderize(CostEffModel(_config(num_labels=0), dtype=np.float64), None, _data(_split()), *_args())
 
 
 # --------------------------------------------------------------------------- recovery
 def test_recover_keeps_the_best_averaged_checkpoint(tmp_path):
     ta = CostEffModel(_config(), dtype=np.float64, seed=3)
-    student, _ = slenderize(ta, None, _split(), None, _args(heads=2, ffn=10, embedding_rank=None))
+    student, _ = slenderize(ta, None, _data(_split()), *_args(heads=2, ffn=10, rank=None), progress=False)
     train, dev = _split(seed=4), _split(12, seed=5)
-    args = RecoverArguments(task="sst2", hidden_max_steps=3, pred_max_steps=6, hidden_learning_rate=1e-3,
-                            pred_learning_rate=1e-3,
-                            training=TrainingArguments(task="sst2", batch_size=8, eval_every=2, progress=False))
-    best, result = recover(student.copy(), ta, train, dev, args, output_dir=tmp_path)
+    args = (Recover(hidden_max_steps=3, pred_max_steps=6, hidden_learning_rate=1e-3, pred_learning_rate=1e-3,
+                    batch_size=8), Training(eval_every=2))
+    best, result = recover(student.copy(), ta, _data(train, dev), *args, output_dir=tmp_path, progress=False)
     assert result["hidden"]["steps"] == 3 and result["pred"]["steps"] == 6
     assert result["heldout"]["average"] == pytest.approx(result["best_average"], abs=1e-12)
     assert best.config.heads_per_layer == [2, 2, 2]
@@ -255,6 +262,6 @@ def test_recover_keeps_the_best_averaged_checkpoint(tmp_path):
              if r["type"] == "eval"]
     assert len(evals) == 3 and result["best_average"] == max(evals)
 
-    # Without dev data the trained student itself comes back.
-    trained, result = recover(student.copy(), ta, train, None, args)
-    assert "dev" not in result and trained.config.heads_per_layer == [2, 2, 2]
+    # Without a held-out part the trained student itself comes back.
+    trained, result = recover(student.copy(), ta, _data(train), *args, progress=False)
+    assert "heldout" not in result and trained.config.heads_per_layer == [2, 2, 2]

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..pretrained import DONE_FILE, STAGE_FILE, resolve_model_dir
 from ..weights import json_default
-from ..recipe import Recipe
+from ..recipe import Recipe, setting_names
 
 __all__ = ["UserError", "DataUnavailable", "Console", "console", "DONE_FILE", "STAGE_FILE", "LOG_FILE",
            "STAGE_KEYS", "StageFolder", "model_folder", "load_model", "pretrained_dir", "tokenizer_dir",
@@ -165,12 +165,12 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
     try:
         source = glue_source(glue_dir, task=recipe.task)
         if need_train:
-            return load_task_data(recipe.task, source, tokenizer_folder, recipe.max_length, recipe.max_train,
-                                  recipe.max_eval, heldout=recipe.selection == "heldout")
+            return load_task_data(recipe.task, source, tokenizer_folder, recipe.data.max_length, recipe.data.max_train,
+                                  recipe.data.max_eval, heldout=recipe.data.selection == "heldout")
         spec = get_task(recipe.task)
         tok = Tokenizer.from_pretrained(tokenizer_folder)
         split = "validation_matched" if spec.name == "mnli" else "validation"
-        dev = encode_split(tok, load_glue(spec, split, source, recipe.max_eval), recipe.max_length)
+        dev = encode_split(tok, load_glue(spec, split, source, recipe.data.max_eval), recipe.data.max_length)
         return TaskData(spec.name, spec.num_labels, spec.is_regression, None, dev,
                         os.path.join(tokenizer_folder, "tokenizer.json"))
     except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:   # no folder / file / hub; a slice too small
@@ -179,34 +179,25 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
 
 def dtype_of(recipe: Recipe):
     """The NumPy dtype a recipe trains in."""
-    return np.float32 if recipe.dtype == "float32" else np.float64
+    return np.float32 if recipe.data.dtype == "float32" else np.float64
 
 
 # --------------------------------------------------------------------------- stage folders
-# Recipe fields that change a stage's result (a finished stage reruns only with the same ones).
-_DATA_KEYS = ("task", "max_length", "max_train", "max_eval", "dtype", "selection")
-_TRAIN_KEYS = ("weight_decay", "warmup_proportion", "max_grad_norm", "temperature", "eval_every",
-               "gradient_equilibrium", "regression_distill")
-_EXIT_KEYS = ("exit_lr_multiplier",)       # stages that train exits (not the teacher's fine-tuning)
-STAGE_KEYS = {
-    "finetune": _DATA_KEYS + _TRAIN_KEYS + ("teacher_seed", "finetune_epochs", "finetune_learning_rate", "finetune_batch_size",
-                                            "finetune_max_steps", "teacher_pooler"),
-    "train-ta": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "ta_epochs", "ta_learning_rate", "ta_batch_size",
-                                                         "ta_max_steps", "ta_hidden_fraction", "ta_schedule",
-                                                         "pooler"),
-    "slenderize": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "heads", "ffn", "rank", "prune_period",
-                                                           "repr_proportion", "prune_learning_rate", "lr_restore",
-                                                           "prune_batch_size", "importance_examples",
-                                                           "last_exit_only", "prune_timing", "min_warmup_steps",
-                                                           "importance_hidden_loss", "last_exit_hard"),
-    "recover": _DATA_KEYS + _TRAIN_KEYS + _EXIT_KEYS + ("seed", "recover_hidden_epochs", "recover_pred_epochs",
-                                                        "recover_hidden_learning_rate", "recover_pred_learning_rate",
-                                                        "recover_batch_size", "recover_hidden_max_steps",
-                                                        "recover_pred_max_steps"),
-}
-# Settings added after a run folder was written: a stage that did not record one ran with the
-# Recipe's default, so it matches a recipe that keeps the default.
-_ADDED_KEYS = {key: getattr(Recipe, key) for key in ("exit_lr_multiplier",)}
+def _stage_keys() -> dict:
+    """The settings that change each stage's result, derived from the recipe's sections: the
+    data settings (but the pretrained folder, recorded as an input), the shared training
+    settings (but how often it logs and the evaluation batch size) and the stage's own section;
+    the teacher's fine-tuning has its own seed and trains its one classifier at its own rate."""
+    data = [k for k in setting_names(("data",)) if k != "data.model"]
+    training = [k for k in setting_names(("training",)) if k not in ("training.log_every", "training.eval_batch_size")]
+    teacher_training = [k for k in training if k not in ("training.seed", "training.exit_lr_multiplier")]
+    return {"finetune": data + teacher_training + setting_names(("finetune",)),
+            "train-ta": data + training + setting_names(("ta",)),
+            "slenderize": data + training + setting_names(("slenderize",)),
+            "recover": data + training + setting_names(("recover",))}
+
+
+STAGE_KEYS = _stage_keys()
 
 
 class StageFolder:
@@ -215,7 +206,7 @@ class StageFolder:
     def __init__(self, stage, folder, recipe: Recipe, inputs: dict):
         self.stage, self.folder = stage, os.fspath(folder)
         self.settings = _normalized({"stage": stage, "inputs": {k: self._where(v) for k, v in inputs.items()},
-                                     "recipe": {k: getattr(recipe, k) for k in STAGE_KEYS[stage]}})
+                                     "recipe": {k: recipe.get(k) for k in STAGE_KEYS[stage]}})
         self.clock = None
 
     def _where(self, value):
@@ -227,10 +218,6 @@ class StageFolder:
         return os.path.relpath(path, os.path.abspath(self.folder)) if path.startswith(run + os.sep) else path
 
     def _compare(self, recorded, what):
-        recipe = recorded.get("recipe")
-        if isinstance(recipe, dict):          # fill in settings added since, at their defaults
-            recorded = {**recorded, "recipe": {**{k: v for k, v in _ADDED_KEYS.items()
-                                                  if k in self.settings["recipe"]}, **recipe}}
         if recorded == self.settings:
             return
         diffs = []
@@ -291,9 +278,9 @@ def link_stages(source, output, recipe: Recipe, stages=("teacher", "ta")) -> lis
         if not os.path.isfile(os.path.join(src, DONE_FILE)):
             raise UserError(f"--reuse {source}: its {stage} stage has not finished (no {os.path.join(src, DONE_FILE)})")
         recorded = _read_json(os.path.join(src, DONE_FILE)).get("settings", {}).get("recipe", {})
-        wanted = _normalized({key: getattr(recipe, key) for key in STAGE_KEYS[LINKABLE[stage]]})
+        wanted = _normalized({key: recipe.get(key) for key in STAGE_KEYS[LINKABLE[stage]]})
         differ = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in wanted.items()
-                  if recorded.get(key, _ADDED_KEYS.get(key)) != value]
+                  if recorded.get(key) != value]
         if differ:
             if k == 0:
                 raise UserError(f"--reuse {source}: its {stage} was trained with other settings "

@@ -47,7 +47,7 @@ def run_stage(name, recipe: Recipe, data, folder, inputs: dict, announce: str, t
         stage.begin()
         console.say(f"[{name}] {recipe.task}: {announce} -> {folder}")
         model, model_dir, extra = train()
-        summary = describe(model, data.dev, recipe.task, recipe.eval_batch_size)
+        summary = describe(model, data.dev, recipe.task, recipe.training.eval_batch_size)
         record = stage.finish(model_dir, summary, extra)
         console.say(f"[{name}] done in {record['seconds']:.0f} s: {metric_line(summary)}; "
                     f"{note(summary) if note else ''}model in {model_dir}")
@@ -71,8 +71,7 @@ def stage_finetune(recipe: Recipe, data, folder, pretrained, progress=True):
     from ..stages import finetune
 
     def train():
-        model, result = finetune(data, recipe.finetune_arguments(progress), folder, pretrained, dtype_of(recipe),
-                                 pooler=recipe.teacher_pooler)
+        model, result = finetune(data, recipe.finetune, recipe.training, folder, pretrained, dtype_of(recipe), progress)
         return model, _saved_model_dir(folder, "best", model, data.tokenizer_file), {"result": result}
 
     return run_stage("finetune", recipe, data, folder, {"pretrained": pretrained},
@@ -84,9 +83,8 @@ def stage_train_ta(recipe: Recipe, data, teacher, folder, pretrained, progress=T
     from ..stages import train_ta
 
     def train():
-        model, result = train_ta(data, teacher, recipe.ta_arguments(progress), folder, pretrained,
-                                 recipe.ta_hidden_fraction, dtype_of(recipe), pooler=recipe.pooler,
-                                 schedule=recipe.ta_schedule)
+        model, result = train_ta(data, teacher, recipe.ta, recipe.training, folder, pretrained, dtype_of(recipe),
+                                 progress)
         return model, _saved_model_dir(folder, "best", model, data.tokenizer_file), {"result": result}
 
     return run_stage("train-ta", recipe, data, folder, {"teacher": teacher.folder, "pretrained": pretrained},
@@ -97,10 +95,11 @@ def check_targets(config, recipe: Recipe):
     """The slenderization targets fit a model with `config` (a UserError otherwise)."""
     from ..stages import prune_schedule
 
+    s = recipe.slenderize
     try:
-        return prune_schedule(config, recipe.heads, recipe.ffn, recipe.rank)
+        return prune_schedule(config, s.heads, s.ffn, s.rank)
     except (TypeError, ValueError) as e:
-        raise UserError(f"slenderization targets (heads {recipe.heads}, ffn {recipe.ffn}, rank {recipe.rank}) "
+        raise UserError(f"slenderization targets (heads {s.heads}, ffn {s.ffn}, rank {s.rank}) "
                         f"do not fit the model ({max(config.heads_per_layer)} heads, FFN "
                         f"{max(config.intermediate_per_layer)}, d {config.hidden_size}): {e}") from None
 
@@ -113,8 +112,8 @@ def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True
     last = schedule[-1]
 
     def train():
-        student, history = slenderize(start, teacher, data.train, data.heldout, recipe.slenderize_arguments(progress),
-                                      output_dir=folder, tokenizer_file=data.tokenizer_file)
+        student, history = slenderize(start, teacher, data, recipe.slenderize, recipe.training, output_dir=folder,
+                                      progress=progress)
         with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as f:
             for h in history:
                 rec = {k: v for k, v in h.items() if k != "train"}
@@ -128,7 +127,8 @@ def stage_slenderize(recipe: Recipe, data, start, teacher, folder, progress=True
                      {"start": start.folder, "teacher": teacher.folder, "start_exits": start.config.exit_start},
                      f"{len(schedule)} prune(s) of {start.folder} to {last.heads_per_layer[0]} heads, FFN "
                      f"{last.intermediate_per_layer[0]}, embedding rank {last.embedding_rank or 'full'}, distilled "
-                     f"from {teacher.folder}{' (importance from the last exit only)' if recipe.last_exit_only else ''}",
+                     f"from {teacher.folder}"
+                     f"{' (importance from the last exit only)' if recipe.slenderize.last_exit_only else ''}",
                      train, note=lambda summary: f"{summary['parameters'] / 1e6:.2f}M parameters; ")
 
 
@@ -137,8 +137,8 @@ def stage_recover(recipe: Recipe, data, student, teacher, folder, progress=True)
     from ..stages import recover
 
     def train():
-        model, result = recover(student, teacher, data.train, data.heldout, recipe.recover_arguments(progress),
-                                output_dir=folder, tokenizer_file=data.tokenizer_file)
+        model, result = recover(student, teacher, data, recipe.recover, recipe.training, output_dir=folder,
+                                progress=progress)
         _merge_metrics(folder, ("hidden", "pred"))
         return model, _saved_model_dir(folder, os.path.join("pred", "best"), model, data.tokenizer_file), \
             {"result": result}
@@ -174,10 +174,10 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
     from ..data.glue import get_task
     from ..surgery import attach_exits, only_final_exit
 
-    if recipe.name in PRESETS_NEEDING_MODEL and recipe.model is None:
+    if recipe.name in PRESETS_NEEDING_MODEL and recipe.data.model is None:
         raise UserError(f"the {recipe.name} preset needs --model pointing to a {recipe.name} checkpoint folder "
                         f"(config.json, model.safetensors, tokenizer.json)")
-    pre = pretrained_dir(recipe.model)
+    pre = pretrained_dir(recipe.data.model)
     if recipe.use_slenderize:
         try:
             config = CostEffConfig.from_json(pre)
@@ -191,7 +191,8 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
         write_json(os.path.join(output, "recipe.json"), recipe.to_dict())
         ablations = [name for name, on in (("no TA", not recipe.use_ta), ("no exits", not recipe.use_exits),
                                            ("no slenderization", not recipe.use_slenderize),
-                                           ("importance from the last exit only", recipe.last_exit_only)) if on]
+                                           ("importance from the last exit only",
+                                            recipe.slenderize.last_exit_only)) if on]
         console.say(f"npcosteff run: recipe {recipe.name!r} on {recipe.task} with {pre}"
                     f"{' (' + ', '.join(ablations) + ')' if ablations else ''} -> {output}")
         clock = time.perf_counter()
@@ -200,7 +201,7 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
         held = (f", {len(data.heldout)} held out of training to choose checkpoints on" if data.heldout is not None
                 else ", the last checkpoints kept")
         console.say(f"data: {len(data.train)} training and {len(data.dev)} dev examples of {recipe.task} from "
-                    f"{describe_source(glue_source(glue_dir))}, {recipe.max_length} tokens at most{held}")
+                    f"{describe_source(glue_source(glue_dir))}, {recipe.data.max_length} tokens at most{held}")
         spec = get_task(recipe.task)
         path = lambda name: os.path.join(output, name)
 
@@ -218,7 +219,7 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
             elif recipe.use_ta:
                 start = source                              # the paper: the student starts as a copy of the TA
             else:
-                start = attach_exits(source, exit_start=1, seed=recipe.seed)   # ablation: no TA
+                start = attach_exits(source, exit_start=1, seed=recipe.training.seed)   # ablation: no TA
             start.folder = source.folder
             slender, _ = stage_slenderize(recipe, data, start, source, path("slenderize"), progress)
             slender = _with_folder(slender, model_folder(path("slenderize")))

@@ -69,9 +69,9 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
     from ..metrics import main_metric
     from ..sweep import plot_sweeps, threshold_sweep, write_sweep
 
-    thresholds = list(recipe.thresholds if thresholds is None else thresholds)
-    criterion = criterion or recipe.criterion
-    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.eval_batch_size, sort_by_length=True))
+    thresholds = list(recipe.early_exit.thresholds if thresholds is None else thresholds)
+    criterion = criterion or recipe.early_exit.criterion
+    batches = list(iterate_batches(data.dev, data.dev.labels, recipe.training.eval_batch_size, sort_by_length=True))
     labels = np.concatenate([b["labels"] for b in batches])                  # (N,) in batch order
     curves = {}
     for name, model in models.items():
@@ -119,9 +119,9 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
     reference = entries[0]["flops_per_sample"]                 # the teacher's full forward pass
     teacher_rows = curves.get(entries[0]["name"], [])
     reference_ms = teacher_rows[0]["ms_per_sample"] if teacher_rows else None   # its timed sweep pass
-    shown = recipe.summary_threshold_values()
+    shown = recipe.early_exit.summary_threshold_values()
     head = ["model", "params", "FLOPs/sample"] + [f"exit {l}" for l in range(1, L + 1)] + ["avg"]
-    head += [f"{recipe.criterion} {_fmt_threshold(t, recipe.criterion)}" for t in shown]
+    head += [f"{recipe.early_exit.criterion} {_fmt_threshold(t, recipe.early_exit.criterion)}" for t in shown]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     models = []
     for e in entries:
@@ -132,7 +132,7 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
         at = {}
         for t in shown:
             match = [r for r in curves.get(e["name"], [])
-                     if math.isclose(r["patience"] if recipe.criterion == "patience" else r["threshold"], t)]
+                     if math.isclose(r["patience"] if recipe.early_exit.criterion == "patience" else r["threshold"], t)]
             if not match:
                 row.append("-")
                 continue
@@ -141,7 +141,7 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
             measured = reference_ms / r["ms_per_sample"] if reference_ms and r.get("ms_per_sample") else None
             row.append(f"{100 * r['metric']:.1f} @ {r['expected_speedup']:.2f}x, 1/{reduction:.1f} FLOPs"
                        + (f", {measured:.2f}x time" if measured else ""))
-            at[_fmt_threshold(t, recipe.criterion)] = {
+            at[_fmt_threshold(t, recipe.early_exit.criterion)] = {
                 "metric": r["metric"], "expected_speedup": r["expected_speedup"], "measured_speedup": measured,
                 "ms_per_sample": r.get("ms_per_sample"),
                 "flops_per_sample": r["flops_per_sample"], "flops_reduction_vs_teacher": reduction,
@@ -154,12 +154,12 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
     n = entries[0]["dev_examples"]
     legend = (f"Dev {key} (%) of {recipe.task} ({n} examples) at each exit and averaged over exits; parameters "
               f"with exits; FLOPs: mean analytic FLOPs per dev example through every layer and exit. Columns "
-              f"'{recipe.criterion} t': dev {key} with early exit at threshold t @ layer speed-up "
+              f"'{recipe.early_exit.criterion} t': dev {key} with early exit at threshold t @ layer speed-up "
               f"L*N/sum(exit layers), FLOPs relative to the teacher's full forward pass, and the measured "
               f"speed-up: wall-clock time per dev example of the teacher's forward pass over this model's with early "
-              f"exit (batches of {recipe.eval_batch_size}, timed once during the sweep).")
+              f"exit (batches of {recipe.training.eval_batch_size}, timed once during the sweep).")
     text = "\n".join(lines) + "\n\n" + legend + "\n"
-    return text, {"task": recipe.task, "main_metric": key, "criterion": recipe.criterion,
+    return text, {"task": recipe.task, "main_metric": key, "criterion": recipe.early_exit.criterion,
                   "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
 
 

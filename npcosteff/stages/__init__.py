@@ -5,9 +5,10 @@
 3. :func:`slenderize` (``slenderization.py``): prune the TA in width, distilling from it;
 4. :func:`recover` (``recovery.py``): the slender student learns from the TA again.
 
-Each takes the task's data (`npcosteff.data.TaskData`), the model it starts from and its
-settings, and chooses its checkpoint on the held-out part of the training set, never on the
-dev set that is reported. :func:`train_naive_exits` (``naive_exits.py``) is the baseline the
+Each takes the task's data (`npcosteff.data.TaskData`), the model it starts from, its own
+section of the recipe and the recipe's shared `training` section (npcosteff.recipe), and
+chooses its checkpoint on the held-out part of the training set, never on the dev set that is
+reported. :func:`train_naive_exits` (``naive_exits.py``) is the baseline the
 TA is compared with. Run folders, resuming and summaries are a layer over these
 (`npcosteff.runs`); evaluation and the early-exit sweep live in `npcosteff.train.evaluate`
 and `npcosteff.sweep`.
@@ -15,9 +16,9 @@ and `npcosteff.sweep`.
 
 from .fine_tuning import finetune
 from .naive_exits import train_naive_exits
-from .recovery import RecoverArguments, recover
-from .slenderization import HISTORY_FILE, PruneStep, SlenderizeArguments, prune_schedule, slenderize
-from .teacher_assistant import TA_SCHEDULES, train_ta
+from .recovery import recover
+from .slenderization import HISTORY_FILE, PruneStep, prune_schedule, slenderize
+from .teacher_assistant import ta_parts, train_ta
 
-__all__ = ["finetune", "train_ta", "slenderize", "recover", "train_naive_exits", "SlenderizeArguments",
-           "RecoverArguments", "PruneStep", "prune_schedule", "TA_SCHEDULES", "HISTORY_FILE"]
+__all__ = ["finetune", "train_ta", "slenderize", "recover", "train_naive_exits", "PruneStep", "prune_schedule",
+           "ta_parts", "HISTORY_FILE"]

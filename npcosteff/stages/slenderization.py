@@ -10,7 +10,7 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
    (npcosteff.surgery.slice_model);
 3. factorize the word embedding to rank ``r_t = d - (d - r_target) * t / max_prunes``
    (truncated SVD of E, or of E @ P when it is already factorized);
-4. train for one pruning period (``prune_period`` epochs) with a fresh AdamW and a fresh
+4. train for one pruning period (``period`` epochs of the `slenderize` section) with a fresh AdamW and a fresh
    linear warmup/decay schedule peaking at ``lr * (1 + lr_restore)^t``: the first
    ``repr_proportion`` of the steps with the ``hidden`` stage, the rest with ``pred``;
 5. record widths, parameters, FLOPs and the held-out metrics of every exit.
@@ -18,7 +18,6 @@ With ``max_prunes = H - H_target``, prune t = 1..max_prunes does:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -34,9 +33,11 @@ from ..importance import importance_batches, taylor_importance
 from ..model import CostEffModel
 from ..prune import factorize_embedding, keep_from_importance
 from ..surgery import slice_model
-from ..train import Trainer, TrainingArguments, evaluate
+from ..data.task import TaskData
+from ..recipe import Slenderize, Training
+from ..train import Trainer, evaluate, training_arguments
 
-__all__ = ["PruneStep", "prune_schedule", "SlenderizeArguments", "slenderize", "HISTORY_FILE"]
+__all__ = ["PruneStep", "prune_schedule", "period_warmup_steps", "slenderize", "HISTORY_FILE"]
 
 HISTORY_FILE = "slenderize_history.json"     # written next to the student's weights
 
@@ -115,71 +116,10 @@ def prune_schedule(config, heads: int, ffn: Optional[int] = None,
     return steps
 
 
-# --------------------------------------------------------------------------- arguments
-PRUNE_TIMINGS = ("end", "start")
-IMPORTANCE_HIDDEN_LOSSES = ("padded", "per_token")
-
-
-@dataclass
-class SlenderizeArguments:
-    """Hyperparameters of slenderization (defaults: docs/method.md, 6, the authors' scripts).
-
-    The settings every training stage shares (batch size, learning rate, weight decay,
-    warmup, clipping, temperature, gradient equilibrium, seed, ...) are one
-    ``TrainingArguments`` in `training`; its ``learning_rate`` is the peak of the first
-    period, restored by ``lr_restore`` after each prune (:meth:`period_learning_rate`).
-    """
-    task: str
-    heads: int                                 # target heads per layer H'
-    ffn: Optional[int] = None                  # target FFN width F' (None: not pruned)
-    embedding_rank: Optional[int] = None       # target word-embedding rank (None: not factorized)
-    prune_period: float = 1.0                  # epochs of each pruning period
-    prune_timing: str = "end"                  # end: train a period, then prune (the authors'); start: prune, then train
-    repr_proportion: float = 0.6               # share of a period's steps on the `hidden` stage
-    lr_restore: float = 0.12                   # the period after prune t peaks at learning_rate * (1 + lr_restore)^t
-    min_warmup_steps: int = 10                 # a period warms up over max(min_warmup_steps, warmup_proportion)
-    importance_examples: Optional[int] = None  # training examples sampled for importance (None: all, the authors')
-    importance_hidden_loss: str = "padded"     # padded: MSE over max_length tokens (the authors'); per_token
-    importance_equilibrium: str = "authors"    # gradient-equilibrium rule of the importance pass (npcosteff.equilibrium)
-    last_exit_only: bool = False               # importance from the final exit only (ablation)
-    last_exit_hard: bool = False               # the ablation keeps 0.1 x hard of the last exit (not the authors')
-    flops_tokens: int = 128                    # sequence length at which FLOPs are reported
-    training: Optional[TrainingArguments] = None   # shared settings (None: the defaults at the paper's 1e-5)
-
-    def __post_init__(self):
-        if self.training is None:
-            self.training = TrainingArguments(task=self.task, learning_rate=1e-5)
-        if self.training.task != self.task:
-            raise ValueError(f"the training arguments are for task {self.training.task!r}, not {self.task!r}")
-        _positive_int(self.heads, "heads")
-        for name in ("ffn", "embedding_rank", "importance_examples"):
-            if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), name)
-        _positive_int(self.flops_tokens, "flops_tokens")
-        if self.prune_timing not in PRUNE_TIMINGS:
-            raise ValueError(f"prune_timing must be one of {PRUNE_TIMINGS}, got {self.prune_timing!r}")
-        if self.importance_hidden_loss not in IMPORTANCE_HIDDEN_LOSSES:
-            raise ValueError(f"importance_hidden_loss must be one of {IMPORTANCE_HIDDEN_LOSSES}, "
-                             f"got {self.importance_hidden_loss!r}")
-        if self.min_warmup_steps < 0:
-            raise ValueError(f"min_warmup_steps must be >= 0, got {self.min_warmup_steps}")
-        if not (math.isfinite(self.prune_period) and self.prune_period > 0):
-            raise ValueError(f"prune_period must be > 0 epochs, got {self.prune_period}")
-        if not 0.0 <= self.repr_proportion <= 1.0:
-            raise ValueError(f"repr_proportion {self.repr_proportion} is outside [0, 1]")
-        if not (math.isfinite(self.training.learning_rate) and self.training.learning_rate >= 0):
-            raise ValueError(f"learning_rate must be >= 0, got {self.training.learning_rate}")
-        if not (math.isfinite(self.lr_restore) and self.lr_restore >= 0):
-            raise ValueError(f"lr_restore must be >= 0, got {self.lr_restore}")
-
-    def period_learning_rate(self, t: int) -> float:
-        """The peak learning rate of the period after prune t: ``lr * (1 + lr_restore)^t``."""
-        return self.training.learning_rate * (1.0 + self.lr_restore) ** t
-
-    def period_warmup_steps(self, period_steps: int) -> int:
-        """Warmup steps of one period: ``max(min_warmup_steps, ceil(warmup_proportion * steps))``,
-        at most the period."""
-        return min(period_steps, max(self.min_warmup_steps, math.ceil(self.training.warmup_proportion * period_steps)))
+def period_warmup_steps(settings: Slenderize, training: Training, period_steps: int) -> int:
+    """Warmup steps of one period: ``max(min_warmup_steps, ceil(warmup_proportion * steps))``,
+    at most the period."""
+    return min(period_steps, max(settings.min_warmup_steps, math.ceil(training.warmup_proportion * period_steps)))
 
 
 # --------------------------------------------------------------------------- slenderize
@@ -197,24 +137,25 @@ def _size(config, flops_tokens: int) -> dict:
             "flops": model_flops(config, flops_tokens), "flops_tokens": flops_tokens}
 
 
-def _train_period(student, teacher, train_data, args: SlenderizeArguments, t: int, period_steps: int,
-                  hidden_steps: int) -> list:
+def _train_period(student, teacher, data: TaskData, settings: Slenderize, training: Training, t: int,
+                  period_steps: int, hidden_steps: int, progress: bool) -> list:
     """One pruning period of the student after t prunes: `hidden` for steps [0, hidden_steps),
-    `pred` for the rest, peaking at ``args.period_learning_rate(t)``.
+    `pred` for the rest, peaking at ``settings.period_learning_rate(t)``.
 
-    Both stages share one fresh AdamW and one linear warmup/decay schedule over the whole
+    Both objectives share one fresh AdamW and one linear warmup/decay schedule over the whole
     period (each Trainer builds it from ``max_steps = period_steps`` and runs its part of it),
     so the learning rate restarts once per prune. Returns the trainers' training logs.
     """
-    period = dataclasses.replace(args.training, max_steps=period_steps, learning_rate=args.period_learning_rate(t),
-                                 warmup_steps=args.period_warmup_steps(period_steps), seed=args.training.seed + t,
-                                 eval_every=None, save_best=False)
     logs, optimizer = [], None
     for objective, start, stop in (("hidden", 0, hidden_steps), ("pred", hidden_steps, period_steps)):
         if stop <= start:
             continue
-        trainer = Trainer(student, dataclasses.replace(period, objective=objective), train_data, None, teacher=teacher)
-        trainer.step, trainer.total_steps = start, stop   # this stage's share of the period's schedule
+        args = training_arguments(data.task, training, progress, objective=objective, max_steps=period_steps,
+                                  batch_size=settings.batch_size, learning_rate=settings.period_learning_rate(t),
+                                  warmup_steps=period_warmup_steps(settings, training, period_steps),
+                                  seed=training.seed + t, eval_every=None, save_best=False)
+        trainer = Trainer(student, args, data.train, None, teacher=teacher)
+        trainer.step, trainer.total_steps = start, stop   # this objective's share of the period's schedule
         if optimizer is not None:
             trainer.optimizer = optimizer                # the period's AdamW moments carry over
         trainer.train(resume=False)
@@ -229,24 +170,24 @@ def _save(student, history, folder, tokenizer_file):
     student.save_pretrained(folder, tokenizer_file, extra_files={HISTORY_FILE: lambda p: W.write_text(p, text)})
 
 
-def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_data, eval_data,
-               args: SlenderizeArguments, output_dir=None, tokenizer_file=None, resume: bool = True):
-    """Slenderize a copy of `ta_model` to the target widths (docs/method.md, 5); returns ``(student, history)``.
+def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], data: TaskData, settings: Slenderize,
+               training: Training, output_dir=None, resume: bool = True, progress: bool = True):
+    """Slenderize a copy of `ta_model` to the widths of the recipe's `slenderize` section
+    (docs/method.md, 5); returns ``(student, history)``.
 
     Args:
         ta_model: the multi-exit TA the student starts from (not changed).
         teacher: the model distilled from (None: `ta_model`, as in the paper).
-        train_data: the training ``EncodedSplit`` (importance samples and training batches).
-        eval_data: the held-out ``EncodedSplit`` scored after every prune (None: no evaluation).
-        args: :class:`SlenderizeArguments`.
+        data: the task's data: importance samples and training batches come from ``train``;
+            ``heldout`` (when there is one) is scored after every prune.
+        settings, training: the recipe's `slenderize` and shared `training` sections.
         output_dir: when given, ``<output_dir>/student/`` holds the latest student and
             ``slenderize_history.json``, rewritten atomically after every prune; a later call
             with ``resume=True`` continues after the last finished prune.
-        tokenizer_file: a ``tokenizer.json`` copied next to the saved student.
 
     ``history`` holds one record for the TA (``prune`` 0) and one per prune t with the widths,
     ``parameters`` / ``encoder_parameters`` (flops.count_parameters), ``flops`` (one sequence of
-    ``args.flops_tokens`` tokens through every layer and exit), the period's learning rate and
+    ``max_length`` tokens through every layer and exit), the period's learning rate and
     steps, the training logs and the held-out metrics of every exit (train.evaluate).
     """
     if not isinstance(ta_model, CostEffModel):
@@ -254,14 +195,15 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
     if ta_model.config.num_labels == 0:
         raise ValueError("the TA has no exits (num_labels == 0): slenderization distills exit by exit")
     teacher = ta_model if teacher is None else teacher
-    schedule = prune_schedule(ta_model.config, args.heads, args.ffn, args.embedding_rank)
-    steps_per_epoch = math.ceil(len(train_data) / args.training.batch_size)
-    period_steps = max(1, math.ceil(args.prune_period * steps_per_epoch))
-    hidden_steps = int(math.floor(args.repr_proportion * period_steps + 0.5))   # rounded, halves up
+    schedule = prune_schedule(ta_model.config, settings.heads, settings.ffn, settings.rank)
+    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    period_steps = max(1, math.ceil(settings.period * steps_per_epoch))
+    hidden_steps = int(math.floor(settings.repr_proportion * period_steps + 0.5))   # rounded, halves up
+    flops_tokens = data.train.max_length
     folder = None if output_dir is None else os.path.join(os.fspath(output_dir), "student")
 
     def heldout_metrics(model):
-        return None if eval_data is None else evaluate(model, eval_data, args.task, args.training.eval_batch_size)
+        return None if data.heldout is None else evaluate(model, data.heldout, data.task, training.eval_batch_size)
 
     student, history = None, []
     if folder is not None and resume and os.path.isfile(os.path.join(folder, HISTORY_FILE)):
@@ -270,7 +212,7 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         student = CostEffModel.from_pretrained(folder, dtype=ta_model.dtype)
     if student is None:
         student = ta_model.copy()
-        history = [{"prune": 0, **_widths(student.config), **_size(student.config, args.flops_tokens),
+        history = [{"prune": 0, **_widths(student.config), **_size(student.config, flops_tokens),
                     "heldout": heldout_metrics(student)}]
     done = int(history[-1]["prune"])
     if done > len(schedule) or (done > 0 and (
@@ -279,27 +221,28 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
         raise ValueError(f"the student saved in {folder} (after prune {done}) does not follow the schedule "
                          f"of these arguments; use another output_dir or resume=False")
 
-    pad_to = train_data.max_length if args.importance_hidden_loss == "padded" else None
+    pad_to = data.train.max_length if settings.importance_hidden_loss == "padded" else None
 
     def train_period(prunes_done):
         clock = time.perf_counter()
-        logs = _train_period(student, teacher, train_data, args, prunes_done, period_steps, hidden_steps)
+        logs = _train_period(student, teacher, data, settings, training, prunes_done, period_steps, hidden_steps,
+                             progress)
         return logs, time.perf_counter() - clock
 
     for step in schedule[done:]:
         t = step.t
         # "end" (the authors'): the period of the student after t-1 prunes, then prune t;
         # "start": prune t, then the period of the student after t prunes.
-        trained = t - 1 if args.prune_timing == "end" else t
-        if args.prune_timing == "end":
+        trained = t - 1 if settings.timing == "end" else t
+        if settings.timing == "end":
             logs, train_seconds = train_period(trained)
         clock = time.perf_counter()
-        batches = importance_batches(train_data, args.importance_examples, args.training.batch_size,
-                                     seed=(args.training.seed, t))
-        importance = taylor_importance(student, batches, teacher, last_exit_only=args.last_exit_only,
-                                       temperature=args.training.temperature,
-                                       gradient_equilibrium=args.importance_equilibrium, hidden_pad_to=pad_to,
-                                       last_exit_hard=args.last_exit_hard, progress=args.training.progress)
+        batches = importance_batches(data.train, settings.importance_examples, settings.batch_size,
+                                     seed=(training.seed, t))
+        importance = taylor_importance(student, batches, teacher, last_exit_only=settings.last_exit_only,
+                                       temperature=training.temperature,
+                                       gradient_equilibrium=training.gradient_equilibrium, hidden_pad_to=pad_to,
+                                       last_exit_hard=settings.last_exit_hard, progress=progress)
         keep_heads, keep_neurons = keep_from_importance(importance, list(step.heads_per_layer),
                                                         list(step.intermediate_per_layer))
         student = slice_model(student, keep_heads, keep_neurons)
@@ -307,16 +250,16 @@ def slenderize(ta_model: CostEffModel, teacher: Optional[CostEffModel], train_da
             student = factorize_embedding(student, step.embedding_rank)
         importance_seconds = time.perf_counter() - clock
 
-        if args.prune_timing == "start":
+        if settings.timing == "start":
             logs, train_seconds = train_period(trained)
         history.append({
-            "prune": t, **_widths(student.config), **_size(student.config, args.flops_tokens),
-            "kept_heads": [k.tolist() for k in keep_heads], "prune_timing": args.prune_timing,
-            "learning_rate": args.period_learning_rate(trained), "steps": period_steps,
+            "prune": t, **_widths(student.config), **_size(student.config, flops_tokens),
+            "kept_heads": [k.tolist() for k in keep_heads], "prune_timing": settings.timing,
+            "learning_rate": settings.period_learning_rate(trained), "steps": period_steps,
             "hidden_steps": hidden_steps, "pred_steps": period_steps - hidden_steps,
             "importance_batches": importance.num_batches, "importance_seconds": importance_seconds,
             "train_seconds": train_seconds, "train": logs, "heldout": heldout_metrics(student),
         })
         if folder is not None:
-            _save(student, history, folder, tokenizer_file)
+            _save(student, history, folder, data.tokenizer_file)
     return student, history
