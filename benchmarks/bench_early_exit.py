@@ -44,7 +44,7 @@ from benchmarks.common import REPO, blas_summary, default_threads, limit_threads
 def glue_dir() -> str:
     """Where SST-2 comes from: $NPCOSTEFF_GLUE_DIR when set, else the Hugging Face hub (the full
     dev set is timed: the shipped slices are too small here); see npcosteff.data.glue_source."""
-    from npcosteff.data.glue import glue_source
+    from npcosteff.data import glue_source
 
     return glue_source(task="sst2")
 
@@ -52,7 +52,7 @@ def glue_dir() -> str:
 def trained_model(model_dir: str, steps: int, data_dir: str):
     """The multi-exit SST-2 model: loaded from `model_dir`, or trained and saved there."""
     from npcosteff.data.batching import encode_split
-    from npcosteff.data.glue import load_glue
+    from npcosteff.data import load_glue
     from npcosteff.model import CostEffModel
     from npcosteff.pretrained import default_model_dir
     from npcosteff.tokenizer import Tokenizer
@@ -113,7 +113,7 @@ def main():
     args = parser.parse_args()
 
     from npcosteff.data.batching import encode_split, iterate_batches
-    from npcosteff.data.glue import load_glue
+    from npcosteff.data import load_glue
     from npcosteff.early_exit import early_exit_forward, early_exit_predict
     from npcosteff.losses import entropy
     from npcosteff.tokenizer import Tokenizer

@@ -59,7 +59,7 @@ def operating_threshold(task: str, name=None):
 def dev_samples(task: str, glue_dir, n: int, max_length: int):
     """The first n dev examples of `task` as (input_ids, token_type_ids) rows of their own length."""
     from npcosteff.data.batching import encode_split
-    from npcosteff.data.glue import glue_source, load_glue
+    from npcosteff.data import glue_source, load_glue
     from npcosteff.tokenizer import Tokenizer
 
     source = glue_dir or glue_source(task=task)

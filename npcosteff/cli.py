@@ -16,13 +16,8 @@ stage folders, summaries), which experiments and tutorials call directly.
     npcosteff evaluate   --task sst2 --model runs/t/recover
     npcosteff sweep      --task sst2 --model ta=runs/t/ta --model student=runs/t/recover --output runs/t/sweep
 
-Every stage writes one folder::
-
-    <stage>/stage.json    the settings it runs with (a rerun with other settings is refused)
-    <stage>/log.txt       what it printed, with times
-    <stage>/metrics.jsonl training and dev records (npcosteff.train.Trainer)
-    <stage>/best/ ...     checkpoints: config.json, model.safetensors, tokenizer.json
-    <stage>/DONE.json     written last: the results and where the final model is
+Every stage writes one folder (stage.json, log.txt, metrics.jsonl, its checkpoints and, last,
+DONE.json: see npcosteff.runs.folders).
 
 A model argument (``--teacher``, ``--ta``, ``--student``, ``--model``) is either a model folder
 (config.json, model.safetensors) or a finished stage folder (its DONE.json names the model).
@@ -237,7 +232,7 @@ def cmd_demo(args):
         recipe = recipe.replace(dict(parse_override(s) for s in args.set or []))
     except RecipeError as e:
         raise UserError(str(e)) from None
-    from .data.glue import SHIPPED, SliceTooSmall, describe_source, get_task, glue_source, is_shipped, load_glue
+    from .data import SHIPPED, SliceTooSmall, describe_source, get_task, glue_source, is_shipped, load_glue
     spec = get_task(recipe.task)
     try:
         # --glue-dir, else $NPCOSTEFF_GLUE_DIR, else the slices in the package: runs offline.
@@ -305,32 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_options(p, seed=False)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("train-ta", help="stage 2: the multi-exit teacher-assistant")
-    _data_options(p)
-    p.add_argument("--teacher", required=True, help="fine-tuned teacher (model or stage folder)")
-    p.add_argument("--output", required=True)
-    _pretrained_option(p, "pretrained BERT folder the TA starts from (default: the packaged MiniLM)")
-    _setting_options(p, "ta", "the TA (the recipe's ta section)")
-    _recipe_options(p)
-    p.set_defaults(func=cmd_train_ta)
-
-    p = sub.add_parser("slenderize", help="stage 3: prune the TA in width (heads, FFN, embedding rank)")
-    _data_options(p)
-    p.add_argument("--ta", required=True, help="the multi-exit TA (model or stage folder)")
-    p.add_argument("--teacher", help="model distilled from (default: the TA)")
-    p.add_argument("--output", required=True)
-    _setting_options(p, "slenderize", "slenderization (the recipe's slenderize section)")
-    _recipe_options(p)
-    p.set_defaults(func=cmd_slenderize)
-
-    p = sub.add_parser("recover", help="stage 4: recover the slender student by distillation")
-    _data_options(p)
-    p.add_argument("--student", required=True, help="the slenderized student (model or stage folder)")
-    p.add_argument("--teacher", required=True, help="the TA it learns from (model or stage folder)")
-    p.add_argument("--output", required=True)
-    _setting_options(p, "recover", "recovery (the recipe's recover section)")
-    _recipe_options(p)
-    p.set_defaults(func=cmd_recover)
+    # Stages 2-4: the models a stage starts from (name, required, help), then its section's options.
+    for name, help_text, func, section, models in (
+            ("train-ta", "stage 2: the multi-exit teacher-assistant", cmd_train_ta, "ta",
+             [("--teacher", True, "fine-tuned teacher (model or stage folder)")]),
+            ("slenderize", "stage 3: prune the TA in width (heads, FFN, embedding rank)", cmd_slenderize,
+             "slenderize", [("--ta", True, "the multi-exit TA (model or stage folder)"),
+                            ("--teacher", False, "model distilled from (default: the TA)")]),
+            ("recover", "stage 4: recover the slender student by distillation", cmd_recover, "recover",
+             [("--student", True, "the slenderized student (model or stage folder)"),
+              ("--teacher", True, "the TA it learns from (model or stage folder)")])):
+        p = sub.add_parser(name, help=help_text)
+        _data_options(p)
+        for flag, required, what in models:
+            p.add_argument(flag, required=required, help=what)
+        p.add_argument("--output", required=True)
+        if name == "train-ta":
+            _pretrained_option(p, "pretrained BERT folder the TA starts from (default: the packaged MiniLM)")
+        _setting_options(p, section, f"the recipe's {section} section")
+        _recipe_options(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("evaluate", help="dev metrics of every exit, parameters and FLOPs")
     _data_options(p)

@@ -36,16 +36,16 @@ def param_shapes(config: CostEffConfig) -> dict:
         for proj in PROJECTIONS:
             shapes[f"{pre}attention.self.{proj}.weight"] = (A, d)
             shapes[f"{pre}attention.self.{proj}.bias"] = (A,)
-        shapes[f"{pre}attention.output.dense.weight"] = (d, A)
-        shapes[f"{pre}attention.output.dense.bias"] = (d,)
-        shapes[f"{pre}attention.output.LayerNorm.weight"] = (d,)
-        shapes[f"{pre}attention.output.LayerNorm.bias"] = (d,)
-        shapes[f"{pre}intermediate.dense.weight"] = (F, d)
-        shapes[f"{pre}intermediate.dense.bias"] = (F,)
-        shapes[f"{pre}output.dense.weight"] = (d, F)
-        shapes[f"{pre}output.dense.bias"] = (d,)
-        shapes[f"{pre}output.LayerNorm.weight"] = (d,)
-        shapes[f"{pre}output.LayerNorm.bias"] = (d,)
+        # each block ends in a dense layer back to d, then LayerNorm; the FFN's first dense comes between
+        for block, width in (("attention.output", A), ("intermediate", None), ("output", F)):
+            if width is None:
+                shapes[f"{pre}intermediate.dense.weight"] = (F, d)
+                shapes[f"{pre}intermediate.dense.bias"] = (F,)
+                continue
+            shapes[f"{pre}{block}.dense.weight"] = (d, width)
+            shapes[f"{pre}{block}.dense.bias"] = (d,)
+            shapes[f"{pre}{block}.LayerNorm.weight"] = (d,)
+            shapes[f"{pre}{block}.LayerNorm.bias"] = (d,)
     for i in c.exit_layers:
         if c.pooler == "dense":
             shapes[f"exits.{i}.pooler.dense.weight"] = (d, d)

@@ -43,17 +43,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .config import POOLERS
 from .data.glue import get_task
 from .early_exit import CRITERIA, DEFAULT_ENTROPY_THRESHOLDS
 from .equilibrium import EQUILIBRIUM_SETTINGS
+from .values import RecipeError, at_least, choice, coerce, fraction, known_pooler, non_negative, positive
 
 __all__ = ["Recipe", "RecipeError", "Data", "Training", "Finetune", "TeacherAssistant", "Slenderize", "Recover",
            "EarlyExit", "SECTIONS", "parse_override", "setting_names"]
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be run: unknown key or preset, wrong type, value out of range."""
 
 
 # --------------------------------------------------------------------------- the sections
@@ -61,15 +57,17 @@ class _Section:
     """What every section does when it is made: each value as its field's type, then its checks."""
 
     def __post_init__(self):
-        name = _section_name(self)
+        name = self.SECTION
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f"{name}.{f.name}", getattr(self, f.name), _types(type(self))[f.name]))
+            setattr(self, f.name, coerce(f"{name}.{f.name}", getattr(self, f.name), _types(type(self))[f.name]))
         self.check()
 
 
 @dataclass
 class Data(_Section):
     """The task and how much of it to read."""
+    SECTION = "data"
+
     task: str = "sst2"                       # GLUE task (any alias: "SST-2", "sst2", ...)
     model: Optional[str] = None              # pretrained BERT folder; None: the packaged MiniLM
     max_length: int = 128                    # tokens per example, special tokens included
@@ -83,16 +81,18 @@ class Data(_Section):
             self.task = get_task(self.task).name
         except ValueError as e:
             raise RecipeError(str(e)) from None
-        _choice(self, "dtype", ("float32", "float64"))
-        _choice(self, "selection", ("heldout", "last"))
-        _at_least(self, 1, "max_train", "max_eval")
-        _at_least(self, 3, "max_length")     # [CLS] A [SEP] B [SEP]: a pair needs three special tokens
+        choice(self, "dtype", ("float32", "float64"))
+        choice(self, "selection", ("heldout", "last"))
+        at_least(self, 1, "max_train", "max_eval")
+        at_least(self, 3, "max_length")     # [CLS] A [SEP] B [SEP]: a pair needs three special tokens
 
 
 @dataclass
 class Training(_Section):
     """What every training stage shares (the teacher's fine-tuning has its own seed and trains
     its one classifier at its own rate)."""
+    SECTION = "training"
+
     seed: int = 42                           # every stage from the TA on: data order, dropout, new exits
     weight_decay: float = 0.01               # AdamW; none on biases and LayerNorm
     warmup_proportion: float = 0.1           # linear warmup, then linear decay
@@ -106,57 +106,65 @@ class Training(_Section):
     log_every: int = 20                      # steps per metrics.jsonl training record
 
     def check(self):
-        _positive(self, "temperature", "exit_lr_multiplier")
-        _non_negative(self, "weight_decay", "max_grad_norm")
-        _fraction(self, "warmup_proportion")
-        _choice(self, "gradient_equilibrium", EQUILIBRIUM_SETTINGS)
-        _choice(self, "regression_distill", ("all", "final"))
-        _at_least(self, 1, "eval_every", "eval_batch_size", "log_every")
+        positive(self, "temperature", "exit_lr_multiplier")
+        non_negative(self, "weight_decay", "max_grad_norm")
+        fraction(self, "warmup_proportion")
+        choice(self, "gradient_equilibrium", EQUILIBRIUM_SETTINGS)
+        choice(self, "regression_distill", ("all", "final"))
+        at_least(self, 1, "eval_every", "eval_batch_size", "log_every")
 
 
 @dataclass
-class Finetune(_Section):
-    """1. The teacher: the pretrained model with one classifier, plain fine-tuning."""
+class _Run(_Section):
+    """What a stage's training run is: how long, how fast, in what batches."""
     epochs: float = 3.0
     learning_rate: float = 2e-5
     batch_size: int = 32
     max_steps: Optional[int] = None          # overrides the epochs when set
+
+    def check(self):
+        positive(self, "epochs")
+        non_negative(self, "learning_rate")
+        at_least(self, 1, "batch_size", "max_steps")
+
+
+@dataclass
+class Finetune(_Run):
+    """1. The teacher: the pretrained model with one classifier, plain fine-tuning."""
+    SECTION = "finetune"
+
     pooler: Optional[str] = "dense"          # the teacher's pooler; dense starts from BERT's pretrained pooler
     seed: int = 42                           # one teacher for runs of several seeds
 
     def check(self):
-        _positive(self, "epochs")
-        _non_negative(self, "learning_rate")
-        _at_least(self, 1, "batch_size", "max_steps")
-        _pooler(self)
+        super().check()
+        known_pooler(self)
 
 
 @dataclass
-class TeacherAssistant(_Section):
+class TeacherAssistant(_Run):
     """2. The TA: exits after every layer, `hidden` then `pred_ta` distillation from the teacher."""
-    epochs: float = 3.0
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    max_steps: Optional[int] = None
+    SECTION = "ta"
+
     hidden_fraction: float = 1 / 3           # the `hidden` epochs: epochs * hidden_fraction
     schedule: str = "authors"                # authors: then `epochs` of `pred_ta`; split: the rest of `epochs`
     pooler: Optional[str] = None             # the exits' pooler: cls_tanh | mean | dense (None: cls_tanh)
 
     def check(self):
-        _positive(self, "epochs")
-        _non_negative(self, "learning_rate")
-        _at_least(self, 1, "batch_size", "max_steps")
+        super().check()
         if not 0.0 < self.hidden_fraction < 1.0:
             raise RecipeError(f"ta.hidden_fraction must lie strictly between 0 and 1 (the TA trains `hidden`, "
                               f"then `pred_ta`), got {self.hidden_fraction}")
-        _choice(self, "schedule", ("authors", "split"))
-        _pooler(self)
+        choice(self, "schedule", ("authors", "split"))
+        known_pooler(self)
 
 
 @dataclass
 class Slenderize(_Section):
     """3. Slenderization: prune the TA in width, a period of distillation around each prune
     (docs/method.md, 5)."""
+    SECTION = "slenderize"
+
     heads: int = 2                           # target heads per layer H'
     ffn: Optional[int] = 512                 # target FFN width F' (None: not pruned)
     rank: Optional[int] = 128                # target word-embedding rank r (None: not factorized)
@@ -173,13 +181,13 @@ class Slenderize(_Section):
     last_exit_hard: bool = False             # the ablation keeps 0.1 x hard (the authors' has none)
 
     def check(self):
-        _at_least(self, 1, "heads", "ffn", "rank", "batch_size", "importance_examples")
-        _at_least(self, 0, "min_warmup_steps")
-        _positive(self, "period")
-        _non_negative(self, "learning_rate", "lr_restore")
-        _fraction(self, "repr_proportion")
-        _choice(self, "timing", ("end", "start"))
-        _choice(self, "importance_hidden_loss", ("padded", "per_token"))
+        at_least(self, 1, "heads", "ffn", "rank", "batch_size", "importance_examples")
+        at_least(self, 0, "min_warmup_steps")
+        positive(self, "period")
+        non_negative(self, "learning_rate", "lr_restore")
+        fraction(self, "repr_proportion")
+        choice(self, "timing", ("end", "start"))
+        choice(self, "importance_hidden_loss", ("padded", "per_token"))
 
     def period_learning_rate(self, t: int) -> float:
         """The peak learning rate of the period after prune t: ``learning_rate * (1 + lr_restore)^t``."""
@@ -189,6 +197,8 @@ class Slenderize(_Section):
 @dataclass
 class Recover(_Section):
     """4. Recovery: `hidden` then `pred` distillation from the TA."""
+    SECTION = "recover"
+
     hidden_epochs: float = 3.0
     pred_epochs: float = 3.0
     hidden_learning_rate: float = 3e-5
@@ -198,20 +208,22 @@ class Recover(_Section):
     pred_max_steps: Optional[int] = None
 
     def check(self):
-        _positive(self, "hidden_epochs", "pred_epochs")
-        _non_negative(self, "hidden_learning_rate", "pred_learning_rate")
-        _at_least(self, 1, "batch_size", "hidden_max_steps", "pred_max_steps")
+        positive(self, "hidden_epochs", "pred_epochs")
+        non_negative(self, "hidden_learning_rate", "pred_learning_rate")
+        at_least(self, 1, "batch_size", "hidden_max_steps", "pred_max_steps")
 
 
 @dataclass
 class EarlyExit(_Section):
     """The early-exit sweep (docs/method.md, 7)."""
+    SECTION = "early_exit"
+
     criterion: str = "entropy"                       # entropy | max_prob | patience
     thresholds: tuple = DEFAULT_ENTROPY_THRESHOLDS   # the sweep (patience: integers)
     summary_thresholds: tuple = ()                   # the summary's columns (empty: three spread over thresholds)
 
     def check(self):
-        _choice(self, "criterion", CRITERIA)
+        choice(self, "criterion", CRITERIA)
         if not self.thresholds:
             raise RecipeError("early_exit.thresholds is empty: the sweep needs at least one threshold")
         for t in self.thresholds:
@@ -265,7 +277,7 @@ class Recipe:
 
     def __post_init__(self):
         for key in SWITCHES:
-            setattr(self, key, _coerce(key, getattr(self, key), _types(Recipe)[key]))
+            setattr(self, key, coerce(key, getattr(self, key), _types(Recipe)[key]))
         for name, cls in SECTIONS.items():
             section = getattr(self, name)
             if isinstance(section, dict):
@@ -370,47 +382,6 @@ def _types(cls) -> dict:
     return _TYPE_CACHE[cls]
 
 
-def _coerce(key, value, annotation):
-    """`value` as the type of field `key`, or a RecipeError naming the key."""
-    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
-    if optional:
-        if value is None:
-            return None
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    elif value is None:
-        raise RecipeError(f"{key} cannot be null/None")
-
-    def wrong(expected):
-        return RecipeError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
-
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise wrong("an integer")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
-    if annotation is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                                       for v in value):
-            raise wrong("a list of numbers")
-        return tuple(float(v) for v in value)
-    raise TypeError(f"no coercion for field {key} of type {annotation}")   # a new field type: extend _coerce
-
-
 def field_type(key: str):
     """The type a setting takes (bool, int, float, str or tuple) and whether it may be None."""
     section, _, name = _split_key(key)
@@ -451,46 +422,3 @@ def parse_value(key: str, raw: str):
     except ValueError:
         raise RecipeError(f"{key}={raw!r}: not a valid {base.__name__}") from None
     return raw
-
-
-# --------------------------------------------------------------------------- checks
-def _section_name(obj) -> str:
-    return next(name for name, cls in SECTIONS.items() if isinstance(obj, cls))
-
-
-def _at_least(obj, low, *keys):
-    for key in keys:
-        value = getattr(obj, key)
-        if value is not None and value < low:
-            raise RecipeError(f"{_section_name(obj)}.{key} must be >= {low}, got {value}")
-
-
-def _positive(obj, *keys):
-    for key in keys:
-        value = getattr(obj, key)
-        if not (math.isfinite(value) and value > 0):
-            raise RecipeError(f"{_section_name(obj)}.{key} must be a number > 0, got {value}")
-
-
-def _non_negative(obj, *keys):
-    for key in keys:
-        value = getattr(obj, key)
-        if not (math.isfinite(value) and value >= 0):
-            raise RecipeError(f"{_section_name(obj)}.{key} must be a number >= 0, got {value}")
-
-
-def _fraction(obj, *keys):
-    for key in keys:
-        if not 0.0 <= getattr(obj, key) <= 1.0:
-            raise RecipeError(f"{_section_name(obj)}.{key} must lie in [0, 1], got {getattr(obj, key)}")
-
-
-def _choice(obj, key, allowed):
-    if getattr(obj, key) not in allowed:
-        raise RecipeError(f"{_section_name(obj)}.{key} must be one of {tuple(allowed)}, got {getattr(obj, key)!r}")
-
-
-def _pooler(obj):
-    if obj.pooler is not None and obj.pooler not in POOLERS:
-        raise RecipeError(f"{_section_name(obj)}.pooler must be one of {POOLERS} (or none for the default), "
-                          f"got {obj.pooler!r}")

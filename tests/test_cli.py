@@ -261,7 +261,7 @@ def _demo_first_line(capsys, monkeypatch, *argv):
 
 
 def test_demo_runs_on_the_shipped_slices_and_says_so(capsys, monkeypatch, tmp_path):
-    from npcosteff.data.glue import SHIPPED_DIR
+    from npcosteff.data import SHIPPED_DIR
 
     monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -273,7 +273,7 @@ def test_demo_runs_on_the_shipped_slices_and_says_so(capsys, monkeypatch, tmp_pa
 
 
 def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, monkeypatch, tmp_path):
-    from npcosteff.data.glue import SHIPPED_DIR
+    from npcosteff.data import SHIPPED_DIR
 
     monkeypatch.setenv("NPCOSTEFF_GLUE_DIR", SHIPPED_DIR)     # a folder in GLUE's TSV layout
     line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "demo"))

@@ -14,9 +14,8 @@ import pytest
 
 from npcosteff.data.batching import (EncodedSplit, encode_split, iterate_batches, length_order,
                                      restore_order)
-from npcosteff.data.glue import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR, SliceTooSmall,
-                                 describe_source, get_task, glue_source, is_shipped, load_glue,
-                                 shipped_slices)
+from npcosteff.data import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR, SliceTooSmall, describe_source,
+                           get_task, glue_source, is_shipped, load_glue, shipped_slices)
 from npcosteff.tokenizer import Tokenizer
 
 # The slices in npcosteff/data/slices: (train, dev) examples per task.

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from npcosteff.data.glue import load_glue
+from npcosteff.data import load_glue
 from npcosteff.pretrained import default_model_dir
 from npcosteff.tokenizer import Tokenizer, pad_sequences
 

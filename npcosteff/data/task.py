@@ -10,7 +10,8 @@ from typing import Optional
 from ..pretrained import resolve_model_dir
 from ..tokenizer import Tokenizer
 from .batching import EncodedSplit, encode_split, heldout_split
-from .glue import get_task, load_glue
+from .glue import get_task
+from .sources import load_glue
 
 __all__ = ["TaskData", "load_task_data"]
 

@@ -158,7 +158,8 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
     read (evaluate, sweep): the returned TaskData has ``train=None``.
     """
     from ..data.batching import encode_split
-    from ..data.glue import SliceTooSmall, get_task, glue_source, load_glue
+    from ..data.glue import get_task
+    from ..data.sources import SliceTooSmall, glue_source, load_glue
     from ..data.task import TaskData, load_task_data
     from ..tokenizer import Tokenizer
 

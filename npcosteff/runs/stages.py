@@ -197,7 +197,7 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
                     f"{' (' + ', '.join(ablations) + ')' if ablations else ''} -> {output}")
         clock = time.perf_counter()
         data = load_data(recipe, glue_dir, tokenizer_dir(pre))
-        from ..data.glue import describe_source, glue_source
+        from ..data.sources import describe_source, glue_source
         held = (f", {len(data.heldout)} held out of training to choose checkpoints on" if data.heldout is not None
                 else ", the last checkpoints kept")
         console.say(f"data: {len(data.train)} training and {len(data.dev)} dev examples of {recipe.task} from "
