@@ -134,8 +134,12 @@ def aggregate(runs: list) -> dict:
     first = runs[0]
     out = {k: first.get(k) for k in ("task", "metric", "teacher", "majority", "probe", "target", "pad_to",
                                      "dev_examples", "operating_point_rule")}
-    recipe = dict(first.get("recipe") or {})
-    recipe.pop("seed", None)                       # the seeds are listed below
+    # The seeds are listed below: drop the seed from the recipe, flat (the recipe keys of the
+    # version that ran the seeded set, `seed`) or in sections (`training.seed`).
+    recipe = {k: dict(v) if isinstance(v, dict) else v for k, v in (first.get("recipe") or {}).items()}
+    recipe.pop("seed", None)
+    if isinstance(recipe.get("training"), dict):
+        recipe["training"].pop("seed", None)
     out["recipe"] = recipe
     out["rates_searched_on"] = first.get("rates_searched_on")
     out["seeds"] = [r["seed"] for r in runs]

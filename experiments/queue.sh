@@ -23,7 +23,7 @@ for task in "${tasks[@]}"; do
     log="logs/$task.log"
     echo "== $task $(date -u +%FT%TZ)"
     # NPCOSTEFF_QUEUE_RATES_FROM=TASK: skip this task's search and take the rates chosen by
-    # TASK's (a session without the hours for both; results/<task>.json records it).
+    # TASK's (a run without the hours for both; results/<task>.json records it).
     rates_from="${NPCOSTEFF_QUEUE_RATES_FROM:-$task}"
     if [ "$rates_from" = "$task" ]; then
         python experiments/search.py --task "$task" --stage teacher --glue-dir "$glue" >> "$log" 2>&1
@@ -33,16 +33,16 @@ for task in "${tasks[@]}"; do
     read -r -a best <<< "$(python experiments/search.py --task "$rates_from" --best)"
     echo "   chosen (by the search of $rates_from): ${best[*]}"
     # NPCOSTEFF_QUEUE_CUTS: extra --set options that shorten the stages after fine-tuning, for
-    # a session that must finish within hours (the results record the recipe that ran).
+    # a run that must finish within hours (the results record the recipe that ran).
     read -r -a cuts <<< "${NPCOSTEFF_QUEUE_CUTS:-}"
     run() { npcosteff run --preset "$task" "${best[@]}" "${cuts[@]}" --glue-dir "$glue" --no-progress "$@" >> "$log" 2>&1; }
     # The report is rewritten after every step, from the runs finished so far, so that a
-    # session that ends mid-task still leaves results/<task>.json for what is done.
+    # queue that ends mid-task still leaves results/<task>.json for what is done.
     report() {
         local args=(--run "2 / 128 / 32=runs/$task")
         [ -f "runs/$task-w6/summary.json" ] && args+=(--run "6 / 768 / 192=runs/$task-w6")
-        # A longer recovery of the main student, run by hand where a session had the time
-        # (its slenderize stage linked from runs/$task; see the README's SST-2 section).
+        # A longer recovery of the main student, run by hand where there was the time
+        # (its slenderize stage linked from runs/$task; see results/README.md#sst2).
         [ -f "runs/$task-long/summary.json" ] && args+=(--run "2 / 128 / 32, longer recovery=runs/$task-long")
         [ -f "runs/$task-last-exit/summary.json" ] && args+=(--ablation "last-exit importance=runs/$task-last-exit")
         [ -f "runs/$task-no-ta/summary.json" ] && args+=(--ablation "no TA=runs/$task-no-ta")

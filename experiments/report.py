@@ -1,4 +1,4 @@
-"""One results file and one table per task, from finished runs: the README's reproduction.
+"""One results file and one table per task, from finished runs (results/README.md).
 
     python experiments/report.py --task mrpc --glue-dir PATH \\
         --run "2 / 128 / 32=runs/mrpc" --run "6 / 768 / 192=runs/mrpc-w6" \\
