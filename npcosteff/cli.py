@@ -15,6 +15,7 @@ stage folders, summaries), which experiments and tutorials call directly.
     npcosteff recover    --task sst2 --student runs/t/slenderize --teacher runs/t/ta --output runs/t/recover
     npcosteff evaluate   --task sst2 --model runs/t/recover
     npcosteff sweep      --task sst2 --model ta=runs/t/ta --model student=runs/t/recover --output runs/t/sweep
+    npcosteff predict    --model runs/t/recover "a gripping, funny film" --explain   # early exit, sentence by sentence
 
 Every stage writes one folder (stage.json, log.txt, metrics.jsonl, its checkpoints and, last,
 DONE.json: see npcosteff.runs.folders).
@@ -30,8 +31,8 @@ GLUE comes from ``--glue-dir SOURCE``: a folder in GLUE's TSV layout, ``hub`` (`
 through `datasets`) or ``shipped`` (the small GLUE slices inside the package). Without it,
 ``$NPCOSTEFF_GLUE_DIR`` decides when set, else the hub; ``demo`` runs on the shipped slices.
 
-User errors (unknown task or preset, missing folder, a folder that is not a model, no data)
-end with exit code 2 and a one-line message.
+User errors (unknown task or preset, bad settings, missing or corrupt files, a folder that is
+not a model, no data or a bad data row) end with exit code 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import re
 import sys
 from typing import Optional
 
-from .early_exit import default_thresholds
+from .early_exit import CRITERIA, default_thresholds
 from .presets import PRESETS, get_preset, load_recipe
 from .recipe import SECTIONS, Recipe, RecipeError, field_type, parse_override, parse_value
 from .runs import LOG_FILE, DataUnavailable, UserError, check_targets, console, describe, load_data, load_model, \
@@ -232,7 +233,7 @@ def cmd_demo(args):
         recipe = recipe.replace(dict(parse_override(s) for s in args.set or []))
     except RecipeError as e:
         raise UserError(str(e)) from None
-    from .data import SHIPPED, SliceTooSmall, describe_source, get_task, glue_source, is_shipped, load_glue
+    from .data import SHIPPED, describe_source, get_task, glue_source, is_shipped, load_glue
     spec = get_task(recipe.task)
     try:
         # --glue-dir, else $NPCOSTEFF_GLUE_DIR, else the slices in the package: runs offline.
@@ -240,7 +241,7 @@ def cmd_demo(args):
         # Read the data first: without it there is nothing to show, and the error says how to get it.
         for split, n in (("train", recipe.data.max_train), ("validation", recipe.data.max_eval)):
             load_glue(spec, split, source, n)
-    except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:
+    except (FileNotFoundError, RuntimeError, ValueError) as e:    # no data there; a slice too small; a bad row
         raise DataUnavailable(spec.name, e) from None
     if is_shipped(source):
         where = (f"on {describe_source(source)} ({recipe.data.max_train} training and {recipe.data.max_eval} dev "
@@ -250,6 +251,13 @@ def cmd_demo(args):
     console.say(f"npcosteff demo: the quick recipe on {spec.tsv_folder} with the packaged MiniLM, {where}")
     run_recipe(recipe, args.output, source, progress=not args.no_progress)
     return 0
+
+
+def cmd_predict(args):
+    from .predict import predict_sentences
+
+    predict_sentences(args.model, args.sentences, args.file, args.task, args.criterion, args.threshold,
+                      args.max_length, args.explain, args.json)
 
 
 # --------------------------------------------------------------------------- parser
@@ -337,6 +345,37 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_options(p)
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser(
+        "predict", help="early exit on your own sentences: each one's label, the exit it leaves at, and why",
+        description="Classify sentences with a trained multi-exit model, one at a time (batch 1), with early exit: "
+                    "each sentence leaves at the first exit confident enough under the criterion, else at the last "
+                    "layer. One row per sentence (text, label, confidence, exit layer, milliseconds), then the mean "
+                    "exit layer and the total time.")
+    p.add_argument("sentences", nargs="*", metavar="SENTENCE",
+                   help="sentences to classify (a sentence pair: the two texts separated by a TAB); without them, "
+                        "--file F, else standard input (one per line)")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model folder or a finished stage folder "
+                                                                 "(e.g. npcosteff-demo/recover)")
+    p.add_argument("--file", metavar="F", help="read examples from F, one per line (a sentence pair: two texts "
+                                               "separated by a TAB)")
+    p.add_argument("--task", help="GLUE task: sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, wnli (default: the task "
+                                  "the stage or run folder recorded)")
+    p.add_argument("--criterion", choices=CRITERIA, help="early-exit criterion (default: entropy; patience for "
+                                                         "regression tasks such as stsb)")
+    p.add_argument("--threshold", metavar="T",
+                   help="entropy: leave at the first exit whose entropy is below T (default 0.3; 0 never leaves "
+                        "early, above ln 2 = 0.69 two-class sentences all leave at the first exit); max_prob: leave "
+                        "when the top probability is above T (default 0.9); patience: leave when the prediction has "
+                        "agreed with the exit before T times in a row (default 2)")
+    p.add_argument("--max-length", default="128", metavar="INT",
+                   help="tokens per example at most, special tokens included (default: 128)")
+    p.add_argument("--explain", action="store_true",
+                   help="under each sentence, one line per exit up to the one it leaves at: the exit's label, "
+                        "confidence, entropy and the rule's decision")
+    p.add_argument("--json", metavar="OUT", help="also write the rows (with --explain, every exit's step) to this "
+                                                 "JSON file")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("run", help="all stages from one recipe, with a summary table and plot")
     _data_options(p, task_required=False)
     _pretrained_option(p)
@@ -364,11 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_paths(args):
+    """--output names a folder (or nothing yet), --json a file (or nothing yet): else a one-line error."""
+    output, json_file = getattr(args, "output", None), getattr(args, "json", None)
+    if output and os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output!r} is a file: give a folder (it is created when missing)")
+    if json_file and os.path.isdir(json_file):
+        raise UserError(f"--json {json_file!r} is a folder: give a file name, e.g. {os.path.join(json_file, 'out.json')}")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``npcosteff`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_paths(args)
         return args.func(args) or 0
     except UserError as e:
         print(f"npcosteff {args.command}: error: {e}", file=sys.stderr)

@@ -132,7 +132,7 @@ def test_python_dash_m_runs_the_same_command_line():
     out = subprocess.run([sys.executable, "-m", "npcosteff", "--help"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0
-    for command in ("finetune", "train-ta", "slenderize", "recover", "evaluate", "sweep", "run", "demo"):
+    for command in ("finetune", "train-ta", "slenderize", "recover", "evaluate", "sweep", "run", "demo", "predict"):
         assert command in out.stdout
 
 
@@ -145,6 +145,7 @@ def _error(capsys, *argv):
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
+    assert lines[0].startswith(f"npcosteff {argv[0]}: error: "), err
     return lines[0]
 
 
@@ -239,6 +240,129 @@ def _teacher_stub(tmp_path):
                                          exit_start=6)
     model.save_pretrained(folder, os.path.join(default_model_dir(), "tokenizer.json"))
     return folder
+
+
+# --------------------------------------------------------------------------- every kind of user error: one line
+TOKENIZER_FILE = os.path.join(resolve_model_dir(None, required=("tokenizer.json",)), "tokenizer.json")
+
+
+def _tiny_model(tmp_path, name="tiny"):
+    """A small 2-class model folder over the packaged MiniLM's vocabulary and tokenizer."""
+    import numpy as np
+
+    from npcosteff.model import CostEffModel
+
+    folder = tmp_path / name
+    config = _tiny_config(vocab_size=30522, max_position_embeddings=64)
+    CostEffModel(config, dtype=np.float32, seed=1).save_pretrained(folder, TOKENIZER_FILE)
+    return folder
+
+
+def _sst2_folder(tmp_path, dev_rows, train_rows=(("a fine film", "1"), ("a dull one", "0"))):
+    """A GLUE folder in TSV layout: <tmp>/glue/SST-2/train.tsv and dev.tsv, header `sentence<TAB>label`."""
+    glue = tmp_path / "glue"
+    (glue / "SST-2").mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train_rows), ("dev", dev_rows)):
+        (glue / "SST-2" / f"{split}.tsv").write_text(
+            "sentence\tlabel\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return glue
+
+
+def test_a_bad_label_in_a_data_row_names_the_file_and_line(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [("a fine film", "1"), ("a great one", "7")])
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_tiny_model(tmp_path)), "--glue-dir", str(glue))
+    assert f"{glue / 'SST-2' / 'dev.tsv'}, line 3: label '7'" in line and "['0', '1']" in line
+
+
+def test_a_short_data_row_in_training_data_names_the_file_and_line(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [("a fine film", "1")], train_rows=[("a fine film", "1"), ("no label",)])
+    line = _error(capsys, "finetune", "--task", "sst2", "--glue-dir", str(glue), "--output", str(tmp_path / "t"))
+    assert f"{glue / 'SST-2' / 'train.tsv'}, line 3: the row has 1 fields" in line
+
+
+def test_a_data_file_that_is_not_text(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [])
+    (glue / "SST-2" / "dev.tsv").write_bytes(b"\xff\xfe\x00\x01binary")
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_tiny_model(tmp_path)), "--glue-dir", str(glue))
+    assert "dev.tsv, line 1: not UTF-8 text" in line
+
+
+def test_a_data_file_without_the_label_column(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [])
+    (glue / "SST-2" / "dev.tsv").write_text("sentence\tscore\na fine film\t1\n", encoding="utf-8")
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_tiny_model(tmp_path)), "--glue-dir", str(glue))
+    assert "has no column 'label'" in line
+
+
+def test_a_bad_setting_is_one_line(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [("a fine film " * 30, "1")])
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(_tiny_model(tmp_path)), "--glue-dir", str(glue),
+                  "--max-length", "100")
+    assert "a dev example of sst2 has 92 tokens, more than the 64 positions" in line and "data.max_length" in line
+    assert "data.max_length must be >= 3" in _error(capsys, "evaluate", "--task", "sst2", "--model", str(tmp_path / "tiny"),
+                                         "--max-length", "2")
+    assert "max_prob" in _error(capsys, "sweep", "--task", "sst2", "--model", str(tmp_path / "tiny"), "--output",
+                                str(tmp_path / "sw"), "--criterion", "max_prob", "--thresholds", "1.5")
+
+
+def test_a_corrupt_safetensors_file(capsys, tmp_path):
+    folder = _tiny_model(tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:len(data) // 2])          # truncated
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(folder))
+    assert "model.safetensors is not a readable safetensors file" in line
+
+
+def test_a_config_json_that_is_not_json(capsys, tmp_path):
+    folder = _tiny_model(tmp_path)
+    (folder / "config.json").write_text('{"hidden_size": 8,')
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(folder))
+    assert "config.json is not valid JSON" in line
+    (folder / "config.json").write_text("[1, 2]")
+    assert "not a BERT configuration" in _error(capsys, "evaluate", "--task", "sst2", "--model", str(folder))
+    # A pretrained folder too, before any stage folder is written.
+    line = _error(capsys, "finetune", "--task", "sst2", "--model", str(folder), "--output", str(tmp_path / "t"))
+    assert "pretrained model folder" in line and "not a BERT configuration" in line
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_corrupt_pretrained_checkpoint_is_one_line(capsys, tmp_path):
+    glue = _sst2_folder(tmp_path, [("a fine film", "1")])
+    folder = _tiny_model(tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    line = _error(capsys, "finetune", "--task", "sst2", "--model", str(folder), "--glue-dir", str(glue), "--output",
+                  str(tmp_path / "t"), "--max-steps", "1", "--no-progress")
+    assert "[finetune] cannot read a file it needs" in line and "model.safetensors" in line
+
+
+def test_a_tokenizer_json_that_cannot_be_read(capsys, tmp_path):
+    folder = _tiny_model(tmp_path)
+    (folder / "tokenizer.json").write_text("not a tokenizer")
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(folder), "--glue-dir", "shipped")
+    assert "tokenizer.json is not a readable tokenizer file" in line
+
+
+def test_a_recipe_file_that_is_not_toml(capsys, tmp_path):
+    (tmp_path / "r.toml").write_text("[training\nseed = ")
+    line = _error(capsys, "run", "--config", str(tmp_path / "r.toml"))
+    assert "r.toml is not valid TOML" in line
+    (tmp_path / "r.json").write_text('{"training": ')
+    assert "r.json is not valid JSON" in _error(capsys, "run", "--config", str(tmp_path / "r.json"))
+
+
+def test_a_corrupt_stage_record(capsys, tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / DONE_FILE).write_text("{")
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", str(tmp_path / "stage"))
+    assert "DONE.json is not valid JSON" in line
+
+
+def test_output_paths_that_are_not_folders_or_files(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    line = _error(capsys, "finetune", "--task", "sst2", "--output", str(tmp_path / "a-file"))
+    assert "--output" in line and "is a file" in line
+    line = _error(capsys, "evaluate", "--task", "sst2", "--model", "m", "--json", str(tmp_path))
+    assert "--json" in line and "is a folder" in line
 
 
 # --------------------------------------------------------------------------- the demo's data
@@ -379,10 +503,12 @@ def test_run_quick_end_to_end(quick_run, capsys):
     for name in ("ta", "student"):
         for t, cell in models[name]["early_exit"].items():
             assert cell["measured_speedup"] == pytest.approx(teacher_ms / cell["ms_per_sample"])
-    assert "x time" in (out / "summary.md").read_text()
-
     table = (out / "summary.md").read_text()
+    assert "| model | parameters | vs teacher | FLOPs/example | vs teacher | exit 1 |" in table
+    assert "| model | entropy threshold | dev accuracy | of teacher's | FLOPs vs teacher | measured speed-up | " \
+           "mean exit layer |" in table
     assert "| teacher |" in table and "| ta |" in table and "| student |" in table
+    assert "| ta | 0.7 |" in table and "| 1.00 / 6 |" in table                # every sample leaves at exit 1
     assert "| teacher |" in printed and str(out / "sweep" / "sweep.png") in printed
 
     # A second run finds every stage done and only redoes the sweep and the summary.
@@ -468,6 +594,51 @@ def test_evaluate_and_sweep_read_stage_folders(quick_run, capsys, tmp_path):
     printed = capsys.readouterr().out
     assert (tmp_path / "sw" / "sweep.png").is_file() and (tmp_path / "sw" / "student.csv").is_file()
     assert f"plot: {tmp_path / 'sw' / 'sweep.png'}" in printed
+
+
+def _summary_entry(name, params, flops, exits, layers=6):
+    dev = {"exits": {str(l): {"accuracy": a} for l, a in exits.items()}, "average": sum(exits.values()) / len(exits),
+           "final": exits[max(exits)], "main_metric": "accuracy"}
+    return {"name": name, "folder": f"/runs/{name}", "parameters": params, "encoder_parameters": params - 10,
+            "flops_per_sample": flops, "dev": dev, "dev_examples": 100, "mean_tokens": 20.0,
+            "widths": {"num_hidden_layers": layers}}
+
+
+def _sweep_row(t, metric, flops, ms, mean_exit):
+    return {"threshold": t, "metric": metric, "flops_per_sample": flops, "ms_per_sample": ms,
+            "mean_exit_layer": mean_exit, "expected_speedup": 6 / mean_exit}
+
+
+def test_summary_is_a_model_table_and_an_operating_point_table():
+    from npcosteff.runs import build_summary
+
+    recipe = get_preset("quick").replace({"early_exit.thresholds": (0.0, 0.3, 0.6),
+                                          "early_exit.summary_thresholds": (0.3, 0.6)})
+    entries = [_summary_entry("teacher", 22_000_000, 600e6, {6: 0.80}),
+               _summary_entry("student", 11_000_000, 300e6, {l: 0.5 + 0.05 * l for l in range(1, 7)})]
+    curves = {"teacher": [_sweep_row(t, 0.80, 600e6, 10.0, 6.0) for t in (0.0, 0.3, 0.6)],
+              "student": [_sweep_row(0.0, 0.80, 300e6, 5.0, 6.0), _sweep_row(0.3, 0.76, 200e6, 4.0, 4.0),
+                          _sweep_row(0.6, 0.72, 100e6, 2.0, 2.0)]}
+    text, summary = build_summary(entries, recipe, curves)
+    lines = text.splitlines()
+    assert "| teacher | 22.00M | 1/1.0 | 600.00M | 1/1.0 | - | - | - | - | - | 80.0 | 80.0 |" in lines
+    assert "| student | 11.00M | 1/2.0 | 300.00M | 1/2.0 | 55.0 | 60.0 | 65.0 | 70.0 | 75.0 | 80.0 | 67.5 |" in lines
+    # One row per model and threshold; a one-exit model leaves at its last layer whatever the threshold: one row.
+    assert "| teacher | any (one exit) | 80.0 | 100.0% | 1/1.0 | 1.00x | 6.00 / 6 |" in lines
+    assert "| student | 0.3 | 76.0 | 95.0% | 1/3.0 | 2.50x | 4.00 / 6 |" in lines
+    assert "| student | 0.6 | 72.0 | 90.0% | 1/6.0 | 5.00x | 2.00 / 6 |" in lines
+    assert sum(line.startswith("| teacher |") for line in lines) == 2               # one row in each table
+    # summary.json keeps its keys, and adds the shares
+    student = summary["models"][1]
+    assert set(summary) >= {"task", "main_metric", "criterion", "summary_thresholds", "models", "recipe"}
+    assert set(student) >= {"name", "folder", "parameters", "encoder_parameters", "flops_per_sample",
+                            "flops_reduction_vs_teacher", "dev", "widths", "early_exit"}
+    assert student["parameters_reduction_vs_teacher"] == pytest.approx(2.0)
+    cell = student["early_exit"]["0.3"]
+    assert {"metric", "expected_speedup", "measured_speedup", "ms_per_sample", "flops_per_sample",
+            "flops_reduction_vs_teacher", "mean_exit_layer"} <= set(cell)
+    assert cell["measured_speedup"] == pytest.approx(2.5) and cell["score_vs_teacher"] == pytest.approx(0.95)
+    assert set(summary["models"][0]["early_exit"]) == {"0.3", "0.6"}
 
 
 # --------------------------------------------------------------------------- stage folders

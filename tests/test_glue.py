@@ -483,6 +483,22 @@ def test_short_row(tmp_path):
         load_glue("wnli", "train", tmp_path)
 
 
+def test_a_file_that_is_not_utf8_text_names_the_file(tmp_path):
+    os.makedirs(tmp_path / "SST-2")
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"\xff\xfe\x00\x01 binary")
+    with pytest.raises(ValueError, match=r"SST-2.dev\.tsv, line 1: not UTF-8 text"):
+        load_glue("sst2", "validation", tmp_path)
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\n" + b"fine\t1\n" * 5000 + b"bad \xff\t0\n")
+    with pytest.raises(ValueError, match=r"SST-2.dev\.tsv, line 5002: not UTF-8 text"):
+        load_glue("sst2", "validation", tmp_path)
+
+
+def test_a_field_over_the_csv_limit_names_the_line(tmp_path):
+    write_tsv(tmp_path / "SST-2" / "train.tsv", ["sentence", "label"], [["fine", "1"], ["x" * 200_000, "0"]])
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: not a GLUE TSV row \(field larger than field limit"):
+        load_glue("sst2", "train", tmp_path)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
 def test_bad_max_examples(bad):
     with pytest.raises(ValueError, match="max_examples must be a positive integer"):

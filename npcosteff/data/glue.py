@@ -215,6 +215,41 @@ def labels_array(spec: TaskSpec, values: list) -> np.ndarray:
     return np.asarray(values, dtype=np.float32 if spec.is_regression else np.int64)
 
 
+def _undecodable_line(path) -> int:
+    """The first line of file `path` that is not UTF-8 (1-based; 0 when every line is)."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 0
+
+
+class _TsvRows:
+    """The rows of an open TSV file (a csv reader: tab separated, no quoting); a file that is
+    not UTF-8 text, or not TSV, raises a ValueError naming the file and line."""
+
+    def __init__(self, f, path):
+        self._reader, self._path = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), path
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._reader)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self._path}, line {_undecodable_line(self._path)}: not UTF-8 text ({e.reason}): is it "
+                             f"a GLUE TSV file?") from None
+        except csv.Error as e:
+            raise ValueError(f"{self._path}, line {self.line_num}: not a GLUE TSV row ({e})") from None
+
+
 def read_glue_tsv(spec: TaskSpec, path: str, split: str,
                   max_examples: int | None = None) -> GlueSplit:
     """Read one GLUE TSV file (tab separated, no quoting, header row except CoLA train/dev).
@@ -232,7 +267,7 @@ def read_glue_tsv(spec: TaskSpec, path: str, split: str,
     # utf-8-sig drops the byte-order mark that starts MRPC's files; QUOTE_NONE because GLUE's
     # sentences contain bare quote characters that are text, not CSV quoting.
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = _TsvRows(f, path)
         first = next(reader, None)
         if first is None:
             raise ValueError(f"GLUE file {path!r} is empty")

@@ -20,13 +20,15 @@ Nothing heavy is imported until a stage runs, so the command line starts quickly
 
 from __future__ import annotations
 
-from .folders import DONE_FILE, LOG_FILE, STAGE_FILE, DataUnavailable, StageFolder, UserError, console, \
-    link_stages, load_data, load_model, model_folder, pretrained_dir, tokenizer_dir
+from .folders import DONE_FILE, LOG_FILE, RECIPE_FILE, STAGE_FILE, DataUnavailable, StageFolder, UserError, console, \
+    link_stages, load_data, load_model, load_tokenizer, model_folder, pretrained_dir, read_config, recorded_task, \
+    tokenizer_dir
 from .stages import check_targets, run_recipe, run_stage, stage_finetune, stage_recover, stage_slenderize, \
     stage_train_ta
 from .summary import build_summary, describe, sweep_models, sweep_table
 
-__all__ = ["DONE_FILE", "LOG_FILE", "STAGE_FILE", "DataUnavailable", "StageFolder", "UserError", "console",
-           "link_stages", "load_data", "load_model", "model_folder", "pretrained_dir", "tokenizer_dir",
+__all__ = ["DONE_FILE", "LOG_FILE", "RECIPE_FILE", "STAGE_FILE", "DataUnavailable", "StageFolder", "UserError",
+           "console", "link_stages", "load_data", "load_model", "load_tokenizer", "model_folder", "pretrained_dir",
+           "read_config", "recorded_task", "tokenizer_dir",
            "check_targets", "run_recipe", "run_stage", "stage_finetune", "stage_recover", "stage_slenderize",
            "stage_train_ta", "build_summary", "describe", "sweep_models", "sweep_table"]

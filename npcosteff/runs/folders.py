@@ -27,11 +27,12 @@ from ..pretrained import DONE_FILE, STAGE_FILE, resolve_model_dir
 from ..weights import json_default
 from ..recipe import Recipe, setting_names
 
-__all__ = ["UserError", "DataUnavailable", "Console", "console", "DONE_FILE", "STAGE_FILE", "LOG_FILE",
-           "STAGE_KEYS", "StageFolder", "model_folder", "load_model", "pretrained_dir", "tokenizer_dir",
-           "load_data", "dtype_of", "write_json", "link_stages"]
+__all__ = ["UserError", "DataUnavailable", "Console", "console", "DONE_FILE", "STAGE_FILE", "LOG_FILE", "RECIPE_FILE",
+           "STAGE_KEYS", "StageFolder", "model_folder", "read_config", "load_model", "load_tokenizer", "pretrained_dir",
+           "tokenizer_dir", "recorded_task", "load_data", "dtype_of", "write_json", "link_stages"]
 
 LOG_FILE = "log.txt"
+RECIPE_FILE = "recipe.json"         # a run folder's whole recipe (npcosteff.runs.stages.run_recipe)
 
 
 class UserError(Exception):
@@ -119,6 +120,7 @@ def load_model(path, dtype, what="model", task_spec=None, need_exits=True):
     from ..weights import CheckpointError
 
     folder = model_folder(path, what)
+    read_config(folder, what)
     try:
         model = CostEffModel.from_pretrained(folder, dtype=dtype)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
@@ -133,12 +135,83 @@ def load_model(path, dtype, what="model", task_spec=None, need_exits=True):
     return model
 
 
-def pretrained_dir(path) -> str:
-    """The pretrained checkpoint folder (`path`, or the packaged MiniLM when None)."""
+def _task_in(folder) -> Optional[str]:
+    """The task that `folder`'s own records name: a stage's DONE.json or stage.json (its
+    settings' ``data.task``), or a run's recipe.json; None when none does or none can be read."""
+    for name, find in ((DONE_FILE, lambda d: d["settings"]["recipe"]["data.task"]),
+                       (STAGE_FILE, lambda d: d["recipe"]["data.task"]),
+                       (RECIPE_FILE, lambda d: d["data"]["task"])):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                task = find(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(task, str):
+            return task
+    return None
+
+
+def recorded_task(path, levels=3) -> Optional[str]:
+    """The GLUE task a model was trained on, as the folders around it recorded it, or None.
+
+    `path` is a model or stage folder (`model_folder`). Asked in order: `path` itself, then
+    the model folder it names and up to `levels` folders above it, so that a model folder
+    inside a stage (``run/recover/pred/best``) finds its stage's DONE.json and, above it, the
+    run's recipe.json."""
+    candidates = [os.path.abspath(path)]
+    folder = os.path.abspath(model_folder(path))
+    for _ in range(levels + 1):
+        candidates.append(folder)
+        folder = os.path.dirname(folder)
+    seen = set()
+    for folder in candidates:
+        if folder in seen:
+            continue
+        seen.add(folder)
+        task = _task_in(folder)
+        if task is not None:
+            return task
+    return None
+
+
+def read_config(folder, what="model"):
+    """The CostEffConfig of model folder `folder`; a config.json that is missing, not JSON or
+    not a BERT configuration (a list, a number given as text, ...) as a one-line UserError."""
+    from ..config import CostEffConfig
+
     try:
-        return resolve_model_dir(path)
+        return CostEffConfig.from_json(folder)
+    except (ValueError, FileNotFoundError) as e:        # ConfigError (not JSON, not a BERT) is a ValueError
+        raise UserError(f"{what} folder {folder!r} cannot be loaded: {e}") from None
+    except TypeError as e:                              # a value of the wrong type, or not a JSON object
+        raise UserError(f"{what} folder {folder!r} cannot be loaded: its config.json is not a BERT configuration "
+                        f"({e})") from None
+
+
+def load_tokenizer(folder):
+    """The Tokenizer of `folder`'s tokenizer.json; one that `tokenizers` cannot read as a UserError."""
+    from ..tokenizer import Tokenizer
+
+    path = os.path.join(tokenizer_dir(folder), "tokenizer.json")
+    try:
+        return Tokenizer.from_pretrained(folder)
+    except Exception as e:      # `tokenizers` raises a bare Exception for a file it cannot parse
+        raise UserError(f"{path} is not a readable tokenizer file ({' '.join(str(e).split())}): copy the "
+                        f"checkpoint's tokenizer.json (Hugging Face 'fast' tokenizer file) again") from None
+
+
+def pretrained_dir(path) -> str:
+    """The pretrained checkpoint folder (`path`, or the packaged MiniLM when None), its
+    config.json checked."""
+    try:
+        folder = resolve_model_dir(path)
     except FileNotFoundError as e:
         raise UserError(f"pretrained model: {e}") from None
+    read_config(folder, "pretrained model")
+    return folder
 
 
 def tokenizer_dir(*candidates) -> str:
@@ -159,23 +232,42 @@ def load_data(recipe: Recipe, glue_dir, tokenizer_folder, need_train=True):
     """
     from ..data.batching import encode_split
     from ..data.glue import get_task
-    from ..data.sources import SliceTooSmall, glue_source, load_glue
+    from ..data.sources import glue_source, load_glue
     from ..data.task import TaskData, load_task_data
-    from ..tokenizer import Tokenizer
 
+    tok = load_tokenizer(tokenizer_folder)                  # a tokenizer.json that cannot be read: one line
     try:
         source = glue_source(glue_dir, task=recipe.task)
         if need_train:
-            return load_task_data(recipe.task, source, tokenizer_folder, recipe.data.max_length, recipe.data.max_train,
+            data = load_task_data(recipe.task, source, tokenizer_folder, recipe.data.max_length, recipe.data.max_train,
                                   recipe.data.max_eval, heldout=recipe.data.selection == "heldout")
-        spec = get_task(recipe.task)
-        tok = Tokenizer.from_pretrained(tokenizer_folder)
-        split = "validation_matched" if spec.name == "mnli" else "validation"
-        dev = encode_split(tok, load_glue(spec, split, source, recipe.data.max_eval), recipe.data.max_length)
-        return TaskData(spec.name, spec.num_labels, spec.is_regression, None, dev,
-                        os.path.join(tokenizer_folder, "tokenizer.json"))
-    except (FileNotFoundError, RuntimeError, SliceTooSmall) as e:   # no folder / file / hub; a slice too small
+        else:
+            spec = get_task(recipe.task)
+            split = "validation_matched" if spec.name == "mnli" else "validation"
+            dev = encode_split(tok, load_glue(spec, split, source, recipe.data.max_eval), recipe.data.max_length)
+            data = TaskData(spec.name, spec.num_labels, spec.is_regression, None, dev,
+                            os.path.join(tokenizer_folder, "tokenizer.json"))
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        # No folder, file or hub; a slice too small (SliceTooSmall); a bad row, column or file
+        # (npcosteff.data.glue names the file and the line).
         raise DataUnavailable(recipe.task, e) from None
+    _check_positions(data, recipe, tokenizer_folder)
+    return data
+
+
+def _check_positions(data, recipe: Recipe, model_folder_):
+    """No example longer than the model in `model_folder_` has positions (a UserError naming
+    data.max_length otherwise); a folder without config.json is not checked."""
+    if not os.path.isfile(os.path.join(model_folder_, "config.json")):
+        return
+    positions = read_config(model_folder_).max_position_embeddings
+    for name in ("train", "heldout", "dev"):
+        split = getattr(data, name)
+        longest = max((len(ids) for ids in split.input_ids), default=0) if split is not None else 0
+        if longest > positions:
+            raise UserError(f"a {name} example of {recipe.task} has {longest} tokens, more than the {positions} "
+                            f"positions of the model in {model_folder_!r}: set data.max_length (--max-length) to "
+                            f"{positions} at most")
 
 
 def dtype_of(recipe: Recipe):

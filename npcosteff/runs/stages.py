@@ -18,7 +18,8 @@ from ..presets import PRESETS_NEEDING_MODEL
 from ..recipe import Recipe
 from .folders import DONE_FILE, LOG_FILE, StageFolder, UserError, console, dtype_of, link_stages, \
     load_data, load_model, model_folder, pretrained_dir, tokenizer_dir, write_json
-from ..weights import json_default
+from ..config import ConfigError
+from ..weights import CheckpointError, json_default
 from .summary import build_summary, describe, metric_line, sweep_models
 
 __all__ = ["run_stage", "stage_finetune", "stage_train_ta", "stage_slenderize", "stage_recover", "check_targets",
@@ -46,7 +47,12 @@ def run_stage(name, recipe: Recipe, data, folder, inputs: dict, announce: str, t
             return load_model(model_dir, dtype_of(recipe), name), record
         stage.begin()
         console.say(f"[{name}] {recipe.task}: {announce} -> {folder}")
-        model, model_dir, extra = train()
+        try:
+            model, model_dir, extra = train()
+        except (CheckpointError, ConfigError, json.JSONDecodeError) as e:
+            # A checkpoint, config.json or record it reads (its starting model's, or its own to resume from)
+            # that is truncated or corrupt.
+            raise UserError(f"[{name}] cannot read a file it needs: {' '.join(str(e).split())}") from None
         summary = describe(model, data.dev, recipe.task, recipe.training.eval_batch_size)
         record = stage.finish(model_dir, summary, extra)
         console.say(f"[{name}] done in {record['seconds']:.0f} s: {metric_line(summary)}; "

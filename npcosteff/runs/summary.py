@@ -104,62 +104,98 @@ def _fmt_threshold(t, criterion) -> str:
     return f"{int(t)}" if criterion == "patience" else f"{t:g}"
 
 
-def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
-    """The run's summary as (markdown, JSON-ready dict).
+def _fmt_ratio(x) -> str:
+    """A reduction against the teacher as a fraction: 2.6 -> "1/2.6"."""
+    return f"1/{x:.1f}" if x and math.isfinite(x) else "-"
 
-    `entries`: dicts with ``name``, ``folder`` and the stage's describe() record. For each model:
-    dev metric per exit and averaged, parameters, mean FLOPs per dev sample, and at a few
-    thresholds the dev metric, the layer speed-up ``L N / sum(exit layers)``, the FLOPs
-    reduction relative to the teacher's full forward pass, and the measured speed-up: the
-    teacher's wall-clock time per dev sample in the sweep over this model's at that threshold."""
+
+def _table(head, rows) -> list:
+    """A markdown table's lines."""
+    return (["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
+    """The run's summary as (markdown, JSON-ready dict): two tables.
+
+    `entries`: dicts with ``name``, ``folder`` and the stage's describe() record; the first is
+    the teacher, the reference of every ratio. `curves`: each model's sweep rows.
+
+    * The models: parameters (and the teacher's over this model's), mean analytic FLOPs per dev
+      example through every layer and exit (the same ratio), the dev metric of each exit and
+      their average.
+    * The operating points, one row per model and summary threshold: the dev metric with early
+      exit at that threshold, its share of the teacher's, the FLOPs reduction against the
+      teacher's full forward pass, the measured speed-up (the teacher's wall-clock time per dev
+      example in the sweep over this model's at that threshold) and the mean exit layer. A model
+      with one exit leaves at its last layer whatever the threshold: one row.
+
+    summary.json keeps, per model, ``early_exit``: threshold -> that row's numbers."""
     from ..metrics import main_metric
 
     key = main_metric(recipe.task)
+    criterion = recipe.early_exit.criterion
     L = max(e["widths"]["num_hidden_layers"] for e in entries)
-    reference = entries[0]["flops_per_sample"]                 # the teacher's full forward pass
-    teacher_rows = curves.get(entries[0]["name"], [])
+    teacher = entries[0]
+    reference = teacher["flops_per_sample"]                    # the teacher's full forward pass
+    reference_params = teacher["parameters"]
+    reference_score = teacher["dev"]["final"]
+    teacher_rows = curves.get(teacher["name"], [])
     reference_ms = teacher_rows[0]["ms_per_sample"] if teacher_rows else None   # its timed sweep pass
     shown = recipe.early_exit.summary_threshold_values()
-    head = ["model", "params", "FLOPs/sample"] + [f"exit {l}" for l in range(1, L + 1)] + ["avg"]
-    head += [f"{recipe.early_exit.criterion} {_fmt_threshold(t, recipe.early_exit.criterion)}" for t in shown]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    models = []
+    by = "patience" if criterion == "patience" else "threshold"
+
+    model_rows, point_rows, models = [], [], []
     for e in entries:
         exits = e["dev"]["exits"]
-        row = [e["name"], fmt_count(e["parameters"]), fmt_count(e["flops_per_sample"])]
-        row += [f"{100 * exits[str(l)][key]:.1f}" if str(l) in exits else "-" for l in range(1, L + 1)]
-        row.append(f"{100 * e['dev']['average']:.1f}")
+        param_ratio = reference_params / e["parameters"]
+        flops_ratio = reference / e["flops_per_sample"]
+        model_rows.append([e["name"], fmt_count(e["parameters"]), _fmt_ratio(param_ratio),
+                           fmt_count(e["flops_per_sample"]), _fmt_ratio(flops_ratio)]
+                          + [f"{100 * exits[str(l)][key]:.1f}" if str(l) in exits else "-" for l in range(1, L + 1)]
+                          + [f"{100 * e['dev']['average']:.1f}"])
+        one_exit = len(exits) == 1
         at = {}
         for t in shown:
-            match = [r for r in curves.get(e["name"], [])
-                     if math.isclose(r["patience"] if recipe.early_exit.criterion == "patience" else r["threshold"], t)]
+            match = [r for r in curves.get(e["name"], []) if math.isclose(r[by], t)]
             if not match:
-                row.append("-")
                 continue
             r = match[0]
             reduction = reference / r["flops_per_sample"]
             measured = reference_ms / r["ms_per_sample"] if reference_ms and r.get("ms_per_sample") else None
-            row.append(f"{100 * r['metric']:.1f} @ {r['expected_speedup']:.2f}x, 1/{reduction:.1f} FLOPs"
-                       + (f", {measured:.2f}x time" if measured else ""))
-            at[_fmt_threshold(t, recipe.early_exit.criterion)] = {
+            share = r["metric"] / reference_score if reference_score > 0 else None
+            at[_fmt_threshold(t, criterion)] = {
                 "metric": r["metric"], "expected_speedup": r["expected_speedup"], "measured_speedup": measured,
                 "ms_per_sample": r.get("ms_per_sample"),
                 "flops_per_sample": r["flops_per_sample"], "flops_reduction_vs_teacher": reduction,
-                "mean_exit_layer": r["mean_exit_layer"]}
-        lines.append("| " + " | ".join(row) + " |")
+                "mean_exit_layer": r["mean_exit_layer"], "score_vs_teacher": share}
+            if one_exit and len(at) > 1:
+                continue                                   # the same pass at every threshold: one row
+            point_rows.append([e["name"], "any (one exit)" if one_exit else _fmt_threshold(t, criterion),
+                               f"{100 * r['metric']:.1f}", f"{100 * share:.1f}%" if share is not None else "-",
+                               _fmt_ratio(reduction), f"{measured:.2f}x" if measured else "-",
+                               f"{r['mean_exit_layer']:.2f} / {e['widths']['num_hidden_layers']}"])
         models.append({"name": e["name"], "folder": e["folder"], "parameters": e["parameters"],
                        "encoder_parameters": e["encoder_parameters"], "flops_per_sample": e["flops_per_sample"],
-                       "flops_reduction_vs_teacher": reference / e["flops_per_sample"],
+                       "flops_reduction_vs_teacher": flops_ratio, "parameters_reduction_vs_teacher": param_ratio,
                        "dev": e["dev"], "widths": e["widths"], "early_exit": at})
-    n = entries[0]["dev_examples"]
-    legend = (f"Dev {key} (%) of {recipe.task} ({n} examples) at each exit and averaged over exits; parameters "
-              f"with exits; FLOPs: mean analytic FLOPs per dev example through every layer and exit. Columns "
-              f"'{recipe.early_exit.criterion} t': dev {key} with early exit at threshold t @ layer speed-up "
-              f"L*N/sum(exit layers), FLOPs relative to the teacher's full forward pass, and the measured "
-              f"speed-up: wall-clock time per dev example of the teacher's forward pass over this model's with early "
-              f"exit (batches of {recipe.training.eval_batch_size}, timed once during the sweep).")
-    text = "\n".join(lines) + "\n\n" + legend + "\n"
-    return text, {"task": recipe.task, "main_metric": key, "criterion": recipe.early_exit.criterion,
+
+    n = teacher["dev_examples"]
+    name = "patience" if criterion == "patience" else f"{criterion} threshold"
+    first = _table(["model", "parameters", "vs teacher", "FLOPs/example", "vs teacher"]
+                   + [f"exit {l}" for l in range(1, L + 1)] + ["mean of exits"], model_rows)
+    first_legend = (f"The models. Parameters with exits; FLOPs: mean analytic FLOPs per dev example through every "
+                    f"layer and exit; 'vs teacher': 1/x is x times fewer than the teacher's. Exit columns: dev {key} "
+                    f"(%) of {recipe.task} ({n} examples) at each exit without early exit ('-': no exit there).")
+    second = _table(["model", name, f"dev {key}", "of teacher's", "FLOPs vs teacher", "measured speed-up",
+                     "mean exit layer"], point_rows)
+    second_legend = (f"The operating points: each model with early exit ({criterion}) at the summary's thresholds. "
+                     f"Dev {key} (%) and its share of the teacher's ({100 * reference_score:.1f}); FLOPs per dev "
+                     f"example against the teacher's full forward pass; measured speed-up: the teacher's wall-clock "
+                     f"time per dev example over this model's (batches of {recipe.training.eval_batch_size}, timed "
+                     f"once during the sweep: a rough timing); mean exit layer of the dev examples.")
+    text = "\n".join(first) + "\n\n" + first_legend + "\n\n" + "\n".join(second) + "\n\n" + second_legend + "\n"
+    return text, {"task": recipe.task, "main_metric": key, "criterion": criterion,
                   "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
 
 
