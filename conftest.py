@@ -1,7 +1,8 @@
 """Root pytest configuration.
 
 * Notebooks executed by pytest (``--nbmake tutorials``) run their quick ``small`` version
-  unless NPCOSTEFF_TUTORIAL_SIZE says otherwise.
+  unless NPCOSTEFF_TUTORIAL_SIZE says otherwise, and with their exercises' solutions on
+  (NPCOSTEFF_SOLUTIONS=1; learners get them off), so that every exercise's check runs.
 * Strict mode: when ``CI=true`` or ``NPCOSTEFF_STRICT=1``, a test that would be skipped
   (a missing optional package, the packaged MiniLM, a full GLUE folder, ...) fails instead,
   with the skip's reason in its message. CI must run every test; a local run without the
@@ -15,6 +16,7 @@ import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.p
 import pytest
 
 os.environ.setdefault("NPCOSTEFF_TUTORIAL_SIZE", "small")
+os.environ.setdefault("NPCOSTEFF_SOLUTIONS", "1")
 
 
 def strict_mode() -> bool:

@@ -9,7 +9,8 @@ import pytest
 
 from npcosteff import exercises as ex
 from npcosteff.kernels import reference
-from npcosteff.losses import cross_entropy_loss, cross_entropy_loss_backward
+from npcosteff.losses import cross_entropy_loss, cross_entropy_loss_backward, log_softmax
+from npcosteff.operating_point import simulate_exit
 
 
 # --------------------------------------------------------------------------- right answers
@@ -45,25 +46,71 @@ def layer_flops_ok(n, d, A, F):
     return 8 * n * d * A + 4 * n * n * A + 4 * n * d * F
 
 
+def equilibrium_ok(g_exit, g_hid, g_deeper, l, L):
+    return (g_exit + g_hid + (L - l) * g_deeper) / (L - l + 1)
+
+
+def distillation_ok(z, t, T):
+    log_q, p = log_softmax(z / T), np.exp(log_softmax(t / T))
+    return float(-(p * log_q).sum(axis=1).mean()), (np.exp(log_q) - p) / (z.shape[0] * T)
+
+
+def neuron_scores_ok(s_in, s_out):
+    return s_in.sum(axis=1) + s_out.sum(axis=0)
+
+
+def ffn_slice_ok(W_I, b_I, W_O, keep):
+    return W_I[keep], b_I[keep], W_O[:, keep]
+
+
+def low_rank_ok(E, r):
+    U, S, Vt = np.linalg.svd(E, full_matrices=False)
+    return U[:, :r] * S[:r], Vt[:r]
+
+
+def _scored_thresholds(half, thresholds):
+    E, n, _ = half["logits"].shape
+    out = []
+    for tau in thresholds:
+        layers, chosen = simulate_exit(half["logits"], list(range(1, E + 1)), threshold=tau)
+        out.append((tau, np.mean(chosen.argmax(1) == half["labels"]), half["flops"][layers - 1, np.arange(n)].mean()))
+    return out
+
+
+def operating_point_ok(choose, report, thresholds, target):
+    scored = _scored_thresholds(choose, thresholds)
+    good = [s for s in scored if s[1] >= target * choose["teacher_right"].mean()]
+    return min(good, key=lambda s: (s[2], -s[1]))[0] if good else max(scored, key=lambda s: (s[1], -s[2]))[0]
+
+
+RIGHT = [(ex.check_softmax_backward, softmax_backward_ok), (ex.check_attention_backward, attention_backward_ok),
+         (ex.check_entropy_exit, exit_layers_ok), (ex.check_head_scores, head_scores_ok),
+         (ex.check_flops, layer_flops_ok), (ex.check_gradient_equilibrium, equilibrium_ok),
+         (ex.check_distillation_loss, distillation_ok), (ex.check_neuron_scores, neuron_scores_ok),
+         (ex.check_ffn_slice, ffn_slice_ok), (ex.check_low_rank_embedding, low_rank_ok),
+         (ex.check_operating_point, operating_point_ok)]
+
+
 def test_right_answers_pass(capsys):
-    assert ex.check_softmax_backward(softmax_backward_ok)
-    assert ex.check_attention_backward(attention_backward_ok)
-    assert ex.check_entropy_exit(exit_layers_ok)
-    assert ex.check_head_scores(head_scores_ok)
-    assert ex.check_flops(layer_flops_ok)
+    for check, fn in RIGHT:
+        assert check(fn) is True, check.__name__
     out = capsys.readouterr().out
-    assert out.count("passed") == 5, out
+    assert out.count(": passed (") == len(RIGHT), out
+
+
+def test_every_check_is_tested():
+    checks = {n for n in ex.__all__ if n.startswith("check_") and n != "check_gradient"}
+    assert checks == {check.__name__ for check, _ in RIGHT}
 
 
 def test_a_stub_is_reported_not_failed(capsys):
     def stub(*args, **kwargs):
         raise NotImplementedError("write the softmax backward here")
-    for check in (ex.check_softmax_backward, ex.check_attention_backward, ex.check_entropy_exit,
-                  ex.check_head_scores, ex.check_flops):
-        assert check(stub) is False
+    for check, _ in RIGHT:
+        assert check(stub) is False, check.__name__
     assert ex.check_gradient(lambda x: x, stub, {"x": np.ones(3)}) is False
     out = capsys.readouterr().out
-    assert out.count("not written yet (write the softmax backward here)") == 6, out
+    assert out.count("not written yet (write the softmax backward here)") == len(RIGHT) + 1, out
 
 
 # --------------------------------------------------------------------------- wrong answers
@@ -190,3 +237,153 @@ def test_inputs_are_not_changed():
     before = x.copy()
     ex.check_gradient(lambda x: np.tanh(x), lambda dy, x: {"x": dy * (1 - np.tanh(x) ** 2)}, {"x": x})
     assert np.array_equal(x, before)
+
+
+# --------------------------------------------------------------------------- gradient equilibrium
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda e, h, g, l, L: e + h + g, r"gradient of h_l is wrong for layer l = 1 of L = 6.*plain sum"),
+    (lambda e, h, g, l, L: (e + (L - l) * g) / (L - l + 1) + h, "g_hid is added unscaled.*exit_layers"),
+    (lambda e, h, g, l, L: ((L - l) * e + h + g) / (L - l + 1), "belongs to g_deeper"),
+    (lambda e, h, g, l, L: (e + h + (L - l) * g) / max(L - l, 1), "denominator is L - l \\+ 1"),
+    (lambda e, h, g, l, L: None, "returned None"),
+    (lambda e, h, g, l, L: "no idea", "has shape \\(\\), expected \\(2, 3, 4\\)"),
+    (lambda e, h, g, l, L: equilibrium_ok(e, h, g, l, L)[0], r"has shape \(3, 4\), expected \(2, 3, 4\)"),
+])
+def test_gradient_equilibrium_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_gradient_equilibrium(wrong)
+
+
+def test_gradient_equilibrium_runs_the_learners_rule_inside_the_backward_pass():
+    calls = []
+
+    def counting(e, h, g, l, L):
+        calls.append((l, L))
+        return equilibrium_ok(e, h, g, l, L)
+    assert ex.check_gradient_equilibrium(counting)
+    assert calls[-4:] == [(4, 4), (3, 4), (2, 4), (1, 4)]            # every layer of the 4-layer model, top down
+
+    def right_on_random_arrays_only(e, h, g, l, L):              # a rule that is off once inside a real backward
+        return equilibrium_ok(e, h, g, l, L) * (1.0 if e.shape == (2, 3, 4) else 1.5)
+    with pytest.raises(AssertionError, match="inside the backward pass of a 4-layer model"):
+        ex.check_gradient_equilibrium(right_on_random_arrays_only)
+
+
+# --------------------------------------------------------------------------- prediction distillation
+
+def _naive_distillation(z, t, T):                                   # log(softmax): -inf for large logits
+    with np.errstate(all="ignore"):
+        q = np.exp(z / T) / np.exp(z / T).sum(axis=1, keepdims=True)
+        p = np.exp(t / T) / np.exp(t / T).sum(axis=1, keepdims=True)
+        return float(-(p * np.log(q)).sum(axis=1).mean()), (q - p) / (z.shape[0] * T)
+
+
+def _kl_distillation(z, t, T):
+    loss, dz = distillation_ok(z, t, T)
+    p = np.exp(log_softmax(t / T))
+    return loss + float((p * log_softmax(t / T)).sum(axis=1).mean()), dz
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_naive_distillation, "log_softmax"),
+    (_kl_distillation, "KL divergence"),
+    (lambda z, t, T: (distillation_ok(z, t, T)[0], distillation_ok(z, t, T)[1] * T ** 2),
+     r"dz is wrong for B = 6, C = 5, T = 2.0.*4 times the right answer"),
+    (lambda z, t, T: (distillation_ok(z, t, T)[0] * z.shape[0], distillation_ok(z, t, T)[1]),
+     "the loss is wrong.*4 times the right answer"),
+    (lambda z, t, T: (distillation_ok(z, t, T)[0], distillation_ok(z, t, T)[1] * T),
+     r"dz is wrong for B = 6, C = 5, T = 2.0.*2 times"),
+    (lambda z, t, T: distillation_ok(z, t, T)[1], "must return two things"),
+    (lambda z, t, T: (None, distillation_ok(z, t, T)[1]), "returned None for the loss"),
+])
+def test_distillation_loss_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_distillation_loss(wrong)
+
+
+# --------------------------------------------------------------------------- FFN neurons
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s_in, s_out: s_in.sum(axis=1), "W_I's rows only"),
+    (lambda s_in, s_out: s_out.sum(axis=0), "W_O''s columns only"),
+    (lambda s_in, s_out: s_in.sum(axis=0) + s_out.sum(axis=1), r"has shape \(6,\), expected \(10,\)"),
+    (lambda s_in, s_out: s_in.max(axis=1) + s_out.max(axis=0), "score vector is wrong"),
+])
+def test_neuron_scores_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_neuron_scores(wrong)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda W_I, b_I, W_O, keep: (W_I[keep], b_I[keep], W_O.T[keep]), r"W_O' has shape \(5, 8\), expected \(8, 5\)"),
+    (lambda W_I, b_I, W_O, keep: (W_I[keep], b_I, W_O[:, keep]), r"b_I' has shape \(12,\), expected \(5,\)"),
+    (lambda W_I, b_I, W_O, keep: (W_I[np.sort(keep)], b_I[np.sort(keep)], W_O[:, keep]),
+     "output of the sliced FFN is wrong.*same order"),
+    (lambda W_I, b_I, W_O, keep: (W_I[keep], b_I[keep]), "must return three arrays"),
+])
+def test_ffn_slice_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_ffn_slice(wrong)
+
+
+# --------------------------------------------------------------------------- low-rank embedding
+
+def _svd(E):
+    return np.linalg.svd(E, full_matrices=False)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda E, r: (_svd(E)[0][:, :r], _svd(E)[2][:r]), r"A @ P is wrong.*Eckart-Young"),         # S left out
+    (lambda E, r: (_svd(E)[0][:, -r:] * _svd(E)[1][-r:], _svd(E)[2][-r:]), "best rank-4 approximation"),
+    (lambda E, r: (_svd(E)[0][:, :r] * _svd(E)[1][:r], _svd(E)[2][:r].T), r"P has shape \(12, 4\), expected \(4, 12\)"),
+    (lambda E, r: (E, np.eye(E.shape[1])), r"A has shape \(40, 12\), expected \(40, 4\)"),
+])
+def test_low_rank_embedding_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_low_rank_embedding(wrong)
+
+
+# --------------------------------------------------------------------------- operating point
+
+def _reads_the_report_half(choose, report, thresholds, target):
+    both = {k: np.concatenate([choose[k], report[k]], axis=-1) for k in ("labels",)}
+    return operating_point_ok(choose, report, thresholds, target) if both else None
+
+
+def _most_accurate(choose, report, thresholds, target):
+    return max(_scored_thresholds(choose, thresholds), key=lambda s: (s[1], -s[2]))[0]
+
+
+def _absolute_target(choose, report, thresholds, target):          # accuracy >= target, not target x teacher's
+    scored = _scored_thresholds(choose, thresholds)
+    good = [s for s in scored if s[1] >= target]
+    return min(good, key=lambda s: (s[2], -s[1]))[0] if good else max(scored, key=lambda s: (s[1], -s[2]))[0]
+
+
+def _no_fallback(choose, report, thresholds, target):
+    scored = _scored_thresholds(choose, thresholds)
+    good = [s for s in scored if s[1] >= target * choose["teacher_right"].mean()]
+    return min(good, key=lambda s: (s[2], -s[1]))[0] if good else None
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_reads_the_report_half, r"read the report half \(report\['labels'\]\)"),
+    (lambda choose, report, thresholds, target: operating_point_ok(choose, np.asarray(report), thresholds, target),
+     "read the report half"),
+    (_most_accurate, r"chose tau = .* for target 0.965 .*fewest FLOPs among the thresholds"),
+    (_absolute_target, "chose tau = "),
+    (_no_fallback, "must return one threshold"),
+    (lambda choose, report, thresholds, target: 0.33, r"returned 0.33, which is not one of the thresholds"),
+])
+def test_operating_point_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ex.check_operating_point(wrong)
+
+
+def test_operating_point_accepts_a_tie():
+    def last_of_equals(choose, report, thresholds, target):       # among equal (FLOPs, accuracy) take the last
+        scored = _scored_thresholds(choose, thresholds)[::-1]
+        good = [s for s in scored if s[1] >= target * choose["teacher_right"].mean()]
+        return min(good, key=lambda s: (s[2], -s[1]))[0] if good else max(scored, key=lambda s: (s[1], -s[2]))[0]
+    assert ex.check_operating_point(last_of_equals)

@@ -11,7 +11,11 @@ fast: each notebook
 * is committed with the outputs of a complete run: every code cell executed, no error
   output, at least one image, and no absolute path of the machine that ran it;
 * reads GLUE through `npcosteff.data.glue_source` (``$NPCOSTEFF_GLUE_DIR``, else the slices
-  shipped with the package in the small size), never from a folder of a development layout.
+  shipped with the package in the small size), never from a folder of a development layout;
+* poses its exercises as a stub that only raises NotImplementedError, a solution in the cells
+  below it that runs only under ``SHOW_SOLUTIONS`` (off unless NPCOSTEFF_SOLUTIONS=1), and a
+  ``check_*`` of npcosteff.exercises, committed passing;
+* asks questions after its plots, each with a folded answer.
 """
 
 from __future__ import annotations
@@ -146,20 +150,30 @@ def test_reads_glue_through_glue_source(name):
 EXERCISES = {
     "01_bert_forward.ipynb": ["check_flops"],
     "02_backprop_by_hand.ipynb": ["check_softmax_backward", "check_attention_backward"],
-    "04_slenderization.ipynb": ["check_head_scores"],
+    "03_multi_exit.ipynb": ["check_gradient_equilibrium"],
+    "04_slenderization.ipynb": ["check_ffn_slice", "check_low_rank_embedding", "check_head_scores",
+                                "check_neuron_scores"],
+    "05_distillation.ipynb": ["check_distillation_loss"],
     "06_early_exit.ipynb": ["check_entropy_exit"],
+    "07_capstone.ipynb": ["check_operating_point"],
 }
+# Learners write the exercises themselves unless they ask for the solutions: the default is "0".
 SOLUTIONS_SWITCH = re.compile(
-    r"""^SHOW_SOLUTIONS\s*=\s*os\.environ\.get\(\s*["']NPCOSTEFF_SOLUTIONS["']\s*,\s*["']1["']\s*\)\s*==\s*["']1["']""",
+    r"""^SHOW_SOLUTIONS\s*=\s*os\.environ\.get\(\s*["']NPCOSTEFF_SOLUTIONS["']\s*,\s*["']0["']\s*\)\s*==\s*["']1["']""",
     re.MULTILINE)
+SOLUTION_HEADER = "Solution (run or read after trying)"
 
 
-def _is_solution_switch(stmt) -> bool:
-    """``if not SHOW_SOLUTIONS: raise NotImplementedError(...)``."""
-    return (isinstance(stmt, ast.If) and isinstance(stmt.test, ast.UnaryOp) and isinstance(stmt.test.op, ast.Not)
-            and getattr(stmt.test.operand, "id", None) == "SHOW_SOLUTIONS" and len(stmt.body) == 1
-            and isinstance(stmt.body[0], ast.Raise)
-            and getattr(getattr(stmt.body[0].exc, "func", None), "id", None) == "NotImplementedError")
+def _tree(cell) -> ast.Module:
+    return ast.parse(_python("".join(cell["source"])))
+
+
+def _is_stub(fn: ast.FunctionDef) -> bool:
+    """A docstring, then ``raise NotImplementedError(...)``, and nothing else."""
+    body = fn.body
+    return (len(body) == 2 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str) and isinstance(body[1], ast.Raise)
+            and getattr(getattr(body[1].exc, "func", body[1].exc), "id", None) == "NotImplementedError")
 
 
 def _exercise_calls(source: str):
@@ -170,31 +184,94 @@ def _exercise_calls(source: str):
             yield node.func.id, node.args[0].id
 
 
-def test_at_least_four_notebooks_have_exercises():
-    assert len(EXERCISES) >= 4 and set(EXERCISES) <= set(NOTEBOOKS)
+def _exercises(nb):
+    """(check, function, index of the check cell) for every exercise of a notebook."""
+    return [(check, fn, i) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            for check, fn in _exercise_calls("".join(c["source"]))]
+
+
+def test_at_least_ten_exercises_in_six_notebooks():
+    assert set(EXERCISES) <= set(NOTEBOOKS)
+    assert len(EXERCISES) >= 6 and sum(len(v) for v in EXERCISES.values()) >= 10
+    import npcosteff.exercises as ex
+    for checks in EXERCISES.values():
+        assert all(callable(getattr(ex, c, None)) for c in checks), checks
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_exercises_have_a_stub_a_check_and_a_solution(name):
+def test_solutions_are_off_by_default(name):
+    code = _code_cells(_load(name))
+    assert any(SOLUTIONS_SWITCH.search(c) for c in code[:2]), (
+        f'{name} needs SHOW_SOLUTIONS = os.environ.get("NPCOSTEFF_SOLUTIONS", "0") == "1" in its first two code cells')
+    assert not any(re.search(r"NPCOSTEFF_SOLUTIONS[\"']\s*,\s*[\"']1", c) for c in code), (
+        f"{name} turns the solutions on by default somewhere")
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_exercises_have_a_stub_a_hidden_solution_and_a_check(name):
     nb = _load(name)
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert any(SOLUTIONS_SWITCH.search("".join(c["source"])) for c in code[:2]), (
-        f'{name} needs SHOW_SOLUTIONS = os.environ.get("NPCOSTEFF_SOLUTIONS", "1") == "1" in its first two code cells')
-    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    found = []
-    for cell in code:
-        source = "".join(cell["source"])
-        for check, fn in _exercise_calls(source):
-            found.append(check)
-            defs = [n for n in ast.parse(_python(source)).body if isinstance(n, ast.FunctionDef) and n.name == fn]
-            assert defs, f"{name}: {check}({fn}) is called in a cell that does not define {fn} (the stub)"
-            body = [s for s in defs[0].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-            assert body and _is_solution_switch(body[0]), (
-                f"{name}: {fn} must start with `if not SHOW_SOLUTIONS: raise NotImplementedError(...)`")
-            assert len(body) > 1, f"{name}: {fn} has no solution after its stub"
-            assert re.search(r"<details>.*?def " + re.escape(fn) + r"\(.*?</details>", markdown, re.DOTALL), (
-                f"{name}: the solution of {fn} is not in a collapsible <details> block of a markdown cell")
-            # committed with the solutions filled in: the check ran and passed
-            texts = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
-            assert f"{fn}: passed" in texts, f"{name}: the committed outputs do not show '{fn}: passed'"
-    assert sorted(found) == sorted(EXERCISES[name]), f"{name}: exercises {sorted(found)}, expected {EXERCISES[name]}"
+    cells = nb["cells"]
+    found = _exercises(nb)
+    assert sorted(c for c, _, _ in found) == sorted(EXERCISES[name]), (
+        f"{name}: exercises {sorted(c for c, _, _ in found)}, expected {sorted(EXERCISES[name])}")
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    for check, fn, at in found:
+        # the cells before the check: stub, solution header, guarded solution
+        assert at >= 3, f"{name}: {check}({fn}) has no stub and solution above it"
+        stub, header, solution = cells[at - 3], cells[at - 2], cells[at - 1]
+        assert stub["cell_type"] == "code", f"{name}: the cell three above {check}({fn}) must be the stub of {fn}"
+        body = _tree(stub).body
+        assert len(body) == 1 and isinstance(body[0], ast.FunctionDef) and body[0].name == fn, (
+            f"{name}: the stub cell of {fn} must hold only `def {fn}(...)` (its solution goes below it)")
+        assert _is_stub(body[0]), (
+            f"{name}: the stub {fn} must hold only a docstring and `raise NotImplementedError(...)`, no solution")
+        assert "Returns" in ast.get_docstring(body[0]), f"{name}: the docstring of {fn} must say what it returns"
+        assert header["cell_type"] == "markdown" and SOLUTION_HEADER in "".join(header["source"]), (
+            f"{name}: the stub of {fn} must be followed by a markdown cell '{SOLUTION_HEADER}'")
+        assert solution["cell_type"] == "code", f"{name}: the solution of {fn} must be a code cell above its check"
+        body = _tree(solution).body
+        guarded = len(body) == 1 and isinstance(body[0], ast.If) and not body[0].orelse
+        assert guarded and getattr(body[0].test, "id", None) == "SHOW_SOLUTIONS", (
+            f"{name}: the solution cell of {fn} must be one `if SHOW_SOLUTIONS:` block")
+        defs = [n for n in body[0].body if isinstance(n, ast.FunctionDef) and n.name == fn]
+        assert defs and not _is_stub(defs[0]), f"{name}: the solution cell defines no solution of {fn}"
+        # nowhere else: no other cell defines it, no markdown spells the solution out
+        others = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and i not in (at - 3, at - 1)
+                  and any(isinstance(n, ast.FunctionDef) and n.name == fn for n in ast.walk(_tree(c)))]
+        assert not others, f"{name}: {fn} is also defined in cells {others}"
+        assert not re.search(r"def " + re.escape(fn) + r"\(", markdown), (
+            f"{name}: a markdown cell shows the code of {fn}")
+        # committed with the solutions run: the check ran and passed
+        texts = "".join("".join(o.get("text", "")) for o in cells[at].get("outputs", []))
+        assert f"{fn}: passed" in texts, f"{name}: the committed outputs do not show '{fn}: passed'"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_solution_runs_without_the_switch(name):
+    for source in _code_cells(_load(name)):
+        assert "if not SHOW_SOLUTIONS" not in source, f"{name}: a stub still carries its solution"
+
+
+# --------------------------------------------------------------------------- questions
+
+QUESTION = "**Question.**"
+ANSWER = re.compile(r"<details><summary>Answer</summary>\s*\n(.+?)</details>", re.DOTALL)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_questions_after_every_plot_with_folded_answers(name):
+    cells = _load(name)["cells"]
+    questions = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and QUESTION in "".join(c["source"])]
+    assert questions, f"{name} asks no question about its plots"
+    for i in questions:
+        text = "".join(cells[i]["source"])
+        asked = text.count(QUESTION)
+        assert 1 <= asked <= 2, f"{name}: cell {i} asks {asked} questions (one or two per plot)"
+        parts = text.split(QUESTION)[1:]
+        for part in parts:
+            answer = ANSWER.search(part)
+            assert answer and answer.group(1).strip(), f"{name}: a question of cell {i} has no folded answer"
+    plots = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+             and any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    for p in plots:                    # after the plot and the text that discusses it
+        assert any(p < q <= p + 4 for q in questions), f"{name}: the plot of cell {p} has no question after it"
