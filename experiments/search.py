@@ -80,7 +80,7 @@ def _trial_name(stage, overrides):
 
 
 def run_search(task, stage, glue_dir, preset=None, teacher_dir=None, base_overrides=None):
-    from npcosteff.data import TaskData, heldout_split, load_task_data
+    from npcosteff.data import heldout_split, load_task_data
     from npcosteff.stages import finetune, train_ta
     from npcosteff.presets import get_preset
     from npcosteff.train import evaluate

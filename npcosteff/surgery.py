@@ -23,8 +23,6 @@ for a neuron whose activation is multiplied by 0.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .heads import head_columns
 from .model import CostEffModel, init_params, param_shapes
 from .prune import check_keep
