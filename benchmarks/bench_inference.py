@@ -1,4 +1,4 @@
-"""Inference with the full MiniLM-L6 (all 6 layers, one classifier): npcosteff vs PyTorch, batch 1 and 32.
+"""Inference with the full MiniLM-L6 (all 6 layers, one classifier): npcosteff vs PyTorch and ONNX Runtime, batch 1 and 32.
 
 One forward pass in evaluation mode (no dropout, no caches kept; torch under
 ``torch.inference_mode()``) on a random batch of ``--seq`` tokens without padding, from the
@@ -13,11 +13,25 @@ once with an empty ``NUMBA_CACHE_DIR`` (every kernel it needs compiles) and once
 cache that run filled, with the number of kernels each run compiled (warm: none;
 ``tests/test_numba_cache.py`` checks it).
 
+ONNX Runtime (installed with the ``bench`` extra) is the anchor: the same checkpoint as
+``transformers.BertForSequenceClassification``, exported to ONNX once before the rounds
+(:func:`benchmarks.common.export_onnx`), run by a CPU session with ``--threads`` intra-op
+threads and every graph optimization; its logits are checked against transformers' on the
+batch it times (printed, with the largest difference). Without onnxruntime its side is
+skipped and the header says so.
+
+With ``--import-order``, npcosteff also runs in a child that imports NumPy before npcosteff
+(``import numpy as np`` first, as most programs do), to show that the order costs nothing
+(npcosteff/threads.py); the OpenBLAS thread wait each npcosteff child ended up with is printed.
+
 With ``--baseline DIR`` npcosteff as it is in another checkout (for example ``git worktree add
 /tmp/before HEAD~1``) runs as one more side, in the same alternating rounds, so that a change
 is measured against the code before it on the same machine at the same time.
 
-    python -m benchmarks.bench_inference [--threads 2] [--seq 128] [--batches 1 32] [--rounds 3] [--sdpa] [--compile] [--baseline DIR]
+Run it on the CPU's own OpenBLAS kernel (the header says which ran):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_inference [--threads 2] [--seq 128]
+        [--batches 1 32] [--rounds 3] [--sdpa] [--import-order] [--no-ort] [--compile] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -31,12 +45,16 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
-import numpy as np
+if "--numpy-first" in sys.argv:     # a child of --import-order: NumPy before npcosteff, as most programs do
+    import numpy  # noqa: F401
+import npcosteff  # noqa: F401,E402
+import numpy as np  # noqa: E402
 
-from benchmarks.common import default_threads, limit_threads, print_header, report, run_child, time_calls
+from benchmarks.common import (default_threads, export_onnx, have_onnxruntime, limit_threads,  # noqa: E402
+                               onnx_reference_logits, onnxruntime_session, print_header, report, run_child,
+                               time_calls)
 
-SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
+SIDES = ("npcosteff", "torch-eager", "torch-sdpa", "onnxruntime")
 
 
 def make_batch(batch: int, seq: int):
@@ -75,12 +93,24 @@ def child(args) -> dict:
     results = {}
     if args.child == "npcosteff":
         from npcosteff.model import CostEffModel
+        from npcosteff.threads import openblas_thread_timeout
 
         limit_threads(args.threads)
         model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
         for b in args.batches:
             ids, mask, types = make_batch(b, args.seq)
             results[b] = time_calls(lambda: model(ids, mask, types), args.repeat, warmup=2)
+        results["openblas_timeout"] = openblas_thread_timeout()
+    elif args.child == "onnxruntime":
+        limit_threads(args.threads)
+        session = onnxruntime_session(args.onnx, args.threads)
+        for b in args.batches:
+            ids, mask, types = make_batch(b, args.seq)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            logits = session.run(["logits"], feed)[0]
+            reference = onnx_reference_logits(ids, mask, types)
+            results[f"diff{b}"] = float(np.abs(logits - reference).max())
+            results[b] = time_calls(lambda: session.run(["logits"], feed), args.repeat, warmup=2)
     else:
         import torch
         from transformers import BertForSequenceClassification
@@ -103,6 +133,15 @@ def child(args) -> dict:
     return {str(b): v for b, v in results.items()}
 
 
+def side_args(side: str) -> list:
+    """The child's --child argument (and flag) for a side of the table."""
+    if side == "baseline":
+        return ["--child", "npcosteff"]
+    if side == "numpy-first":
+        return ["--child", "npcosteff", "--numpy-first"]
+    return ["--child", side]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -113,7 +152,12 @@ def main():
     parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
     parser.add_argument("--compile", action="store_true", help="also measure the cold/warm first use of the kernels")
     parser.add_argument("--baseline", metavar="DIR", help="also time npcosteff from this other checkout")
+    parser.add_argument("--import-order", action="store_true",
+                        help="also time npcosteff imported after NumPy (import numpy as np; import npcosteff)")
+    parser.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out")
     parser.add_argument("--child", choices=SIDES + ("compile",), help=argparse.SUPPRESS)
+    parser.add_argument("--numpy-first", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         report(child(args))
@@ -123,31 +167,44 @@ def main():
     print_header(__doc__, args.threads)
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, "benchmarks", "bench_inference.py")):
         parser.error(f"--baseline {args.baseline}: not a checkout of this repository (no benchmarks/bench_inference.py)")
-    sides = ["npcosteff"] + (["baseline"] if args.baseline else []) + ["torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
+    ort = not args.no_ort and have_onnxruntime()
+    sides = (["npcosteff"] + (["numpy-first"] if args.import_order else []) + (["baseline"] if args.baseline else [])
+             + (["onnxruntime"] if ort else []) + ["torch-eager"] + (["torch-sdpa"] if args.sdpa else []))
+    workdir = tempfile.TemporaryDirectory()
+    onnx_path = export_onnx(os.path.join(workdir.name, "minilm.onnx")) if ort else None
     # Rounds alternate the order of the sides, so that a change in the machine's speed during
     # the run (a shared machine) falls on both; each side's figure is its median over rounds.
     rounds = {s: [] for s in sides}
     for r in range(args.rounds):
         for s in (sides if r % 2 == 0 else sides[::-1]):
             rounds[s].append(run_child("benchmarks.bench_inference",
-                                       ["--child", "npcosteff" if s == "baseline" else s, "--threads", args.threads,
-                                        "--seq", args.seq, "--repeat", args.repeat, "--batches", *args.batches],
+                                       side_args(s) + ["--threads", args.threads, "--seq", args.seq,
+                                                       "--repeat", args.repeat, "--batches", *args.batches]
+                                       + (["--onnx", onnx_path] if s == "onnxruntime" else []),
                                        args.threads, checkout=args.baseline if s == "baseline" else None))
         print(f"  round {r + 1}: " + "; ".join(
             f"batch {b} " + " ".join(f"{s} {1e3 * rounds[s][-1][str(b)][0]:.1f} ms" for s in sides)
             for b in args.batches), flush=True)
     res = {s: {str(b): (float(np.median([x[str(b)][0] for x in rs])), float(np.median([x[str(b)][1] for x in rs])))
                for b in args.batches} for s, rs in rounds.items()}
+    workdir.cleanup()
+    for s in sides:
+        if "openblas_timeout" in rounds[s][0]:
+            print(f"{s}: OpenBLAS thread wait read by each child (log2 cycles): "
+                  f"{sorted({tuple(x['openblas_timeout']) for x in rounds[s]})}")
+    if ort:
+        print("onnxruntime: largest |logit - transformers' logit| on the timed batch: " + ", ".join(
+            f"batch {b} {max(x['diff' + str(b)] for x in rounds['onnxruntime']):.1e}" for b in args.batches))
     print(f"\nsequence length {args.seq}, median over {args.rounds} rounds of the median of {args.repeat} "
           f"passes (wall clock)")
     print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>16s} {'ms/sample':>9s}" for s in sides) +
-          " " + " ".join(f"{'npcosteff/' + s.split('-')[-1]:>16s}" for s in sides[1:]))
+          " " + " ".join(f"{'npcosteff/' + s:>22s}" for s in sides[1:]))
     for b in args.batches:
         row = f"{b:5d} "
         for s in sides:
             wall = res[s][str(b)][0]
             row += f"{1e3 * wall:16.2f} {1e3 * wall / b:9.2f} "
-        row += " ".join(f"{res['npcosteff'][str(b)][0] / res[s][str(b)][0]:16.2f}" for s in sides[1:])
+        row += " ".join(f"{res['npcosteff'][str(b)][0] / res[s][str(b)][0]:22.2f}" for s in sides[1:])
         print(row)
     if args.compile:
         with tempfile.TemporaryDirectory() as cache:

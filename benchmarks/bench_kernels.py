@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import npcosteff  # noqa: F401  (before NumPy and Numba: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numba
 import numpy as np
 

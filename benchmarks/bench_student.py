@@ -1,4 +1,4 @@
-"""A slender early-exit student against PyTorch's full teacher, one sample at a time, in ms per sample.
+"""A slender early-exit student against the full teacher in PyTorch and ONNX Runtime, one sample at a time, in ms per sample.
 
 The question COST-EFF answers for a user: how long does one request take with the compressed
 model, against the uncompressed model run the usual way? Here:
@@ -9,7 +9,10 @@ model, against the uncompressed model run the usual way? Here:
   student there; the threshold chosen on the first half of dev; ``--threshold`` overrides it);
 * PyTorch: ``transformers.BertForSequenceClassification`` with the teacher's shapes (the
   packaged MiniLM-L6: 6 layers, 12 heads, FFN 1536), every layer, under
-  ``torch.inference_mode()``, eager attention (and ``sdpa`` with ``--sdpa``).
+  ``torch.inference_mode()``, eager attention (and ``sdpa`` with ``--sdpa``);
+* ONNX Runtime (with the ``bench`` extra): that same model exported to ONNX
+  (:func:`benchmarks.common.export_onnx`), a CPU session with ``--threads`` intra-op threads,
+  what a user deploying the uncompressed model on CPU would run.
 
 Both sides see the same first ``--samples`` dev examples of the task, one at a time, each
 at its own length (no padding), in their own child process with ``--threads`` threads; the
@@ -17,7 +20,8 @@ median of ``--repeat`` passes over them is printed per sample, with the student'
 layer. The teacher's weights do not change its time, so the packaged checkpoint stands in
 for the fine-tuned teacher.
 
-    python -m benchmarks.bench_student --task mrpc --student runs/mrpc/recover --glue-dir PATH
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_student --task mrpc \
+        --student runs/mrpc/recover --glue-dir PATH [--no-ort]
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numpy as np
 
-from benchmarks.common import REPO, default_threads, limit_threads, print_header, report, run_child, time_calls
+from benchmarks.common import (REPO, default_threads, export_onnx, have_onnxruntime, limit_threads,
+                               onnxruntime_session, print_header, report, run_child, time_calls)
 
-SIDES = ("npcosteff", "torch-eager", "torch-sdpa")
+SIDES = ("npcosteff", "torch-eager", "torch-sdpa", "onnxruntime")
 
 
 def operating_threshold(task: str, name=None):
@@ -87,6 +92,22 @@ def child(args) -> dict:
         wall, cpu = time_calls(run, args.repeat, warmup=1)
         return {"wall": wall / len(samples), "cpu": cpu / len(samples), "mean_exit_layer": float(np.mean(layers)),
                 "layers": model.config.num_hidden_layers, "parameters": model.num_parameters()}
+    if args.child == "onnxruntime":
+        import onnx
+
+        limit_threads(args.threads)
+        session = onnxruntime_session(args.onnx, args.threads)
+        feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
+                 for ids, types in samples]
+
+        def run():
+            for feed in feeds:
+                session.run(["logits"], feed)
+        wall, cpu = time_calls(run, args.repeat, warmup=1)
+        graph = onnx.load(args.onnx).graph
+        return {"wall": wall / len(samples), "cpu": cpu / len(samples),
+                "parameters": int(sum(np.prod(t.dims) for t in graph.initializer   # float weights (and a few scalars)
+                                      if t.data_type == onnx.TensorProto.FLOAT))}
     import torch
     from transformers import BertForSequenceClassification
     from transformers.utils import logging
@@ -122,7 +143,9 @@ def main():
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sdpa", action="store_true", help="also time torch with attn_implementation='sdpa'")
+    parser.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         report(child(args))
@@ -133,11 +156,19 @@ def main():
         args.threshold, name = operating_threshold(args.task, args.name)
     limit_threads(args.threads)
     print_header(__doc__, args.threads)
-    sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
+    import tempfile
+
+    ort = not args.no_ort and have_onnxruntime()
+    sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else []) + (["onnxruntime"] if ort else [])
+    workdir = tempfile.TemporaryDirectory()
+    onnx_path = export_onnx(os.path.join(workdir.name, "minilm.onnx")) if ort else None
     common = ["--task", args.task, "--student", args.student, "--threshold", args.threshold,
               "--max-length", args.max_length, "--samples", args.samples, "--threads", args.threads,
               "--repeat", args.repeat] + (["--glue-dir", args.glue_dir] if args.glue_dir else [])
-    res = {s: run_child("benchmarks.bench_student", ["--child", s, *common], args.threads) for s in sides}
+    res = {s: run_child("benchmarks.bench_student",
+                        ["--child", s, *common] + (["--onnx", onnx_path] if s == "onnxruntime" else []), args.threads)
+           for s in sides}
+    workdir.cleanup()
     st = res["npcosteff"]
     print(f"\n{args.task} dev, the first {args.samples} examples one at a time; median of {args.repeat} passes")
     print(f"student {args.student} ({st['parameters'] / 1e6:.2f}M parameters), entropy threshold "
@@ -145,7 +176,8 @@ def main():
     print(f"{'side':>32s} {'ms/sample':>10s} {'CPU ms':>8s} {'student/side':>13s}")
     print(f"{'npcosteff student, early exit':>32s} {1e3 * st['wall']:10.2f} {1e3 * st['cpu']:8.2f} {'':>13s}")
     for s in sides[1:]:
-        label = f"PyTorch teacher, {s.split('-')[1]} ({res[s]['parameters'] / 1e6:.1f}M)"
+        label = (f"ONNX Runtime teacher ({res[s]['parameters'] / 1e6:.1f}M)" if s == "onnxruntime" else
+                 f"PyTorch teacher, {s.split('-')[1]} ({res[s]['parameters'] / 1e6:.1f}M)")
         print(f"{label:>32s} {1e3 * res[s]['wall']:10.2f} {1e3 * res[s]['cpu']:8.2f} "
               f"{st['wall'] / res[s]['wall']:13.3f}")
 

@@ -37,7 +37,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numpy as np
 
 from benchmarks.common import (DEFAULT_POOLS, blas_summary, default_threads, limit_threads, machine_summary,

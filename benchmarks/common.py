@@ -37,14 +37,10 @@ def thread_env(threads: int) -> dict:
     """Environment for a child process limited to `threads` threads in every pool
     (OpenBLAS, MKL, OpenMP, Numba), so that both sides of a comparison get the same.
 
-    Both sides also get npcosteff's ``OPENBLAS_THREAD_TIMEOUT`` (see npcosteff/threads.py;
-    a child imports NumPy before npcosteff, so it must come from the environment). It only
-    concerns NumPy's OpenBLAS, which PyTorch does not use."""
-    from npcosteff.threads import OPENBLAS_TIMEOUT
-
+    npcosteff's own thread settings (``OPENBLAS_THREAD_TIMEOUT``, Numba's layer) are left to
+    the child's ``import npcosteff``, as in a user's process (npcosteff/threads.py)."""
     n = str(int(threads))
     env = dict(os.environ)
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = n
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -54,7 +50,7 @@ def thread_env(threads: int) -> dict:
 def pools_summary(env: dict) -> str:
     """One line on the thread-pool settings a child runs with."""
     layer = env.get("NUMBA_THREADING_LAYER") or "workqueue (npcosteff's choice, see npcosteff/threads.py)"
-    return (f"thread pools: OPENBLAS_THREAD_TIMEOUT={env.get('OPENBLAS_THREAD_TIMEOUT', '(unset: 28)')}, "
+    return (f"thread pools: OPENBLAS_THREAD_TIMEOUT={env.get('OPENBLAS_THREAD_TIMEOUT', '(unset: npcosteff sets 4)')}, "
             f"Numba threading layer {layer}")
 
 
@@ -114,14 +110,36 @@ def machine_summary() -> str:
             f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}")
 
 
+def kernel_summary() -> str:
+    """Which OpenBLAS kernel runs, and whether the environment chose it: ``OPENBLAS_CORETYPE``
+    forces a kernel (a Haswell one runs AVX2 on an AVX-512 CPU at about half the sgemm rate),
+    and a user's machine does not set it; benchmarks run with it unset
+    (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks...``)."""
+    from threadpoolctl import threadpool_info
+
+    kernels = sorted({f"{os.path.basename(p['filepath'])}: {p.get('architecture') or '?'}"
+                      for p in threadpool_info() if p.get("internal_api") == "openblas"})
+    forced = {v: os.environ[v] for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ}
+    line = "OpenBLAS kernel: " + ("; ".join(kernels) or "no OpenBLAS")
+    if forced:
+        line += (f"  ** FORCED by {forced}: not this CPU's native kernel; rerun with "
+                 f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE **")
+    else:
+        line += " (the CPU's own, OPENBLAS_CORETYPE unset)"
+    return line
+
+
 def print_header(doc: str, threads: int, with_torch: bool = True) -> None:
     """What every side-by-side benchmark prints first: its title, the machine and its load, the
-    thread count and BLAS pools, and PyTorch's build."""
+    thread count and BLAS pools with the OpenBLAS kernel that runs, and PyTorch's and ONNX
+    Runtime's builds."""
     print(doc.splitlines()[0])
     print(machine_summary())
     print(f"threads per side: {threads}; NumPy BLAS pools:\n  " + blas_summary().replace("\n", "\n  "))
+    print(kernel_summary())
     if with_torch:
         print(torch_summary())
+        print(onnxruntime_summary())
 
 
 def torch_summary() -> str:
@@ -133,6 +151,86 @@ def torch_summary() -> str:
     mkl = "MKL" if torch.backends.mkl.is_available() else "no MKL"
     dnn = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
     return f"torch {torch.__version__} ({mkl}, {dnn}, parallel backend {torch.__config__.parallel_info().splitlines()[0]})"
+
+
+def onnxruntime_summary() -> str:
+    """ONNX Runtime's version (one line), or how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnxruntime not installed (pip install -e '.[bench]'): its side is skipped"
+    return f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
+
+
+def have_onnxruntime() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- ONNX Runtime
+def export_onnx(path: str, num_labels: int = 2, seed: int = 0) -> str:
+    """Export ``transformers.BertForSequenceClassification`` of the packaged MiniLM (its
+    classifier drawn with torch seed `seed`) to an ONNX file at `path`, batch and sequence
+    length dynamic; returns `path`. The export is what a user deploying on ONNX Runtime does."""
+    import torch
+    from transformers import BertForSequenceClassification
+    from transformers.utils import logging
+
+    from npcosteff.pretrained import default_model_dir
+
+    import warnings
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(default_model_dir(), num_labels=num_labels,
+                                                          attn_implementation="eager").eval()
+    ids = torch.randint(1000, 30000, (2, 16))
+    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # the tracer's notes on shapes it treats as constants
+        torch.onnx.export(model, inputs, path, input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["logits"], dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                                                 "token_type_ids": axes, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def onnx_reference_logits(ids, mask, types, num_labels: int = 2, seed: int = 0):
+    """The logits of the exported model computed by transformers itself (float32), to check
+    ONNX Runtime's against."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from transformers.utils import logging
+
+    from npcosteff.pretrained import default_model_dir
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(default_model_dir(), num_labels=num_labels,
+                                                          attn_implementation="eager").eval()
+    with torch.inference_mode():
+        return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                     token_type_ids=torch.from_numpy(types)).logits.numpy()
+
+
+def onnxruntime_session(path: str, threads: int):
+    """An ONNX Runtime CPU session of the file at `path` with `threads` intra-op threads, every
+    graph optimization on (its defaults otherwise, as a user gets them)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def sgemm_rate(threads: int, n: int = 2048, repeat: int = 7) -> float:

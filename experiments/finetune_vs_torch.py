@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: E402, F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: E402, F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numpy as np  # noqa: E402
 
 from npcosteff.data.batching import iterate_batches  # noqa: E402

@@ -41,7 +41,7 @@ import math
 import os
 import time
 
-import npcosteff  # noqa: F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))

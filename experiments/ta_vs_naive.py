@@ -37,7 +37,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npcosteff  # noqa: E402, F401  (before NumPy: its thread settings, npcosteff/threads.py, must precede OpenBLAS's start)
+import npcosteff  # noqa: E402, F401  (first: its thread settings, npcosteff/threads.py, precede Numba's first parallel loop)
 import numpy as np  # noqa: E402
 
 from npcosteff.metrics import main_metric  # noqa: E402
