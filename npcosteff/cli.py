@@ -5,7 +5,7 @@ stage folders, summaries), which experiments and tutorials call directly.
 
 ::
 
-    npcosteff demo                                         # quick preset, SST-2, packaged MiniLM
+    npcosteff demo                                         # demo preset, SST-2, packaged MiniLM
     npcosteff run --preset quick --output runs/quick       # all stages from one recipe
     npcosteff run --config my_recipe.toml --no-ta          # ... with an ablation
 
@@ -228,9 +228,10 @@ def cmd_run(args):
 
 
 def cmd_demo(args):
-    recipe = get_preset("quick")
+    recipe = get_preset(args.preset)
+    caps = {f"data.{k}": v for k in ("max_train", "max_eval") if (v := getattr(args, k, None)) is not None}
     try:
-        recipe = recipe.replace(dict(parse_override(s) for s in args.set or []))
+        recipe = recipe.replace({**caps, **dict(parse_override(s) for s in args.set or [])})
     except RecipeError as e:
         raise UserError(str(e)) from None
     from .data import SHIPPED, describe_source, get_task, glue_source, is_shipped, load_glue
@@ -248,7 +249,7 @@ def cmd_demo(args):
                  f"sentences; full GLUE: --glue-dir FOLDER, --glue-dir hub or NPCOSTEFF_GLUE_DIR)")
     else:
         where = f"on GLUE from {describe_source(source)}"
-    console.say(f"npcosteff demo: the quick recipe on {spec.tsv_folder} with the packaged MiniLM, {where}")
+    console.say(f"npcosteff demo: the {recipe.name} recipe on {spec.tsv_folder} with the packaged MiniLM, {where}")
     run_recipe(recipe, args.output, source, progress=not args.no_progress)
     return 0
 
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npcosteff", description="COST-EFF (slenderized multi-exit BERT) in NumPy: train, slenderize, "
                                       "evaluate and sweep early exit on GLUE.",
-        epilog="Run `npcosteff demo` for the whole recipe on SST-2 in a few minutes.")
+        epilog="Run `npcosteff demo` for the whole method on SST-2 in about four minutes.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("finetune", help="stage 1: fine-tune the pretrained model (the teacher)")
@@ -391,13 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-slenderize", action="store_true", help="exits without slenderization (the TA is final)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the quick recipe on SST-2 with the packaged MiniLM, in a few minutes")
+    p = sub.add_parser("demo", help="the whole method on SST-2 with the packaged MiniLM, in about four minutes")
     p.add_argument("--glue-dir", metavar="SOURCE",
                    help="where GLUE comes from: a folder in GLUE's TSV layout, 'hub' (nyu-mll/glue through "
                         "datasets) or 'shipped' (the GLUE slices in the package; default: $NPCOSTEFF_GLUE_DIR, "
                         "else shipped)")
     p.add_argument("--output", default=DEMO_OUTPUT, help=f"run folder (default: {DEMO_OUTPUT})")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="change a setting of the quick recipe")
+    p.add_argument("--preset", default="demo", choices=("demo", "quick"),
+                   help="demo (default: about four minutes) or quick (about a minute, a smoke test)")
+    p.add_argument("--max-train", type=int, metavar="N", help="the first N training sentences only (smaller runs)")
+    p.add_argument("--max-eval", type=int, metavar="N", help="the first N dev sentences only (smaller runs)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="change a setting of the recipe, e.g. --set data.max_train=1000 for a shorter run")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -23,7 +23,7 @@ import numpy as np
 from .early_exit import ExitRule
 from .metrics import compute_metrics, main_metric, predictions_from_logits
 
-__all__ = ["exit_logits", "simulate_exit", "cross_fit", "CrossFit"]
+__all__ = ["exit_logits", "simulate_exit", "choose_threshold", "cross_fit", "CrossFit"]
 
 
 def exit_logits(model, batches):
@@ -86,6 +86,18 @@ def _metric(task, logits, labels, regression):
     return float(compute_metrics(task, predictions_from_logits(logits, regression), labels)[main_metric(task)])
 
 
+def choose_threshold(task, runs, labels, goal, floor=None):
+    """The threshold with the fewest mean cost among those whose metric reaches `goal` (and
+    beats `floor`); when none does, the one with the best metric. `runs`: (threshold, layers,
+    logits, cost) per candidate, each replayed (:func:`simulate_exit`) on the samples `labels`
+    belong to, cost (N,) per sample. Returns (threshold, its metric, whether it reached the goal)."""
+    regression = np.asarray(runs[0][2]).shape[-1] == 1
+    scored = [(t, _metric(task, chosen, labels, regression), float(np.mean(cost))) for t, _, chosen, cost in runs]
+    good = [s for s in scored if s[1] >= goal and (floor is None or s[1] > floor)]
+    best = min(good, key=lambda s: (s[2], -s[1])) if good else max(scored, key=lambda s: (s[1], -s[2]))
+    return best[0], best[1], bool(good)
+
+
 def cross_fit(task, logits, exit_layers, labels, thresholds, cost, teacher_metric_of, target=0.965, floor=None,
               criterion="entropy", seed=0) -> CrossFit:
     """Choose a threshold on each half of dev and score it on the other.
@@ -110,14 +122,11 @@ def cross_fit(task, logits, exit_layers, labels, thresholds, cost, teacher_metri
     picked, reached = [], []
     for select, apply in (halves, halves[::-1]):
         goal = target * teacher_metric_of(select)
-        scored = []
-        for t, layers, chosen in runs:
-            m = _metric(task, chosen[select], labels[select], regression)
-            scored.append((t, m, float(np.mean(cost(layers)[select])), layers, chosen))
-        good = [s for s in scored if s[1] >= goal and (floor is None or s[1] > floor)]
-        best = min(good, key=lambda s: (s[2], -s[1])) if good else max(scored, key=lambda s: (s[1], -s[2]))
-        picked.append(best[0])
-        reached.append(bool(good))
-        final_layers[apply] = best[3][apply]
-        final_logits[apply] = best[4][apply]
+        t, _, ok = choose_threshold(task, [(t, layers[select], chosen[select], cost(layers)[select])
+                                           for t, layers, chosen in runs], labels[select], goal, floor)
+        _, layers, chosen = next(r for r in runs if r[0] == t)
+        picked.append(t)
+        reached.append(ok)
+        final_layers[apply] = layers[apply]
+        final_logits[apply] = chosen[apply]
     return CrossFit(_metric(task, final_logits, labels, regression), tuple(picked), tuple(reached), final_layers)

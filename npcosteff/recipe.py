@@ -101,6 +101,7 @@ class Training(_Section):
     gradient_equilibrium: str = "authors"    # authors | exit_layers | off (npcosteff.equilibrium)
     regression_distill: str = "all"          # regression: distill every exit (all) or the last (final, the authors')
     exit_lr_multiplier: float = 1.0          # the exits' learning rate over each stage's (TA, pruning, recovery)
+    group_by_length: bool = False            # training batches of similar lengths: less padding, same examples
     eval_every: Optional[int] = None         # steps between held-out evaluations (None: once per epoch)
     eval_batch_size: int = 64                # evaluation and the sweep
     log_every: int = 20                      # steps per metrics.jsonl training record
@@ -221,9 +222,13 @@ class EarlyExit(_Section):
     criterion: str = "entropy"                       # entropy | max_prob | patience
     thresholds: tuple = DEFAULT_ENTROPY_THRESHOLDS   # the sweep (patience: integers)
     summary_thresholds: tuple = ()                   # the summary's columns (empty: three spread over thresholds)
+    target: float = 0.97                             # the operating point keeps this share of the teacher's
+                                                     # held-out score (npcosteff/runs/operating.py)
 
     def check(self):
         choice(self, "criterion", CRITERIA)
+        if not (math.isfinite(self.target) and 0 < self.target <= 1):
+            raise RecipeError(f"early_exit.target must be a share of the teacher's score in (0, 1], got {self.target}")
         if not self.thresholds:
             raise RecipeError("early_exit.thresholds is empty: the sweep needs at least one threshold")
         for t in self.thresholds:

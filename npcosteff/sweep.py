@@ -104,8 +104,12 @@ def write_sweep(rows, folder, name="sweep") -> dict:
     return paths
 
 
-def plot_sweeps(curves: dict, path, metric_name="metric", title=None) -> str:
-    """PNG of metric against mean FLOPs per sample, one curve per model (name -> rows)."""
+def plot_sweeps(curves: dict, path, metric_name="metric", title=None, marks=None) -> str:
+    """PNG of metric against mean FLOPs per sample, one curve per model (name -> rows).
+
+    marks: name -> (row, label) points to mark on a model's curve with a star, e.g. the
+    operating point chosen on held-out data; a label (at most one, or they overlap) goes in a
+    box at the top left (the legend then goes to the bottom right), None for a star alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +120,15 @@ def plot_sweeps(curves: dict, path, metric_name="metric", title=None) -> str:
         xs = [r["flops_per_sample"] / 1e9 for r in rows]
         ys = [r["metric"] for r in rows]
         order = np.argsort(xs)
-        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=name)
+        line, = ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=name)
+        if marks and name in marks:
+            row, text = marks[name]
+            x, y = row["flops_per_sample"] / 1e9, row["metric"]
+            ax.plot([x], [y], marker="*", markersize=16, color=line.get_color(), markeredgecolor="black", zorder=5)
+            if text:                                  # the label in a box low in the plot, a line to the star
+                ax.annotate(text, (x, y), xytext=(0.03, 0.95), textcoords="axes fraction", fontsize=8, va="top",
+                            bbox=dict(boxstyle="round", fc="white", ec="gray"),
+                            arrowprops=dict(arrowstyle="-", color="gray"))
     ax.set_xlabel("GFLOPs per sample (analytic, with early exit)")
     ax.set_ylabel(metric_name)
     ax.set_xscale("log")
@@ -125,7 +137,7 @@ def plot_sweeps(curves: dict, path, metric_name="metric", title=None) -> str:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())          # minor labels of a log axis overlap
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right" if marks and any(text for _, text in marks.values()) else "best")
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -44,6 +44,7 @@ class TrainingArguments:
     epochs: float = 3.0
     max_steps: Optional[int] = None      # overrides epochs when set
     batch_size: int = 32
+    group_by_length: bool = False        # batches of similar lengths (less padding; data.batching.grouped_order)
     eval_batch_size: int = 64
     learning_rate: float = 2e-5
     exit_lr_multiplier: float = 1.0      # the exits' parameters (exits.*) learn at learning_rate times this
@@ -170,7 +171,8 @@ class Trainer:
         """The shuffled batches of an epoch; the order depends on (seed, epoch) alone, so a
         resumed run sees the same batches."""
         rng = np.random.default_rng([self.args.seed, epoch])
-        return iterate_batches(self.train_data, self.train_data.labels, self.args.batch_size, shuffle=True, rng=rng)
+        return iterate_batches(self.train_data, self.train_data.labels, self.args.batch_size, shuffle=True, rng=rng,
+                               group_by_length=self.args.group_by_length)
 
     def train_step(self, batch) -> dict:
         """One optimizer step on a batch; returns the loss and its components."""

@@ -390,10 +390,14 @@ def test_demo_runs_on_the_shipped_slices_and_says_so(capsys, monkeypatch, tmp_pa
     monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "demo"))
-    assert line.startswith("npcosteff demo: the quick recipe on SST-2")
-    assert "GLUE slices shipped with npcosteff" in line and "512 training and 128 dev" in line
+    assert line.startswith("npcosteff demo: the demo recipe on SST-2")
+    assert "GLUE slices shipped with npcosteff" in line and "4000 training and 872 dev" in line
     assert "--glue-dir" in line and "NPCOSTEFF_GLUE_DIR" in line          # the way to full GLUE
-    assert ran["source"] == SHIPPED_DIR and ran["recipe"].name == "quick"
+    assert ran["source"] == SHIPPED_DIR and ran["recipe"].name == "demo"
+    # --preset quick and the caps make smaller runs
+    line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "d2"), "--preset", "quick",
+                                 "--max-train", "100", "--max-eval", "50")
+    assert ran["recipe"].name == "quick" and (ran["recipe"].data.max_train, ran["recipe"].data.max_eval) == (100, 50)
 
 
 def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, monkeypatch, tmp_path):
@@ -409,8 +413,8 @@ def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, mo
 
 def test_demo_refuses_more_examples_than_the_slice_holds(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
-    line = _error(capsys, "demo", "--set", "data.max_train=1000", "--output", str(tmp_path / "demo"))
-    assert "holds 512 examples, and 1000 were asked for" in line
+    line = _error(capsys, "demo", "--set", "data.max_train=5000", "--output", str(tmp_path / "demo"))
+    assert "holds 4000 examples, and 5000 were asked for" in line
     _assert_how_to(line)
     assert not (tmp_path / "demo").exists()
 
@@ -510,6 +514,19 @@ def test_run_quick_end_to_end(quick_run, capsys):
     assert "| teacher |" in table and "| ta |" in table and "| student |" in table
     assert "| ta | 0.7 |" in table and "| 1.00 / 6 |" in table                # every sample leaves at exit 1
     assert "| teacher |" in printed and str(out / "sweep" / "sweep.png") in printed
+    # The operating points: chosen on the held-out sentences among the sweep's thresholds, reported
+    # with the dev sweep's row at that threshold and a measured speed-up.
+    points = summary["operating_points"]
+    assert set(points) == {"ta", "student"}
+    for name, p in points.items():
+        assert p["threshold"] in [0.0, 0.3, 0.6, 0.7]
+        row = next(r for r in json.loads((out / "sweep" / f"{name}.json").read_text())
+                   if r["threshold"] == p["threshold"])
+        assert p["dev"] == pytest.approx(row["metric"]) and p["mean_exit_layer"] == pytest.approx(row["mean_exit_layer"])
+        assert p["measured_speedup"] > 0 and p["timing"]["rounds"] == 3
+        assert p["heldout_examples"] >= 1
+    assert "| model | threshold | held-out (of teacher's) |" in table and "dev never enters the choice" in table
+    assert summary["headline"].startswith("The teacher scores")
 
     # A second run finds every stage done and only redoes the sweep and the summary.
     assert main(argv) == 0
@@ -639,6 +656,57 @@ def test_summary_is_a_model_table_and_an_operating_point_table():
             "flops_reduction_vs_teacher", "mean_exit_layer"} <= set(cell)
     assert cell["measured_speedup"] == pytest.approx(2.5) and cell["score_vs_teacher"] == pytest.approx(0.95)
     assert set(summary["models"][0]["early_exit"]) == {"0.3", "0.6"}
+
+
+def test_summary_reports_the_operating_points_chosen_on_heldout_data():
+    from npcosteff.runs import build_summary
+
+    recipe = get_preset("quick").replace({"early_exit.thresholds": (0.0, 0.3, 0.6),
+                                          "early_exit.summary_thresholds": (0.3,)})
+    entries = [_summary_entry("teacher", 22_000_000, 600e6, {6: 0.80}),
+               _summary_entry("ta", 22_000_000, 610e6, {l: 0.70 + 0.02 * l for l in range(1, 7)}),
+               _summary_entry("student", 11_000_000, 300e6, {l: 0.5 + 0.05 * l for l in range(1, 7)})]
+    student_rows = [_sweep_row(0.0, 0.80, 300e6, 5.0, 6.0), _sweep_row(0.3, 0.78, 200e6, 4.0, 4.0),
+                    _sweep_row(0.6, 0.72, 100e6, 2.0, 2.0)]
+    curves = {"teacher": [_sweep_row(t, 0.80, 600e6, 10.0, 6.0) for t in (0.0, 0.3, 0.6)],
+              "ta": [_sweep_row(t, 0.79, 600e6, 10.0, 6.0) for t in (0.0, 0.3, 0.6)], "student": student_rows}
+    timing = {"teacher_seconds": 1.0, "model_seconds": 0.4, "speedup": 2.5, "rounds": 3}
+    point = dict(heldout_teacher=0.9, heldout_examples=50, target=0.97, timing=timing)
+    points = {"ta": {**point, "threshold": 0.0, "heldout": 0.88, "reached": True, "dev": curves["ta"][0]},
+              "student": {**point, "threshold": 0.3, "heldout": 0.88, "reached": True, "dev": student_rows[1]}}
+    text, summary = build_summary(entries, recipe, curves, points, majority=0.509)
+    assert "| student | 0.3 | 88.0 (97.8%) | 78.0 | 97.5% | 1/3.0 | 2.50x | 4.00 |" in text.splitlines()
+    row = summary["operating_points"]["student"]
+    assert row["dev_share_of_teacher"] == pytest.approx(0.975) and row["measured_speedup"] == 2.5
+    said = summary["headline"]
+    # exits 72-82 against a majority class of 50.9: all more than 10 points above it
+    assert "score 72.0 to 82.0, against 50.9 for always answering the most frequent class: every exit" in said
+    assert "keeps 97.5% of the teacher's dev score (78.0) with 3.0 times fewer FLOPs" in said
+    assert "runs 2.5 times faster, measured" in said and "leaves after 4.0 of 6 layers" in said
+    # exits near the majority class are named as having learnt little
+    entries[1] = _summary_entry("ta", 22_000_000, 610e6, {l: 0.52 + 0.05 * (l > 3) for l in range(1, 7)})
+    _, summary = build_summary(entries, recipe, curves, points, majority=0.509)
+    assert "6 of the 6 exits are within 10 points of that, so they have learnt little" in summary["headline"]
+
+
+def test_choose_threshold_takes_the_cheapest_that_keeps_the_goal():
+    import numpy as np
+
+    from npcosteff.operating_point import choose_threshold
+
+    labels = np.array([0, 1, 1, 0])
+    right = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+    wrong = right[:, ::-1]
+    half = right.copy()
+    half[:2] = right[:2][:, ::-1]                                  # two of four wrong
+    layers = np.ones(4, int)
+    runs = [(0.0, layers, right, np.full(4, 6.0)), (0.3, layers, right, np.full(4, 4.0)),
+            (0.6, layers, half, np.full(4, 1.0))]
+    assert choose_threshold("sst2", runs, labels, goal=0.9) == (0.3, 1.0, True)      # 0.6 is cheaper but misses
+    assert choose_threshold("sst2", runs, labels, goal=0.5) == (0.6, 0.5, True)
+    # None reaches the goal: the best score, the cheaper of equals
+    assert choose_threshold("sst2", runs[2:] + [(0.9, layers, wrong, np.full(4, 0.5))], labels, goal=0.9) == \
+        (0.6, 0.5, False)
 
 
 # --------------------------------------------------------------------------- stage folders

@@ -19,7 +19,7 @@ from npcosteff.data import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR,
 from npcosteff.tokenizer import Tokenizer
 
 # The slices in npcosteff/data/slices: (train, dev) examples per task.
-SLICE_ROWS = {"sst2": (512, 128), "mrpc": (256, 256), "stsb": (256, 256), "cola": (256, 256),
+SLICE_ROWS = {"sst2": (4000, 872), "mrpc": (256, 256), "stsb": (256, 256), "cola": (256, 256),
               "rte": (256, 256)}
 
 
@@ -81,27 +81,28 @@ def test_slices_are_the_only_shipped_tasks_and_stay_small():
     assert set(shipped_slices()) == set(SLICE_ROWS)
     total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(SHIPPED_DIR)
                 for f in files if f.endswith(".tsv"))
-    assert total < 600_000, total
+    assert total < 800_000, total     # SST-2's 4,000 + 872 rows (the demo's) are 320 KB of it
     assert os.path.isfile(os.path.join(SHIPPED_DIR, "README.md"))    # source and licences
 
 
-def test_the_quick_recipe_fits_the_sst2_slice():
+def test_the_demo_recipe_is_the_sst2_slice_and_quick_fits_in_it():
     from npcosteff.presets import get_preset
 
-    quick = get_preset("quick")
-    assert quick.task == "sst2"
-    assert (quick.data.max_train, quick.data.max_eval) == SLICE_ROWS["sst2"]
-    assert len(load_glue("sst2", "train", SHIPPED, quick.data.max_train)) == quick.data.max_train
-    assert len(load_glue("sst2", "validation", SHIPPED, quick.data.max_eval)) == quick.data.max_eval
+    demo, quick = get_preset("demo"), get_preset("quick")
+    assert demo.task == quick.task == "sst2"
+    assert (demo.data.max_train, demo.data.max_eval) == SLICE_ROWS["sst2"] == (4000, 872)   # all of dev
+    for recipe in (demo, quick):
+        assert len(load_glue("sst2", "train", SHIPPED, recipe.data.max_train)) == recipe.data.max_train
+        assert len(load_glue("sst2", "validation", SHIPPED, recipe.data.max_eval)) == recipe.data.max_eval
 
 
 def test_asking_a_slice_for_more_than_it_holds_is_an_error():
-    with pytest.raises(SliceTooSmall, match=r"SST-2 train slice shipped with npcosteff holds 512 "
-                                            r"examples, and 513 were asked for.*hub.*NPCOSTEFF_GLUE_DIR"):
-        load_glue("sst2", "train", SHIPPED, max_examples=513)
+    with pytest.raises(SliceTooSmall, match=r"SST-2 train slice shipped with npcosteff holds 4000 "
+                                            r"examples, and 4001 were asked for.*hub.*NPCOSTEFF_GLUE_DIR"):
+        load_glue("sst2", "train", SHIPPED, max_examples=4001)
     with pytest.raises(SliceTooSmall, match="holds 256"):
         load_glue("mrpc", "validation", SHIPPED, max_examples=10**6)
-    assert len(load_glue("sst2", "train", SHIPPED, max_examples=512)) == 512     # exactly all of it
+    assert len(load_glue("sst2", "train", SHIPPED, max_examples=4000)) == 4000   # exactly all of it
 
 
 def test_tasks_not_shipped_say_what_is():
@@ -592,6 +593,35 @@ def test_sort_by_length_and_restore_order(mrpc_encoded):
     np.testing.assert_array_equal(restore_order(per_batch, indices), mrpc_encoded.lengths)
 
 
+def test_group_by_length_keeps_every_example_and_cuts_the_padding(mrpc_encoded):
+    from npcosteff.data.batching import GROUP_BATCHES
+
+    n = len(mrpc_encoded)                                             # 256 = 8 * 30 + 16
+    grouped = list(iterate_batches(mrpc_encoded, mrpc_encoded.labels, 30, shuffle=True,
+                                   rng=np.random.default_rng(3), group_by_length=True))
+    again = np.concatenate([b["indices"] for b in iterate_batches(mrpc_encoded, None, 30, shuffle=True,
+                                                                  rng=np.random.default_rng(3), group_by_length=True)])
+    indices = np.concatenate([b["indices"] for b in grouped])
+    np.testing.assert_array_equal(np.sort(indices), np.arange(n))     # every example once
+    np.testing.assert_array_equal(indices, again)                     # the same seed, the same batches
+    assert [len(b["indices"]) for b in grouped] == [30] * 8 + [16]    # full batches, the short one last
+    for b in grouped:
+        np.testing.assert_array_equal(b["labels"], mrpc_encoded.labels[b["indices"]])
+    # With one group (256 < 50 * 30) each batch is a run of the length-sorted group: lengths in
+    # one batch overlap no other batch's, and padding falls well below random batches'.
+    assert n < GROUP_BATCHES * 30
+    spans = sorted((mrpc_encoded.lengths[b["indices"]].min(), mrpc_encoded.lengths[b["indices"]].max())
+                   for b in grouped)
+    assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans, spans[1:]))
+    padded = lambda bs: sum(b["input_ids"].size for b in bs)         # noqa: E731
+    shuffled = list(iterate_batches(mrpc_encoded, None, 30, shuffle=True, rng=np.random.default_rng(3)))
+    real = mrpc_encoded.lengths.sum()
+    assert padded(grouped) - real < 0.5 * (padded(shuffled) - real)  # MRPC is near max_length: little to cut
+    # The batch order is shuffled too: not simply longest first.
+    firsts = [mrpc_encoded.lengths[b["indices"]].max() for b in grouped[:-1]]
+    assert firsts != sorted(firsts, reverse=True)
+
+
 def test_batching_bad_input(mrpc_encoded):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         next(iterate_batches(mrpc_encoded, None, 0))
@@ -600,6 +630,8 @@ def test_batching_bad_input(mrpc_encoded):
     with pytest.raises(ValueError, match="exclude each other"):
         next(iterate_batches(mrpc_encoded, None, 8, shuffle=True,
                              rng=np.random.default_rng(0), sort_by_length=True))
+    with pytest.raises(ValueError, match="group_by_length needs shuffle=True"):
+        next(iterate_batches(mrpc_encoded, None, 8, group_by_length=True))
     with pytest.raises(ValueError, match=r"labels has shape \(3,\) but the split has 256"):
         next(iterate_batches(mrpc_encoded, np.zeros(3), 8))
     with pytest.raises(ValueError, match="not a permutation"):

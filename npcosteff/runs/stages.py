@@ -14,13 +14,16 @@ import json
 import os
 import time
 
+import numpy as np
+
 from ..presets import PRESETS_NEEDING_MODEL
 from ..recipe import Recipe
 from .folders import DONE_FILE, LOG_FILE, StageFolder, UserError, console, dtype_of, link_stages, \
     load_data, load_model, model_folder, pretrained_dir, tokenizer_dir, write_json
 from ..config import ConfigError
 from ..weights import CheckpointError, json_default
-from .summary import build_summary, describe, metric_line, sweep_models
+from .operating import choose_operating_points
+from .summary import build_summary, describe, metric_line, plot_run, sweep_models
 
 __all__ = ["run_stage", "stage_finetune", "stage_train_ta", "stage_slenderize", "stage_recover", "check_targets",
            "run_recipe"]
@@ -172,6 +175,17 @@ def _with_folder(model, folder):
 
 
 # --------------------------------------------------------------------------- the whole recipe
+def majority_score(dev, spec):
+    """The dev score of always answering dev's most frequent class (None for a regression task
+    or a metric other than accuracy)."""
+    from ..metrics import main_metric
+
+    if spec.num_labels < 2 or main_metric(spec.name) != "accuracy":
+        return None
+    labels = np.asarray(dev.labels).astype(np.int64)
+    return float(np.bincount(labels).max() / len(labels))
+
+
 def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None) -> dict:
     """All stages of `recipe` into `output`; returns the summary (also written as summary.md/.json).
 
@@ -237,8 +251,10 @@ def run_recipe(recipe: Recipe, output, glue_dir=None, progress=True, reuse=None)
                 raise UserError(f"model {m.folder} has {m.config.num_labels} outputs, {spec.name} needs "
                                 f"{spec.num_labels}")
 
-        curves, png = sweep_models(models, data, recipe, path("sweep"), progress)
-        text, summary = build_summary(entries, recipe, curves)
+        curves, _ = sweep_models(models, data, recipe, path("sweep"), progress, plot=False)
+        points = choose_operating_points(models, data, recipe, curves)
+        png = plot_run(curves, points, recipe, path("sweep"))
+        text, summary = build_summary(entries, recipe, curves, points, majority_score(data.dev, spec))
         summary.update({"sweep_png": png, "seconds": time.perf_counter() - clock})
         from ..weights import write_text
         write_text(path("summary.md"), f"# COST-EFF run: {recipe.name} on {recipe.task}\n\n" + text)

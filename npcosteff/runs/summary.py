@@ -60,10 +60,12 @@ def metric_line(summary) -> str:
 
 
 # --------------------------------------------------------------------------- sweep and summary
-def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thresholds=None, criterion=None):
-    """Early-exit sweep of each model on dev: <folder>/<name>.csv/.json and <folder>/sweep.png.
+def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thresholds=None, criterion=None,
+                 plot=True):
+    """Early-exit sweep of each model on dev: <folder>/<name>.csv/.json and (`plot`)
+    <folder>/sweep.png.
 
-    Returns (curves: name -> rows, png path). A model with one exit leaves at its last layer
+    Returns (curves: name -> rows, png path or None). A model with one exit leaves at its last layer
     whatever the threshold, so its sweep is run once and repeated for every threshold."""
     from ..data.batching import iterate_batches
     from ..metrics import main_metric
@@ -87,9 +89,30 @@ def sweep_models(models: dict, data, recipe: Recipe, folder, progress=True, thre
         curves[name] = rows
         paths = write_sweep(rows, folder, name)
         console.say(f"[sweep] {name}: {paths['csv']}, {paths['json']}")
-    png = plot_sweeps(curves, os.path.join(folder, "sweep.png"), metric_name=f"dev {main_metric(recipe.task)}",
-                      title=f"{recipe.task}: early exit ({criterion})")
-    return curves, png
+    if not plot:
+        return curves, None
+    return curves, plot_run(curves, {}, recipe, folder)
+
+
+def plot_run(curves: dict, points: dict, recipe: Recipe, folder) -> str:
+    """<folder>/sweep.png: each model's dev score against FLOPs over the sweep, with each
+    operating point chosen on held-out data (:mod:`~npcosteff.runs.operating`) starred and the
+    student's (else the first's) labelled."""
+    from ..metrics import main_metric
+    from ..sweep import plot_sweeps
+
+    reference = curves["teacher"][0]["flops_per_sample"] if "teacher" in curves else None
+    marks = {}
+    labelled = "student" if "student" in points else next(iter(points), None)     # one label, the others starred
+    for name, p in points.items():
+        row = p["dev"]
+        flops = f", 1/{reference / row['flops_per_sample']:.1f} of the FLOPs" if reference else ""
+        text = (f"{name}: threshold {p['threshold']:g}, chosen on held-out data\n"
+                f"dev {100 * row['metric']:.1f}{flops}, {p['timing']['speedup']:.1f}x faster (measured)")
+        marks[name] = (row, text if name == labelled else None)
+    return plot_sweeps(curves, os.path.join(folder, "sweep.png"), metric_name=f"dev {main_metric(recipe.task)}",
+                       title=f"{recipe.task}: early exit ({recipe.early_exit.criterion}) against FLOPs",
+                       marks=marks)
 
 
 def fmt_count(n) -> str:
@@ -115,8 +138,12 @@ def _table(head, rows) -> list:
             + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
-    """The run's summary as (markdown, JSON-ready dict): two tables.
+def build_summary(entries: list, recipe: Recipe, curves: dict, points: dict | None = None,
+                  majority: float | None = None) -> tuple:
+    """The run's summary as (markdown, JSON-ready dict): two tables, and with `points` (the
+    operating points chosen on held-out data, :mod:`~npcosteff.runs.operating`) a third table
+    and three sentences saying what the numbers show (`majority`: the dev score of always
+    answering the most frequent class, the floor an exit must clear to have learnt anything).
 
     `entries`: dicts with ``name``, ``folder`` and the stage's describe() record; the first is
     the teacher, the reference of every ratio. `curves`: each model's sweep rows.
@@ -195,8 +222,71 @@ def build_summary(entries: list, recipe: Recipe, curves: dict) -> tuple:
                      f"time per dev example over this model's (batches of {recipe.training.eval_batch_size}, timed "
                      f"once during the sweep: a rough timing); mean exit layer of the dev examples.")
     text = "\n".join(first) + "\n\n" + first_legend + "\n\n" + "\n".join(second) + "\n\n" + second_legend + "\n"
-    return text, {"task": recipe.task, "main_metric": key, "criterion": criterion,
-                  "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
+    result = {"task": recipe.task, "main_metric": key, "criterion": criterion,
+              "summary_thresholds": list(shown), "models": models, "recipe": recipe.to_dict()}
+    if points:
+        table, sentences, rows = _operating_points(points, entries, key, reference, reference_score, majority)
+        text += "\n" + table + "\n\n" + sentences + "\n"
+        result.update({"operating_points": rows, "majority": majority, "headline": sentences})
+    return text, result
+
+
+def _operating_points(points, entries, key, reference_flops, reference_score, majority):
+    """The third table (one row per multi-exit model: its operating point chosen on held-out
+    data, scored on dev) and the three sentences; returns (table, sentences, JSON rows)."""
+    by_name = {e["name"]: e for e in entries}
+    rows, lines = {}, []
+    for name, p in points.items():
+        d = p["dev"]
+        share = d["metric"] / reference_score if reference_score > 0 else float("nan")     # nan: no share of 0
+        rows[name] = {"threshold": p["threshold"], "heldout": p["heldout"], "heldout_teacher": p["heldout_teacher"],
+                      "heldout_examples": p["heldout_examples"], "reached_target_on_heldout": p["reached"],
+                      "target": p["target"], "dev": d["metric"], "dev_share_of_teacher": share,
+                      "flops_reduction_vs_teacher": reference_flops / d["flops_per_sample"],
+                      "mean_exit_layer": d["mean_exit_layer"], "measured_speedup": p["timing"]["speedup"],
+                      "timing": p["timing"]}
+        lines.append([name, f"{p['threshold']:g}",
+                      f"{100 * p['heldout']:.1f}" + (f" ({100 * p['heldout'] / p['heldout_teacher']:.1f}%)"
+                                                     if p["heldout_teacher"] > 0 else ""),
+                      f"{100 * d['metric']:.1f}", f"{100 * share:.1f}%", _fmt_ratio(rows[name]["flops_reduction_vs_teacher"]),
+                      f"{p['timing']['speedup']:.2f}x", f"{d['mean_exit_layer']:.2f}"])
+    some = next(iter(points.values()))
+    table = "\n".join(_table(["model", "threshold", "held-out (of teacher's)", f"dev {key}", "of teacher's",
+                              "FLOPs vs teacher", "measured speed-up", "mean exit layer"], lines))
+    table += (f"\n\nThe operating points: for each model with exits, the threshold with the fewest FLOPs whose "
+              f"score on the {some['heldout_examples']} held-out training sentences keeps "
+              f"{100 * some['target']:g}% of the teacher's there ({100 * some['heldout_teacher']:.1f}); dev never "
+              f"enters the choice. Measured speed-up: the teacher's full forward pass over all of dev against the "
+              f"model with early exit, median of {some['timing']['rounds']} alternating rounds each.")
+    said = []
+    teacher = by_name["teacher"]
+    if "ta" in by_name:
+        exits = [v[key] for v in by_name["ta"]["dev"]["exits"].values()]
+        floor = (f", against {100 * majority:.1f} for always answering the most frequent class" if majority is not None
+                 else "")
+        lo, hi = min(exits), max(exits)
+        if majority is None:
+            verdict = ""
+        elif lo >= majority + 0.10:
+            verdict = ": every exit has learnt the task, the first ones included"
+        else:
+            below = sum(v < majority + 0.10 for v in exits)
+            verdict = (f": {below} of the {len(exits)} exits are within 10 points of that, so they have learnt "
+                       f"little (train longer, or on more data)")
+        floor = f", against {100 * majority:.1f} for always answering the most frequent class" if majority else ""
+        said.append(f"The teacher scores {100 * teacher['dev']['final']:.1f} on dev, and the TA's exits, one after "
+                    f"every layer, score {100 * lo:.1f} to {100 * hi:.1f}{floor}{verdict}.")
+    if "student" in rows:
+        r, e = rows["student"], by_name["student"]
+        said.append(f"The slender student has 1/{teacher['parameters'] / e['parameters']:.1f} of the teacher's "
+                    f"parameters; at the threshold chosen on held-out data it keeps {100 * r['dev_share_of_teacher']:.1f}% "
+                    f"of the teacher's dev score ({100 * r['dev']:.1f}) with {r['flops_reduction_vs_teacher']:.1f} "
+                    f"times fewer FLOPs, and runs {r['measured_speedup']:.1f} times faster, measured.")
+        width = teacher["flops_per_sample"] / e["flops_per_sample"]
+        said.append(f"Both halves of the method give speed: each of its layers costs 1/{width:.1f} of a teacher layer "
+                    f"(width), and the average sentence leaves after {r['mean_exit_layer']:.1f} of "
+                    f"{e['widths']['num_hidden_layers']} layers (depth).")
+    return table, " ".join(said), rows
 
 
 def sweep_table(rows, criterion) -> str:
