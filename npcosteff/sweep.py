@@ -104,12 +104,14 @@ def write_sweep(rows, folder, name="sweep") -> dict:
     return paths
 
 
-def plot_sweeps(curves: dict, path, metric_name="metric", title=None, marks=None) -> str:
+def plot_sweeps(curves: dict, path, metric_name="metric", title=None, marks=None, reference=None) -> str:
     """PNG of metric against mean FLOPs per sample, one curve per model (name -> rows).
 
     marks: name -> (row, label) points to mark on a model's curve with a star, e.g. the
     operating point chosen on held-out data; a label (at most one, or they overlap) goes in a
-    box at the top left (the legend then goes to the bottom right), None for a star alone."""
+    box at the top left (the legend then goes to the bottom right), None for a star alone.
+    reference: (score, share) draws the teacher's score and `share` of it as horizontal lines
+    and keeps both in view, so that a small difference is not blown up to the plot's height."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,11 +131,22 @@ def plot_sweeps(curves: dict, path, metric_name="metric", title=None, marks=None
                 ax.annotate(text, (x, y), xytext=(0.03, 0.95), textcoords="axes fraction", fontsize=8, va="top",
                             bbox=dict(boxstyle="round", fc="white", ec="gray"),
                             arrowprops=dict(arrowstyle="-", color="gray"))
+    if reference is not None:
+        score, share = reference
+        ax.axhline(score, color="gray", linestyle="--", linewidth=1)
+        ax.axhline(share * score, color="gray", linestyle=":", linewidth=1)
+        ax.text(1.0, score, "teacher ", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
+                color="gray")
+        ax.text(1.0, share * score, f"{100 * share:g}% of the teacher ", transform=ax.get_yaxis_transform(),
+                ha="right", va="bottom", fontsize=8, color="gray")
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, share * score - 0.02), max(high, score + 0.02))
     ax.set_xlabel("GFLOPs per sample (analytic, with early exit)")
     ax.set_ylabel(metric_name)
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))   # labels even on a short range
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())          # minor labels of a log axis overlap
     ax.grid(True, alpha=0.3)

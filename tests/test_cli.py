@@ -391,7 +391,7 @@ def test_demo_runs_on_the_shipped_slices_and_says_so(capsys, monkeypatch, tmp_pa
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     line, ran = _demo_first_line(capsys, monkeypatch, "--output", str(tmp_path / "demo"))
     assert line.startswith("npcosteff demo: the demo recipe on SST-2")
-    assert "GLUE slices shipped with npcosteff" in line and "4000 training and 872 dev" in line
+    assert "GLUE slices shipped with npcosteff" in line and "3600 training and 872 dev" in line
     assert "--glue-dir" in line and "NPCOSTEFF_GLUE_DIR" in line          # the way to full GLUE
     assert ran["source"] == SHIPPED_DIR and ran["recipe"].name == "demo"
     # --preset quick and the caps make smaller runs
@@ -414,7 +414,7 @@ def test_demo_takes_the_folder_named_by_the_environment_or_the_option(capsys, mo
 def test_demo_refuses_more_examples_than_the_slice_holds(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("NPCOSTEFF_GLUE_DIR", raising=False)
     line = _error(capsys, "demo", "--set", "data.max_train=5000", "--output", str(tmp_path / "demo"))
-    assert "holds 4000 examples, and 5000 were asked for" in line
+    assert "holds 3600 examples, and 5000 were asked for" in line
     _assert_how_to(line)
     assert not (tmp_path / "demo").exists()
 

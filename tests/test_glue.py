@@ -19,7 +19,7 @@ from npcosteff.data import (GLUE_DIR_ENV, GLUE_TASKS, HUB, SHIPPED, SHIPPED_DIR,
 from npcosteff.tokenizer import Tokenizer
 
 # The slices in npcosteff/data/slices: (train, dev) examples per task.
-SLICE_ROWS = {"sst2": (4000, 872), "mrpc": (256, 256), "stsb": (256, 256), "cola": (256, 256),
+SLICE_ROWS = {"sst2": (3600, 872), "mrpc": (256, 256), "stsb": (256, 256), "cola": (256, 256),
               "rte": (256, 256)}
 
 
@@ -81,7 +81,7 @@ def test_slices_are_the_only_shipped_tasks_and_stay_small():
     assert set(shipped_slices()) == set(SLICE_ROWS)
     total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(SHIPPED_DIR)
                 for f in files if f.endswith(".tsv"))
-    assert total < 800_000, total     # SST-2's 4,000 + 872 rows (the demo's) are 320 KB of it
+    assert total < 800_000, total     # SST-2's 3,600 + 872 rows (the demo's) are 300 KB of it
     assert os.path.isfile(os.path.join(SHIPPED_DIR, "README.md"))    # source and licences
 
 
@@ -90,19 +90,19 @@ def test_the_demo_recipe_is_the_sst2_slice_and_quick_fits_in_it():
 
     demo, quick = get_preset("demo"), get_preset("quick")
     assert demo.task == quick.task == "sst2"
-    assert (demo.data.max_train, demo.data.max_eval) == SLICE_ROWS["sst2"] == (4000, 872)   # all of dev
+    assert (demo.data.max_train, demo.data.max_eval) == SLICE_ROWS["sst2"] == (3600, 872)   # all of dev
     for recipe in (demo, quick):
         assert len(load_glue("sst2", "train", SHIPPED, recipe.data.max_train)) == recipe.data.max_train
         assert len(load_glue("sst2", "validation", SHIPPED, recipe.data.max_eval)) == recipe.data.max_eval
 
 
 def test_asking_a_slice_for_more_than_it_holds_is_an_error():
-    with pytest.raises(SliceTooSmall, match=r"SST-2 train slice shipped with npcosteff holds 4000 "
-                                            r"examples, and 4001 were asked for.*hub.*NPCOSTEFF_GLUE_DIR"):
-        load_glue("sst2", "train", SHIPPED, max_examples=4001)
+    with pytest.raises(SliceTooSmall, match=r"SST-2 train slice shipped with npcosteff holds 3600 "
+                                            r"examples, and 3601 were asked for.*hub.*NPCOSTEFF_GLUE_DIR"):
+        load_glue("sst2", "train", SHIPPED, max_examples=3601)
     with pytest.raises(SliceTooSmall, match="holds 256"):
         load_glue("mrpc", "validation", SHIPPED, max_examples=10**6)
-    assert len(load_glue("sst2", "train", SHIPPED, max_examples=4000)) == 4000   # exactly all of it
+    assert len(load_glue("sst2", "train", SHIPPED, max_examples=3600)) == 3600   # exactly all of it
 
 
 def test_tasks_not_shipped_say_what_is():

@@ -110,9 +110,10 @@ def plot_run(curves: dict, points: dict, recipe: Recipe, folder) -> str:
         text = (f"{name}: threshold {p['threshold']:g}, chosen on held-out data\n"
                 f"dev {100 * row['metric']:.1f}{flops}, {p['timing']['speedup']:.1f}x faster (measured)")
         marks[name] = (row, text if name == labelled else None)
+    teacher = curves["teacher"][0]["metric"] if "teacher" in curves else None
     return plot_sweeps(curves, os.path.join(folder, "sweep.png"), metric_name=f"dev {main_metric(recipe.task)}",
                        title=f"{recipe.task}: early exit ({recipe.early_exit.criterion}) against FLOPs",
-                       marks=marks)
+                       marks=marks, reference=(teacher, recipe.early_exit.target) if teacher else None)
 
 
 def fmt_count(n) -> str:
@@ -278,8 +279,10 @@ def _operating_points(points, entries, key, reference_flops, reference_score, ma
                     f"every layer, score {100 * lo:.1f} to {100 * hi:.1f}{floor}{verdict}.")
     if "student" in rows:
         r, e = rows["student"], by_name["student"]
+        chosen = ("chosen on held-out data" if r["reached_target_on_heldout"] else
+                  f"with the best held-out score (none kept {100 * r['target']:g}% of the teacher's there)")
         said.append(f"The slender student has 1/{teacher['parameters'] / e['parameters']:.1f} of the teacher's "
-                    f"parameters; at the threshold chosen on held-out data it keeps {100 * r['dev_share_of_teacher']:.1f}% "
+                    f"parameters; at the threshold {chosen} it keeps {100 * r['dev_share_of_teacher']:.1f}% "
                     f"of the teacher's dev score ({100 * r['dev']:.1f}) with {r['flops_reduction_vs_teacher']:.1f} "
                     f"times fewer FLOPs, and runs {r['measured_speedup']:.1f} times faster, measured.")
         width = teacher["flops_per_sample"] / e["flops_per_sample"]
