@@ -39,8 +39,12 @@ def thread_env(threads: int) -> dict:
 
     npcosteff's own thread settings (``OPENBLAS_THREAD_TIMEOUT``, Numba's layer) are left to
     the child's ``import npcosteff``, as in a user's process (npcosteff/threads.py)."""
+    from npcosteff.threads import timeout_set_here
+
     n = str(int(threads))
     env = dict(os.environ)
+    if timeout_set_here():                     # npcosteff's own, from this process's import: not the user's
+        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = n
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -40,7 +40,8 @@ import os
 import sys
 import warnings
 
-__all__ = ["OPENBLAS_TIMEOUT", "NUMBA_LAYER", "configure", "openblas_libraries", "openblas_thread_timeout"]
+__all__ = ["OPENBLAS_TIMEOUT", "NUMBA_LAYER", "configure", "openblas_libraries", "openblas_thread_timeout",
+           "timeout_set_here"]
 
 OPENBLAS_TIMEOUT = "4"       # log2 of the clock cycles an idle OpenBLAS thread waits before sleeping
 NUMBA_LAYER = "workqueue"    # Numba threading layer whose idle threads sleep
@@ -54,7 +55,9 @@ def configure() -> None:
     layer counts only before Numba's first parallel call.
     """
     numpy_first = "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
+        _state["set_here"] = True
     if numpy_first and not _restart_openblas_threads():
         _warn_if_openblas_started()
     if "NUMBA_THREADING_LAYER" not in os.environ:
@@ -65,6 +68,16 @@ def configure() -> None:
         if numba.config.THREADING_LAYER == "default":
             numba.config.THREADING_LAYER = NUMBA_LAYER
         _warn_if_started_before(numba)
+
+
+_state = {"set_here": False}
+
+
+def timeout_set_here() -> bool:
+    """Whether ``OPENBLAS_THREAD_TIMEOUT`` in this process's environment is npcosteff's (set on
+    import) rather than the user's: a program that starts others as a user would (the
+    benchmarks) leaves it out of their environment."""
+    return _state["set_here"]
 
 
 def openblas_libraries() -> list:
