@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["choose_operating_points", "time_passes"]
 
-ROUNDS = 3          # timed passes over dev of the teacher and of each model at its operating point
+ROUNDS = 2          # timed passes over dev of the teacher and of each model at its operating point
 
 
 def _heldout_batches(data, recipe):
