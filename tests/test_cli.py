@@ -550,6 +550,33 @@ def with_output(argv, folder):
     return argv
 
 
+def test_the_operating_points_never_read_dev_labels(quick_run, monkeypatch):
+    # The choice is made on the held-out split: dev's labels scrambled, the same thresholds (the
+    # dev rows reported beside them come from the sweep, which is given).
+    import dataclasses
+
+    import numpy as np
+
+    from npcosteff.data.batching import EncodedSplit
+    from npcosteff.model import CostEffModel
+    from npcosteff.presets import recipe_from_dict
+    from npcosteff.runs import operating
+    from npcosteff.runs.folders import load_data, model_folder
+
+    out, _ = finished(quick_run, "recover")
+    recipe = recipe_from_dict(json.loads((out / "recipe.json").read_text()))
+    models = {name: CostEffModel.from_pretrained(model_folder(str(out / stage)))
+              for name, stage in (("teacher", "teacher"), ("ta", "ta"), ("student", "recover"))}
+    curves = {name: json.loads((out / "sweep" / f"{name}.json").read_text()) for name in models}
+    data = load_data(recipe, "shipped", model_folder(str(out / "teacher")))
+    monkeypatch.setattr(operating, "ROUNDS", 1)                      # the timing is not the point here
+    chosen = {n: p["threshold"] for n, p in operating.choose_operating_points(models, data, recipe, curves).items()}
+    d = data.dev
+    scrambled = EncodedSplit(d.input_ids, d.token_type_ids, 1 - np.asarray(d.labels), d.max_length, d.pad_token_id)
+    again = operating.choose_operating_points(models, dataclasses.replace(data, dev=scrambled), recipe, curves)
+    assert {n: p["threshold"] for n, p in again.items()} == chosen and set(chosen) == {"ta", "student"}
+
+
 def test_rerun_with_other_settings_is_refused(quick_run, capsys):
     out, argv = finished(quick_run, "teacher")
     line = _error(capsys, *argv, "--set", "finetune.learning_rate=0.001")
