@@ -364,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, help="early-exit criterion (default: entropy; patience for "
                                                          "regression tasks such as stsb)")
     p.add_argument("--threshold", metavar="T",
-                   help="entropy: leave at the first exit whose entropy is below T (default 0.3; 0 never leaves "
+                   help="default: the operating point the model's run chose on held-out data (its summary.json), "
+                        "else the criterion's default; entropy: leave at the first exit whose entropy is below T "
+                        "(default 0.3; 0 never leaves "
                         "early, above ln 2 = 0.69 two-class sentences all leave at the first exit); max_prob: leave "
                         "when the top probability is above T (default 0.9); patience: leave when the prediction has "
                         "agreed with the exit before T times in a row (default 2)")

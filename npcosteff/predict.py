@@ -17,6 +17,7 @@ records whether they do)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -298,6 +299,27 @@ def format_rows(rows: list, num_layers: int, criterion, threshold) -> str:
 
 
 # --------------------------------------------------------------------------- the command
+RUN_MODELS = {"teacher": "teacher", "ta": "ta", "recover": "student"}    # stage folder -> model in summary.json
+
+
+def run_operating_point(stage_folder) -> Optional[tuple]:
+    """(criterion, threshold) of the operating point that the run a stage folder belongs to chose
+    for its model on held-out data (``summary.json`` beside the stage folders, written by
+    ``npcosteff run`` and ``npcosteff demo``); None when there is none."""
+    stage = os.path.abspath(os.fspath(stage_folder))
+    name = RUN_MODELS.get(os.path.basename(stage))
+    summary = os.path.join(os.path.dirname(stage), "summary.json")
+    if name is None or not os.path.isfile(summary):
+        return None
+    try:
+        with open(summary, encoding="utf-8") as f:
+            data = json.load(f)
+        point = data.get("operating_points", {}).get(name)
+        return None if point is None else (data["criterion"], point["threshold"])
+    except (OSError, ValueError, KeyError, AttributeError):      # an unreadable summary: the defaults
+        return None
+
+
 def predict_sentences(model_path, sentences=(), file=None, task=None, criterion=None, threshold=None,
                       max_length=128, explain=False, json_path=None) -> list:
     """``npcosteff predict``: early exit on each example (`read_input`), one at a time; prints
@@ -310,6 +332,11 @@ def predict_sentences(model_path, sentences=(), file=None, task=None, criterion=
                             f"{os.path.join(run, stages[0])}")
     model_folder(run)                                    # a folder that names no model: say so first
     spec = predict_task(run, task)
+    chosen = None
+    if criterion is None and threshold is None:
+        chosen = run_operating_point(run)
+        if chosen is not None:
+            criterion, threshold = chosen
     criterion, threshold = choose_rule(spec, criterion, threshold)
     try:
         max_length = int(max_length)
@@ -326,6 +353,7 @@ def predict_sentences(model_path, sentences=(), file=None, task=None, criterion=
     exits = [i + 1 for i in c.exit_layers]
     console.say(f"model {model.folder}: {c.num_hidden_layers} layers, exits after layer(s) "
                 f"{', '.join(map(str, exits))}; task {spec.name}; {rule_words(criterion, threshold)}"
+                f"{' (the run operating point, chosen on held-out data)' if chosen else ''}"
                 f"{' (one exit: every sentence runs to it)' if len(exits) == 1 else ''}")
     # One untimed pass first: the first call of a kernel may compile or warm caches.
     predict_example(model, tok, examples[0], spec, criterion, threshold, max_length)

@@ -577,6 +577,23 @@ def test_the_operating_points_never_read_dev_labels(quick_run, monkeypatch):
     assert {n: p["threshold"] for n, p in again.items()} == chosen and set(chosen) == {"ta", "student"}
 
 
+def test_predict_takes_the_runs_operating_point(quick_run, capsys):
+    from npcosteff.predict import predict_sentences, run_operating_point
+
+    out, _ = finished(quick_run, "recover")
+    summary = json.loads((out / "summary.json").read_text())
+    chosen = summary["operating_points"]["student"]["threshold"]
+    assert run_operating_point(out / "recover") == ("entropy", chosen)
+    assert run_operating_point(out / "teacher") is None                # one exit: no operating point
+    capsys.readouterr()
+    predict_sentences(out / "recover", ["a fine film"])
+    said = capsys.readouterr().out
+    assert f"entropy is below {chosen:g} (the run operating point, chosen on held-out data)" in said
+    predict_sentences(out / "recover", ["a fine film"], threshold="0.5")    # told: the given one
+    said = capsys.readouterr().out
+    assert "below 0.5" in said and "operating point" not in said
+
+
 def test_rerun_with_other_settings_is_refused(quick_run, capsys):
     out, argv = finished(quick_run, "teacher")
     line = _error(capsys, *argv, "--set", "finetune.learning_rate=0.001")
