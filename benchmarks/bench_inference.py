@@ -51,7 +51,7 @@ import npcosteff  # noqa: F401,E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (default_threads, export_onnx, have_onnxruntime, limit_threads,  # noqa: E402
-                               onnx_reference_logits, onnxruntime_session, print_header, report, run_child,
+                               exported_model, onnxruntime_session, reference_logits, print_header, report, run_child,
                                time_calls)
 
 SIDES = ("npcosteff", "torch-eager", "torch-sdpa", "onnxruntime")
@@ -104,12 +104,12 @@ def child(args) -> dict:
     elif args.child == "onnxruntime":
         limit_threads(args.threads)
         session = onnxruntime_session(args.onnx, args.threads)
+        reference = exported_model()                       # loaded once, for every batch's check
         for b in args.batches:
             ids, mask, types = make_batch(b, args.seq)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             logits = session.run(["logits"], feed)[0]
-            reference = onnx_reference_logits(ids, mask, types)
-            results[f"diff{b}"] = float(np.abs(logits - reference).max())
+            results[f"diff{b}"] = float(np.abs(logits - reference_logits(reference, ids, mask, types)).max())
             results[b] = time_calls(lambda: session.run(["logits"], feed), args.repeat, warmup=2)
     else:
         import torch

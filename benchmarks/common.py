@@ -176,23 +176,31 @@ def have_onnxruntime() -> bool:
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
-def export_onnx(path: str, num_labels: int = 2, seed: int = 0) -> str:
-    """Export ``transformers.BertForSequenceClassification`` of the packaged MiniLM (its
-    classifier drawn with torch seed `seed`) to an ONNX file at `path`, batch and sequence
-    length dynamic; returns `path`. The export is what a user deploying on ONNX Runtime does."""
+def exported_model(num_labels: int = 2, seed: int = 0):
+    """``transformers.BertForSequenceClassification`` of the packaged MiniLM in evaluation mode,
+    its classifier drawn with torch seed `seed`: the model :func:`export_onnx` exports, and the
+    reference its ONNX Runtime logits are checked against."""
     import torch
     from transformers import BertForSequenceClassification
     from transformers.utils import logging
 
     from npcosteff.pretrained import default_model_dir
 
-    import warnings
-
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(default_model_dir(), num_labels=num_labels,
-                                                          attn_implementation="eager").eval()
+    return BertForSequenceClassification.from_pretrained(default_model_dir(), num_labels=num_labels,
+                                                         attn_implementation="eager").eval()
+
+
+def export_onnx(path: str, num_labels: int = 2, seed: int = 0) -> str:
+    """Export :func:`exported_model` to an ONNX file at `path`, batch and sequence length
+    dynamic; returns `path`. The export is what a user deploying on ONNX Runtime does."""
+    import warnings
+
+    import torch
+
+    model = exported_model(num_labels, seed)
     ids = torch.randint(1000, 30000, (2, 16))
     inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     axes = {0: "batch", 1: "sequence"}
@@ -205,21 +213,11 @@ def export_onnx(path: str, num_labels: int = 2, seed: int = 0) -> str:
     return path
 
 
-def onnx_reference_logits(ids, mask, types, num_labels: int = 2, seed: int = 0):
-    """The logits of the exported model computed by transformers itself (float32), to check
+def reference_logits(model, ids, mask, types):
+    """The logits of :func:`exported_model` computed by transformers itself (float32), to check
     ONNX Runtime's against."""
     import torch
-    from transformers import BertForSequenceClassification
 
-    from transformers.utils import logging
-
-    from npcosteff.pretrained import default_model_dir
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(default_model_dir(), num_labels=num_labels,
-                                                          attn_implementation="eager").eval()
     with torch.inference_mode():
         return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                      token_type_ids=torch.from_numpy(types)).logits.numpy()

@@ -30,14 +30,19 @@ __all__ = ["choose_operating_points", "time_passes"]
 ROUNDS = 2          # timed passes over dev of the teacher and of each model at its operating point
 
 
-def _heldout_batches(data, recipe):
+def _batches(split, recipe):
+    """A split's evaluation batches, longest first (as the sweep's)."""
     from ..data.batching import iterate_batches
 
-    return list(iterate_batches(data.heldout, data.heldout.labels, recipe.training.eval_batch_size,
-                                sort_by_length=True))
+    return list(iterate_batches(split, split.labels, recipe.training.eval_batch_size, sort_by_length=True))
 
 
-def time_passes(runs: dict, batches, criterion, rounds=3) -> dict:
+def _rule(criterion, t) -> dict:
+    """The early-exit keywords of threshold `t`: the number of agreeing exits for patience."""
+    return dict(patience=int(t)) if criterion == "patience" else dict(threshold=float(t))
+
+
+def time_passes(runs: dict, batches, criterion, rounds=ROUNDS) -> dict:
     """name -> seconds for one pass over `batches` of each `runs` entry (name -> (model,
     threshold)), with early exit at that threshold: the median of `rounds` rounds, each running
     every entry once, in turn forwards and backwards. The models should be warm (a run's sweep
@@ -45,7 +50,7 @@ def time_passes(runs: dict, batches, criterion, rounds=3) -> dict:
     from ..early_exit import early_exit_predict
 
     def once(model, t):
-        kw = dict(patience=int(t), threshold=0.0) if criterion == "patience" else dict(threshold=float(t))
+        kw = {"threshold": 0.0, **_rule(criterion, t)}
         start = time.perf_counter()
         early_exit_predict(model, batches, criterion=criterion, **kw)
         return time.perf_counter() - start
@@ -66,7 +71,6 @@ def choose_operating_points(models: dict, data, recipe, curves: dict) -> dict:
     from ..flops import model_flops
     from ..metrics import compute_metrics, main_metric, predictions_from_logits
     from ..operating_point import choose_threshold, exit_logits, simulate_exit
-    from ..data.batching import iterate_batches
     from .folders import console
 
     if data.heldout is None or "teacher" not in models:
@@ -74,15 +78,13 @@ def choose_operating_points(models: dict, data, recipe, curves: dict) -> dict:
     ee = recipe.early_exit
     key = main_metric(recipe.task)
     criterion = ee.criterion
-    batches = _heldout_batches(data, recipe)
+    batches = _batches(data.heldout, recipe)
     labels = np.asarray(data.heldout.labels)
     teacher = models["teacher"]
     t_logits, _ = exit_logits(teacher, batches)
     regression = teacher.config.is_regression
     teacher_score = float(compute_metrics(recipe.task, predictions_from_logits(t_logits[-1], regression),
                                           labels)[key])
-    dev_batches = list(iterate_batches(data.dev, data.dev.labels, recipe.training.eval_batch_size,
-                                       sort_by_length=True))
     points, by = {}, "patience" if criterion == "patience" else "threshold"
     for name, model in models.items():
         if len(model.config.exit_layers) < 2:
@@ -90,8 +92,8 @@ def choose_operating_points(models: dict, data, recipe, curves: dict) -> dict:
         logits, n_tokens = exit_logits(model, batches)
         runs = []
         for t in ee.thresholds:
-            kw = dict(patience=int(t)) if criterion == "patience" else dict(threshold=float(t))
-            layers, chosen = simulate_exit(logits, [l + 1 for l in model.config.exit_layers], criterion, **kw)
+            layers, chosen = simulate_exit(logits, [l + 1 for l in model.config.exit_layers], criterion,
+                                           **_rule(criterion, t))
             cost = np.array([model_flops(model.config, int(n), int(l)) for n, l in zip(n_tokens, layers)])
             runs.append((t, layers, chosen, cost))
         threshold, score, reached = choose_threshold(recipe.task, runs, labels, ee.target * teacher_score)
@@ -103,7 +105,7 @@ def choose_operating_points(models: dict, data, recipe, curves: dict) -> dict:
     # The teacher (one exit: every layer) and each model at its threshold, timed in the same rounds.
     full = 1 if criterion == "patience" else 0.0
     seconds = time_passes({"teacher": (teacher, full), **{n: (models[n], p["threshold"]) for n, p in points.items()}},
-                          dev_batches, criterion, ROUNDS)
+                          _batches(data.dev, recipe), criterion, ROUNDS)
     for name, p in points.items():
         p["timing"] = {"teacher_seconds": seconds["teacher"], "model_seconds": seconds[name],
                        "speedup": seconds["teacher"] / seconds[name], "rounds": ROUNDS}

@@ -101,7 +101,8 @@ def plot_run(curves: dict, points: dict, recipe: Recipe, folder) -> str:
     from ..metrics import main_metric
     from ..sweep import plot_sweeps
 
-    reference = curves["teacher"][0]["flops_per_sample"] if "teacher" in curves else None
+    teacher = curves["teacher"][0] if "teacher" in curves else None          # its one row: every layer
+    reference = teacher["flops_per_sample"] if teacher else None
     marks = {}
     labelled = "student" if "student" in points else next(iter(points), None)     # one label, the others starred
     for name, p in points.items():
@@ -110,10 +111,9 @@ def plot_run(curves: dict, points: dict, recipe: Recipe, folder) -> str:
         text = (f"{name}: threshold {p['threshold']:g}, chosen on held-out data\n"
                 f"dev {100 * row['metric']:.1f}{flops}, {p['timing']['speedup']:.1f}x faster (measured)")
         marks[name] = (row, text if name == labelled else None)
-    teacher = curves["teacher"][0]["metric"] if "teacher" in curves else None
     return plot_sweeps(curves, os.path.join(folder, "sweep.png"), metric_name=f"dev {main_metric(recipe.task)}",
                        title=f"{recipe.task}: early exit ({recipe.early_exit.criterion}) against FLOPs",
-                       marks=marks, reference=(teacher, recipe.early_exit.target) if teacher else None)
+                       marks=marks, reference=(teacher["metric"], recipe.early_exit.target) if teacher else None)
 
 
 def fmt_count(n) -> str:
@@ -263,8 +263,6 @@ def _operating_points(points, entries, key, reference_flops, reference_score, ma
     teacher = by_name["teacher"]
     if "ta" in by_name:
         exits = [v[key] for v in by_name["ta"]["dev"]["exits"].values()]
-        floor = (f", against {100 * majority:.1f} for always answering the most frequent class" if majority is not None
-                 else "")
         lo, hi = min(exits), max(exits)
         if majority is None:
             verdict = ""
