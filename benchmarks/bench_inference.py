@@ -4,8 +4,13 @@ One forward pass in evaluation mode (no dropout, no caches kept; torch under
 ``torch.inference_mode()``) on a random batch of ``--seq`` tokens without padding, from the
 packaged MiniLM in float32. Each side runs in its own child process with ``--threads``
 threads in every pool; printed are the median time of ``--repeat`` passes (after two
-warm-up passes), the time per sample and the npcosteff / torch ratio. The sides run in
+warm-up passes), the time per sample and the ratios of each npcosteff side to the others. The sides run in
 ``--rounds`` rounds that alternate their order; each figure is the median over rounds.
+
+npcosteff runs twice: ``npcosteff`` is the model's own ``forward`` (the plain layers, shared
+out over the cores by :mod:`npcosteff.kernels.lanes_layer`), ``npcosteff-packed`` the same
+model packed for inference once before the timing (:func:`npcosteff.kernels.packed.pack`: the
+weights laid out for the products, as ONNX Runtime prepares its session).
 
 Also measured (``--compile``): the first use of the inference path in a fresh process,
 ``import npcosteff`` plus one forward pass and one early-exit pass of a tiny float32 model,
@@ -54,7 +59,8 @@ from benchmarks.common import (default_threads, export_onnx, have_onnxruntime, l
                                exported_model, onnxruntime_session, reference_logits, print_header, report, run_child,
                                time_calls)
 
-SIDES = ("npcosteff", "torch-eager", "torch-sdpa", "onnxruntime")
+SIDES = ("npcosteff", "npcosteff-packed", "torch-eager", "torch-sdpa", "onnxruntime")
+OURS = ("npcosteff", "npcosteff-packed", "numpy-first", "baseline")      # the sides that run npcosteff
 
 
 def make_batch(batch: int, seq: int):
@@ -91,12 +97,16 @@ def child(args) -> dict:
     if args.child == "compile":
         return child_compile()
     results = {}
-    if args.child == "npcosteff":
+    if args.child in ("npcosteff", "npcosteff-packed"):
         from npcosteff.model import CostEffModel
         from npcosteff.threads import openblas_thread_timeout
 
         limit_threads(args.threads)
         model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
+        if args.child == "npcosteff-packed":
+            from npcosteff.kernels.packed import pack
+
+            model = pack(model)                            # once, as ONNX Runtime builds its session once
         for b in args.batches:
             ids, mask, types = make_batch(b, args.seq)
             results[b] = time_calls(lambda: model(ids, mask, types), args.repeat, warmup=2)
@@ -168,7 +178,8 @@ def main():
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, "benchmarks", "bench_inference.py")):
         parser.error(f"--baseline {args.baseline}: not a checkout of this repository (no benchmarks/bench_inference.py)")
     ort = not args.no_ort and have_onnxruntime()
-    sides = (["npcosteff"] + (["numpy-first"] if args.import_order else []) + (["baseline"] if args.baseline else [])
+    sides = (["npcosteff", "npcosteff-packed"] + (["numpy-first"] if args.import_order else [])
+             + (["baseline"] if args.baseline else [])
              + (["onnxruntime"] if ort else []) + ["torch-eager"] + (["torch-sdpa"] if args.sdpa else []))
     workdir = tempfile.TemporaryDirectory()
     onnx_path = export_onnx(os.path.join(workdir.name, "minilm.onnx")) if ort else None
@@ -197,15 +208,18 @@ def main():
             f"batch {b} {max(x['diff' + str(b)] for x in rounds['onnxruntime']):.1e}" for b in args.batches))
     print(f"\nsequence length {args.seq}, median over {args.rounds} rounds of the median of {args.repeat} "
           f"passes (wall clock)")
-    print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>16s} {'ms/sample':>9s}" for s in sides) +
-          " " + " ".join(f"{'npcosteff/' + s:>22s}" for s in sides[1:]))
+    print(f"{'batch':>5s} " + " ".join(f"{s + ' ms':>18s} {'ms/sample':>9s}" for s in sides))
     for b in args.batches:
-        row = f"{b:5d} "
-        for s in sides:
-            wall = res[s][str(b)][0]
-            row += f"{1e3 * wall:16.2f} {1e3 * wall / b:9.2f} "
-        row += " ".join(f"{res['npcosteff'][str(b)][0] / res[s][str(b)][0]:22.2f}" for s in sides[1:])
-        print(row)
+        print(f"{b:5d} " + " ".join(f"{1e3 * res[s][str(b)][0]:18.2f} {1e3 * res[s][str(b)][0] / b:9.2f}"
+                                    for s in sides))
+    # Each npcosteff side against each other side: the ratio of the medians, and of every round.
+    print("\nratios (time of the row's side / time of the column's side; the rounds' own ratios in brackets)")
+    for ours in [s for s in sides if s in OURS]:
+        for other in [s for s in sides if s != ours and (s not in OURS or ours == "npcosteff")]:
+            print(f"  {ours + ' / ' + other:>40s}: " + "; ".join(
+                f"batch {b} {res[ours][str(b)][0] / res[other][str(b)][0]:.2f} ("
+                + ", ".join(f"{x[str(b)][0] / y[str(b)][0]:.2f}" for x, y in zip(rounds[ours], rounds[other])) + ")"
+                for b in args.batches))
     if args.compile:
         with tempfile.TemporaryDirectory() as cache:
             env = {"NUMBA_CACHE_DIR": cache}

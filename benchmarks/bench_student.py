@@ -7,6 +7,8 @@ model, against the uncompressed model run the usual way? Here:
   ``npcosteff.early_exit.early_exit_forward`` at batch 1 with the entropy threshold of its
   operating point in ``results/<task>.json`` (the model ``--name``, by default the first
   student there; the threshold chosen on the first half of dev; ``--threshold`` overrides it);
+  and the same student packed for inference once before the timing
+  (:func:`npcosteff.kernels.packed.pack`);
 * PyTorch: ``transformers.BertForSequenceClassification`` with the teacher's shapes (the
   packaged MiniLM-L6: 6 layers, 12 heads, FFN 1536), every layer, under
   ``torch.inference_mode()``, eager attention (and ``sdpa`` with ``--sdpa``);
@@ -40,7 +42,7 @@ import numpy as np
 from benchmarks.common import (REPO, default_threads, export_onnx, have_onnxruntime, limit_threads,
                                onnxruntime_session, print_header, report, run_child, time_calls)
 
-SIDES = ("npcosteff", "torch-eager", "torch-sdpa", "onnxruntime")
+SIDES = ("npcosteff", "npcosteff-packed", "torch-eager", "torch-sdpa", "onnxruntime")
 
 
 def operating_threshold(task: str, name=None):
@@ -76,12 +78,15 @@ def dev_samples(task: str, glue_dir, n: int, max_length: int):
 
 def child(args) -> dict:
     samples = dev_samples(args.task, args.glue_dir, args.samples, args.max_length)
-    if args.child == "npcosteff":
+    if args.child in ("npcosteff", "npcosteff-packed"):
         from npcosteff.early_exit import early_exit_forward
+        from npcosteff.kernels.packed import pack
         from npcosteff.model import CostEffModel
 
         limit_threads(args.threads)
         model = CostEffModel.from_pretrained(args.student)
+        if args.child == "npcosteff-packed":
+            model = pack(model)                            # once, as ONNX Runtime builds its session once
         layers = []
 
         def run():
@@ -159,7 +164,7 @@ def main():
     import tempfile
 
     ort = not args.no_ort and have_onnxruntime()
-    sides = ["npcosteff", "torch-eager"] + (["torch-sdpa"] if args.sdpa else []) + (["onnxruntime"] if ort else [])
+    sides = ["npcosteff", "npcosteff-packed", "torch-eager"] + (["torch-sdpa"] if args.sdpa else []) + (["onnxruntime"] if ort else [])
     workdir = tempfile.TemporaryDirectory()
     onnx_path = export_onnx(os.path.join(workdir.name, "minilm.onnx")) if ort else None
     common = ["--task", args.task, "--student", args.student, "--threshold", args.threshold,
@@ -173,13 +178,17 @@ def main():
     print(f"\n{args.task} dev, the first {args.samples} examples one at a time; median of {args.repeat} passes")
     print(f"student {args.student} ({st['parameters'] / 1e6:.2f}M parameters), entropy threshold "
           f"{args.threshold:g} ({name}): mean exit layer {st['mean_exit_layer']:.2f} of {st['layers']}")
-    print(f"{'side':>32s} {'ms/sample':>10s} {'CPU ms':>8s} {'student/side':>13s}")
-    print(f"{'npcosteff student, early exit':>32s} {1e3 * st['wall']:10.2f} {1e3 * st['cpu']:8.2f} {'':>13s}")
-    for s in sides[1:]:
+    packed = res["npcosteff-packed"]
+    teachers = sides[2:]
+    print(f"{'side':>34s} {'ms/sample':>10s} {'CPU ms':>8s} " + " ".join(f"{'/ ' + s:>18s}" for s in teachers))
+    for s, label in (("npcosteff", "npcosteff student, early exit"), ("npcosteff-packed", "the same student, packed")):
+        print(f"{label:>34s} {1e3 * res[s]['wall']:10.2f} {1e3 * res[s]['cpu']:8.2f} "
+              + " ".join(f"{res[s]['wall'] / res[t]['wall']:18.3f}" for t in teachers))
+    print(f"{'(mean exit layer, packed)':>34s} {packed['mean_exit_layer']:10.2f}")
+    for s in teachers:
         label = (f"ONNX Runtime teacher ({res[s]['parameters'] / 1e6:.1f}M)" if s == "onnxruntime" else
                  f"PyTorch teacher, {s.split('-')[1]} ({res[s]['parameters'] / 1e6:.1f}M)")
-        print(f"{label:>32s} {1e3 * res[s]['wall']:10.2f} {1e3 * res[s]['cpu']:8.2f} "
-              f"{st['wall'] / res[s]['wall']:13.3f}")
+        print(f"{label:>34s} {1e3 * res[s]['wall']:10.2f} {1e3 * res[s]['cpu']:8.2f}")
 
 
 if __name__ == "__main__":
