@@ -110,6 +110,9 @@ def test_the_packed_layout_holds_each_shares_scaled_queries_keys_and_values():
             W, b = p[f"encoder.layer.0.attention.self.{name}.weight"], p[f"encoder.layer.0.attention.self.{name}.bias"]
             np.testing.assert_allclose(block[:, j * a:(j + 1) * a], W[span].T * factor, rtol=1e-7, atol=0)
             np.testing.assert_allclose(bias[j * a:(j + 1) * a], b[span] * factor, rtol=1e-7, atol=0)
+    whole = np.concatenate([p[f"encoder.layer.0.attention.self.{n}.weight"].T * f
+                            for n, f in (("query", 1 / math.sqrt(d_h)), ("key", 1.0), ("value", 1.0))], axis=1)
+    np.testing.assert_allclose(layer.qkv_whole, whole, rtol=1e-7, atol=0)       # all heads as one share
     np.testing.assert_array_equal(layer.attention_output, p["encoder.layer.0.attention.output.dense.weight"].T)
     np.testing.assert_array_equal(layer.intermediate, p["encoder.layer.0.intermediate.dense.weight"].T)
     np.testing.assert_array_equal(layer.output, p["encoder.layer.0.output.dense.weight"].T)

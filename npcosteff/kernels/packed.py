@@ -11,7 +11,8 @@ for inference:
 
 * ``qkv``: (d, 3A), the columns of Q, K and V of each share of the heads side by side
   ``[Q_s | K_s | V_s]``, Q's columns and bias already multiplied by 1/sqrt(d_h): one product
-  gives a share of heads its scaled queries, its keys and its values;
+  gives a share of heads its scaled queries, its keys and its values (and ``qkv_whole``, the
+  same with all heads as one share, ``[Q | K | V]``, for a lane that takes whole samples);
 * ``attention_output``: (A, d), W_O^T, a share of heads owning consecutive rows;
 * ``intermediate``: (d, F) and ``output``: (F, d), a share of the neurons owning consecutive
   columns and rows.
@@ -55,6 +56,8 @@ class PackedLayer(NamedTuple):
     `neuron_shares` the neuron ranges of the lanes it was packed for."""
     qkv: np.ndarray                 # (d, 3A)   [Q_s * scale | K_s | V_s] for each share s
     qkv_bias: np.ndarray            # (3A,)     in the same column order
+    qkv_whole: np.ndarray           # (d, 3A)   [Q * scale | K | V], all heads as one share (lanes by samples)
+    qkv_whole_bias: np.ndarray      # (3A,)
     attention_output: np.ndarray    # (A, d)    W_O^T
     attention_output_bias: np.ndarray   # (d,)
     attention_gamma: np.ndarray     # (d,)      the attention block's LayerNorm
@@ -82,19 +85,21 @@ def pack_layer(params, i: int, num_heads: int, head_size: int, n_lanes: int) -> 
     scale = 1.0 / math.sqrt(head_size)
     shares = tuple(lanes.row_parts(num_heads, n_lanes))
     F = p["intermediate.dense.weight"].shape[0]
-    columns, biases = [], []
-    for share in shares:
-        span = slice(share.start * head_size, share.stop * head_size)
-        for name, factor in (("query", scale), ("key", 1.0), ("value", 1.0)):
-            W = p[f"attention.self.{name}.weight"]                               # (A, d)
-            b = p[f"attention.self.{name}.bias"]                                 # (A,)
-            columns.append(W[span].T * W.dtype.type(factor))                     # (d, a_s)
-            biases.append(b[span] * b.dtype.type(factor))
-    dtype = p["attention.output.dense.weight"].dtype
-    d = p["attention.output.dense.weight"].shape[0]
+
+    def grouped(shares):                                                         # (d, 3A), (3A,)
+        columns, biases = [], []
+        for share in shares:
+            span = slice(share.start * head_size, share.stop * head_size)
+            for name, factor in (("query", scale), ("key", 1.0), ("value", 1.0)):
+                W = p[f"attention.self.{name}.weight"]                           # (A, d)
+                b = p[f"attention.self.{name}.bias"]                             # (A,)
+                columns.append(W[span].T * W.dtype.type(factor))                 # (d, a_s)
+                biases.append(b[span] * b.dtype.type(factor))
+        return np.ascontiguousarray(np.concatenate(columns, axis=1)), np.concatenate(biases)
+    qkv, qkv_bias = grouped(shares)
+    qkv_whole, qkv_whole_bias = grouped([slice(0, num_heads)])
     return PackedLayer(
-        qkv=np.ascontiguousarray(np.concatenate(columns, axis=1) if columns else np.zeros((d, 0), dtype)),
-        qkv_bias=np.concatenate(biases) if biases else np.zeros(0, dtype),
+        qkv=qkv, qkv_bias=qkv_bias, qkv_whole=qkv_whole, qkv_whole_bias=qkv_whole_bias,
         attention_output=np.ascontiguousarray(p["attention.output.dense.weight"].T),
         attention_output_bias=p["attention.output.dense.bias"].copy(),
         attention_gamma=p["attention.output.LayerNorm.weight"].copy(),
@@ -165,18 +170,10 @@ def _whole_layer(layer: PackedLayer, x, mask, probs, eps):
     writes probs (b, H, T, T)."""
     B, T, d = x.shape
     x2 = x.reshape(B * T, d)                                                     # (N, d)
-    qkv = x2 @ layer.qkv                                                         # (N, 3A), one product
-    qkv += layer.qkv_bias
+    qkv = x2 @ layer.qkv_whole                                                   # (N, 3A), one product
+    qkv += layer.qkv_whole_bias
     context = np.empty((B * T, layer.attention_output.shape[0]), x.dtype)       # (N, A)
-    # A share's probabilities probs[:, heads] are contiguous for one sample (or one share),
-    # so that the softmax writes them in place; several samples go one at a time.
-    groups = [slice(0, B)] if B == 1 or len(layer.shares) == 1 else [slice(b, b + 1) for b in range(B)]
-    for b in groups:
-        rows = slice(b.start * T, b.stop * T)
-        for s, heads in enumerate(layer.shares):
-            cols = slice(heads.start * layer.head_size, heads.stop * layer.head_size)
-            _core(layer, qkv[rows, layer.qkv_columns(s)], b.stop - b.start, T, None if mask is None else mask[b],
-                  probs[b, heads], context[rows, cols])
+    _core(layer, qkv, B, T, mask, probs, context)                                # every head at once
     a2 = _close(context @ layer.attention_output, x2, layer.attention_output_bias,
                 layer.attention_gamma, layer.attention_beta, eps)                 # (N, d)
     y2 = _close(_ffn_part(layer, slice(None), a2), a2, layer.output_bias, layer.output_gamma,
