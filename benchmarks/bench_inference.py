@@ -9,7 +9,7 @@ warm-up passes), the time per sample and the ratios of each npcosteff side to th
 
 npcosteff runs twice: ``npcosteff`` is the model's own ``forward`` (the plain layers, shared
 out over the cores by :mod:`npcosteff.kernels.lanes_layer`), ``npcosteff-packed`` the same
-model packed for inference once before the timing (:func:`npcosteff.kernels.packed.pack`: the
+model packed for inference once before the timing (:func:`npcosteff.packed_model.pack`: the
 weights laid out for the products, as ONNX Runtime prepares its session).
 
 Also measured (``--compile``): the first use of the inference path in a fresh process,
@@ -104,7 +104,7 @@ def child(args) -> dict:
         limit_threads(args.threads)
         model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
         if args.child == "npcosteff-packed":
-            from npcosteff.kernels.packed import pack
+            from npcosteff.packed_model import pack
 
             model = pack(model)                            # once, as ONNX Runtime builds its session once
         for b in args.batches:

@@ -8,7 +8,7 @@ model, against the uncompressed model run the usual way? Here:
   operating point in ``results/<task>.json`` (the model ``--name``, by default the first
   student there; the threshold chosen on the first half of dev; ``--threshold`` overrides it);
   and the same student packed for inference once before the timing
-  (:func:`npcosteff.kernels.packed.pack`);
+  (:func:`npcosteff.packed_model.pack`);
 * PyTorch: ``transformers.BertForSequenceClassification`` with the teacher's shapes (the
   packaged MiniLM-L6: 6 layers, 12 heads, FFN 1536), every layer, under
   ``torch.inference_mode()``, eager attention (and ``sdpa`` with ``--sdpa``);
@@ -80,7 +80,7 @@ def child(args) -> dict:
     samples = dev_samples(args.task, args.glue_dir, args.samples, args.max_length)
     if args.child in ("npcosteff", "npcosteff-packed"):
         from npcosteff.early_exit import early_exit_forward
-        from npcosteff.kernels.packed import pack
+        from npcosteff.packed_model import pack
         from npcosteff.model import CostEffModel
 
         limit_threads(args.threads)

@@ -2,7 +2,7 @@
 (docs/method.md, 7). What ``npcosteff predict`` runs (`predict_sentences`).
 
 Each example goes through `npcosteff.early_exit.early_exit_forward` alone (batch 1), on the model
-packed for inference once (`npcosteff.kernels.packed.pack`), timed:
+packed for inference once (`npcosteff.packed_model.pack`), timed:
 it leaves at the first exit whose prediction is confident enough under the criterion, or at
 the last layer. `explain_exits` says why: it runs the model's full forward pass (every exit's
 logits) and asks the same rule, `npcosteff.early_exit.ExitRule`, exit after exit, up to the
@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .early_exit import CRITERIA, ExitRule, early_exit_forward
-from .kernels.packed import pack
+from .packed_model import pack
 from .losses import entropy as exit_entropy
 from .losses import log_softmax
 from .pretrained import DONE_FILE
@@ -348,7 +348,7 @@ def predict_sentences(model_path, sentences=(), file=None, task=None, criterion=
     if not examples:
         raise UserError(f"no sentences in {file or 'standard input'}")
     loaded = load_model(run, np.float32, "model", spec)
-    model = pack(loaded)                                 # laid out once for inference (npcosteff/kernels/packed.py)
+    model = pack(loaded)                                 # laid out once for inference (npcosteff/packed_model.py)
     model.folder = loaded.folder
     c = model.config
     if not 3 <= max_length <= c.max_position_embeddings:

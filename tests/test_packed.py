@@ -1,11 +1,13 @@
-"""A model packed for inference (npcosteff/kernels/packed.py) against its plain twin: the
-model's own forward pass on the plain NumPy kernels (``kernels.use("reference")``, no lanes).
+"""A model packed for inference (npcosteff/packed_model.py, its layers in
+npcosteff/kernels/packed_layer.py) against its plain twin: the model's own forward pass on the
+plain NumPy kernels (``kernels.use("reference")``, no lanes).
 
 Checked: the packed layout itself (the columns of Q, K and V per share of heads, Q scaled);
 the float32 model through every way a layer runs packed (in the calling thread, by samples
 in one hand-off, by heads and neurons for fewer samples than lanes), slender layers (one
 head, fewer heads than lanes), padding, odd batch sizes; early exit; what the packed layers do
-not cover going to the plain layers (masks, training, caches, float64); and that the packed model is a copy that later changes to the original do not reach.
+not cover going to the plain layers (masks, training, caches, float64); and that the packed
+model is a copy that later changes to the original do not reach.
 """
 
 import math
@@ -17,7 +19,7 @@ from npcosteff import kernels
 from npcosteff.config import CostEffConfig
 from npcosteff.early_exit import early_exit_forward
 from npcosteff.kernels import lanes
-from npcosteff.kernels.packed import PackedModel, pack
+from npcosteff.packed_model import PackedModel, pack
 from npcosteff.model import CostEffModel, param_shapes
 
 threadpoolctl = pytest.importorskip("threadpoolctl")

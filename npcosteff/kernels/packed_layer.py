@@ -1,13 +1,12 @@
-"""A model packed for inference: the weights of its layers laid out once for the products that
-use them, the way an inference runtime prepares a model when it loads it.
+"""One encoder layer laid out once for inference: the speed twin of the plain pair that a
+packed model (:mod:`npcosteff.packed_model`) runs.
 
 The plain layers (:mod:`npcosteff.nn`) keep every weight as the checkpoints store it, W (out,
 in), and compute ``x @ W.T + b`` one projection at a time. That is the readable form, and it
 costs at inference: a product with a transposed operand runs about an eighth slower in
 OpenBLAS than with an operand laid out (in, out) (benchmarks/README.md, "Measurements behind
 the kernels' design"), Q, K and V are three products where one would do, and the scale
-1/sqrt(d_h) is one more pass over Q. :func:`pack` copies a model once and lays each layer out
-for inference:
+1/sqrt(d_h) is one more pass over Q. :func:`pack_layer` copies a layer's weights into:
 
 * ``qkv``: (d, 3A), the columns of Q, K and V of each share of the heads side by side
   ``[Q_s | K_s | V_s]``, Q's columns and bias already multiplied by 1/sqrt(d_h): one product
@@ -17,8 +16,9 @@ for inference:
 * ``intermediate``: (d, F) and ``output``: (F, d), a share of the neurons owning consecutive
   columns and rows.
 
-A layer then runs in at most two hand-offs to the kernels' worker threads
-(:mod:`~npcosteff.kernels.lanes`), against four in :mod:`~npcosteff.kernels.lanes_layer`:
+:func:`packed_layer_forward` then runs the layer in at most two hand-offs to the kernels'
+worker threads (:mod:`~npcosteff.kernels.lanes`), against four in
+:mod:`~npcosteff.kernels.lanes_layer`:
 
 * by samples, when the batch has at least as many samples as lanes: each lane takes whole
   samples through the whole layer (one hand-off, nothing shared between the lanes);
@@ -26,13 +26,8 @@ A layer then runs in at most two hand-offs to the kernels' worker threads
   from end to end, then a share of the neurons, and the calling thread sums the lanes' parts
   and adds the bias, the residual and LayerNorm after each block (two hand-offs).
 
-The packed model is a :class:`~npcosteff.model.CostEffModel` (a copy of the one it was packed
-from): ``forward``, ``early_exit_forward`` and everything that reads a model accept it, and
-anything the packed layers do not cover (training, caches for a backward pass, dropout, head or
-neuron masks, float64) takes the plain layers of the copy. Because it
-is a copy, changing the original model afterwards does not change the packed one: pack again
-after training. Its results are those of the plain layers up to BLAS's summation order, the
-scale folded into Q and the inference kernels' few ulps (tests/test_packed.py compares the two).
+Its results are those of the plain layer up to BLAS's summation order, the scale folded into Q
+and the inference kernels' few ulps (tests/test_packed.py compares the two).
 """
 
 from __future__ import annotations
@@ -43,12 +38,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from ..flops import layer_flops
-from ..model import CostEffModel, _no_dropout
-from ..nn.prefixed import Prefixed
-from . import lanes, pool
+from . import lanes
 
-__all__ = ["PackedLayer", "PackedModel", "pack", "pack_layer"]
+__all__ = ["PackedLayer", "pack_layer", "packed_layer_forward"]
 
 
 class PackedLayer(NamedTuple):
@@ -81,7 +73,8 @@ class PackedLayer(NamedTuple):
 
 def pack_layer(params, i: int, num_heads: int, head_size: int, n_lanes: int) -> PackedLayer:
     """Lay out layer i of a model's `params` for inference in `n_lanes` lanes (module docstring)."""
-    p = Prefixed(params, f"encoder.layer.{i}.")
+    prefix = f"encoder.layer.{i}."
+    p = {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
     scale = 1.0 / math.sqrt(head_size)
     shares = tuple(lanes.row_parts(num_heads, n_lanes))
     F = p["intermediate.dense.weight"].shape[0]
@@ -217,37 +210,3 @@ def packed_layer_forward(layer: PackedLayer, x, additive_mask, eps, flops):
     part = lanes.run_and_sum(lambda f: _ffn_part(layer, f, a2), layer.neuron_shares)   # (N, d)
     y2 = _close(part, a2, layer.output_bias, layer.output_gamma, layer.output_beta, eps)
     return y2.reshape(B, T, d), probs
-
-
-class PackedModel(CostEffModel):
-    """A copy of a model with its layers packed for inference (module docstring)."""
-
-    def __init__(self, model: CostEffModel, n_lanes: int | None = None):
-        super().__init__(model.config, {n: p.copy() for n, p in model.params.items()}, dtype=model.dtype)
-        self.grads = None                    # nothing trains a packed model (zero_grad allocates them again)
-        c = self.config
-        self.n_lanes = max(1, pool.blas_threads() if n_lanes is None else int(n_lanes))
-        self.layers = tuple(
-            pack_layer(self.params, i, c.heads_per_layer[i], c.attention_head_size, self.n_lanes)
-            for i in range(c.num_hidden_layers))
-
-    def run_layer(self, i, h, additive_mask, head_mask=None, ffn_mask=None, drop=_no_dropout, inference=False):
-        """Layer i as :meth:`CostEffModel.run_layer`; packed at inference without dropout or
-        masks for a float32 model, else the plain layer."""
-        layer = self.layers[i]
-        B, T, _ = h.shape
-        plain = (not inference or drop is not _no_dropout or head_mask is not None or ffn_mask is not None
-                 or self.dtype != np.float32)
-        if plain:
-            return super().run_layer(i, h, additive_mask, head_mask, ffn_mask, drop, inference)
-        y, probs = packed_layer_forward(layer, h, additive_mask, self.config.layer_norm_eps,
-                                        flops=B * layer_flops(self.config, i, T)["total"])
-        return y, probs, None
-
-
-def pack(model: CostEffModel, n_lanes: int | None = None) -> PackedModel:
-    """A copy of `model` with its layers packed for inference, for `n_lanes` lanes (default:
-    the BLAS thread count now). Pack again after changing the model."""
-    if isinstance(model, PackedModel):
-        model = CostEffModel(model.config, model.params, dtype=model.dtype)
-    return PackedModel(model, n_lanes)
