@@ -21,10 +21,11 @@ from npcosteff.early_exit import early_exit_forward
 from npcosteff.kernels import lanes, pool
 from npcosteff.kernels.batched import batched_matmul
 from npcosteff.kernels.lanes_layer import layer_forward_in_lanes
-from npcosteff.model import CostEffModel, param_shapes
+from npcosteff.model import CostEffModel
 from npcosteff.nn.attention import attention_forward
 from npcosteff.nn.ffn import ffn_forward
 from npcosteff.nn.prefixed import Prefixed
+from small_models import D, MAX_POS, batch, slender_model
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -183,31 +184,6 @@ def test_a_layer_asks_for_lanes_with_its_whole_work(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- the layers
-
-VOCAB, D, MAX_POS = 50, 16, 12
-
-
-def slender_model():
-    """float32, 3 layers of 4, 1 and 2 heads (fewer heads than lanes in layer 2), random
-    weights of scale 0.3 so that attention is far from uniform, a mean-pooled exit per layer."""
-    config = CostEffConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=3, num_attention_heads=4,
-                           intermediate_size=20, max_position_embeddings=MAX_POS, heads_per_layer=[4, 1, 2],
-                           intermediate_per_layer=[20, 9, 14], num_labels=3, exit_start=1, pooler="mean")
-    rng = np.random.default_rng(0)
-    params = {name: (1.0 if name.endswith("LayerNorm.weight") else 0.0) + 0.3 * rng.standard_normal(shape)
-              for name, shape in param_shapes(config).items()}
-    return CostEffModel(config, params, dtype=np.float32)
-
-
-def batch(B, padded):
-    rng = np.random.default_rng(B)
-    ids = rng.integers(0, VOCAB, (B, MAX_POS))
-    mask = np.ones((B, MAX_POS), np.int64)
-    if padded:
-        mask[:, MAX_POS - 3:] = 0                   # every sample padded: the masked softmax rows
-        mask[0, 5:] = 0
-    return ids, mask, np.zeros_like(ids)
-
 
 def forward_plain(model, *args, **kwargs):
     kernels.use("reference")

@@ -16,15 +16,13 @@ import numpy as np
 import pytest
 
 from npcosteff import kernels
-from npcosteff.config import CostEffConfig
 from npcosteff.early_exit import early_exit_forward
 from npcosteff.kernels import lanes
+from npcosteff.model import CostEffModel
 from npcosteff.packed_model import PackedModel, pack
-from npcosteff.model import CostEffModel, param_shapes
+from small_models import batch, slender_model
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
-
-VOCAB, D, MAX_POS = 50, 16, 12
 
 # float32 tolerance: the packed layers differ from the plain path by BLAS's summation order
 # (one product for Q, K and V, shares of heads and neurons summed by the caller), by the scale
@@ -34,28 +32,6 @@ VOCAB, D, MAX_POS = 50, 16, 12
 # sources of difference as the lanes (tests/test_lanes.py, measured there at most 1.8e-6).
 # A wrong share, column order, scale or mask moves the outputs by 1e-2 or more.
 ATOL32 = 4e-6
-
-
-def slender_model(heads=(4, 1, 2), neurons=(20, 9, 14)):
-    """float32, 3 layers of 4, 1 and 2 heads by default (fewer heads than lanes in layer 2),
-    random weights of scale 0.3 so that attention is far from uniform, a mean-pooled exit per layer."""
-    config = CostEffConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=3, num_attention_heads=4,
-                           intermediate_size=20, max_position_embeddings=MAX_POS, heads_per_layer=list(heads),
-                           intermediate_per_layer=list(neurons), num_labels=3, exit_start=1, pooler="mean")
-    rng = np.random.default_rng(0)
-    params = {name: (1.0 if name.endswith("LayerNorm.weight") else 0.0) + 0.3 * rng.standard_normal(shape)
-              for name, shape in param_shapes(config).items()}
-    return CostEffModel(config, params, dtype=np.float32)
-
-
-def batch(B, padded):
-    rng = np.random.default_rng(B)
-    ids = rng.integers(0, VOCAB, (B, MAX_POS))
-    mask = np.ones((B, MAX_POS), np.int64)
-    if padded:
-        mask[:, MAX_POS - 3:] = 0                   # every sample padded: the masked softmax rows
-        mask[0, 5:] = 0
-    return ids, mask, np.zeros_like(ids)
 
 
 def plain(fn, *args, **kwargs):
