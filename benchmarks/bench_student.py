@@ -164,7 +164,8 @@ def main():
     import tempfile
 
     ort = not args.no_ort and have_onnxruntime()
-    sides = ["npcosteff", "npcosteff-packed", "torch-eager"] + (["torch-sdpa"] if args.sdpa else []) + (["onnxruntime"] if ort else [])
+    sides = (["npcosteff", "npcosteff-packed", "torch-eager"] + (["torch-sdpa"] if args.sdpa else [])
+             + (["onnxruntime"] if ort else []))
     workdir = tempfile.TemporaryDirectory()
     onnx_path = export_onnx(os.path.join(workdir.name, "minilm.onnx")) if ort else None
     common = ["--task", args.task, "--student", args.student, "--threshold", args.threshold,

@@ -30,8 +30,9 @@ class PackedModel(CostEffModel):
     """A copy of a model with its layers packed for inference (module docstring); `layers`
     holds each layer's :class:`~npcosteff.kernels.packed_layer.PackedLayer`."""
 
-    def __init__(self, model: CostEffModel, n_lanes: int | None = None):
-        super().__init__(model.config, {n: p.copy() for n, p in model.params.items()}, dtype=model.dtype)
+    def __init__(self, model: CostEffModel, n_lanes: int | None = None, copy: bool = True):
+        params = {n: p.copy() for n, p in model.params.items()} if copy else model.params
+        super().__init__(model.config, params, dtype=model.dtype)
         self.grads = None                    # nothing trains a packed model (zero_grad allocates them again)
         c = self.config
         self.n_lanes = max(1, pool.blas_threads() if n_lanes is None else int(n_lanes))
@@ -53,9 +54,9 @@ class PackedModel(CostEffModel):
         return y, probs, None
 
 
-def pack(model: CostEffModel, n_lanes: int | None = None) -> PackedModel:
-    """A copy of `model` with its layers packed for inference, for `n_lanes` lanes (default:
-    the BLAS thread count now). Pack again after changing the model."""
-    if isinstance(model, PackedModel):
-        model = CostEffModel(model.config, model.params, dtype=model.dtype)
-    return PackedModel(model, n_lanes)
+def pack(model: CostEffModel, n_lanes: int | None = None, copy: bool = True) -> PackedModel:
+    """A copy of `model` (a packed one too) with its layers packed for inference, for `n_lanes`
+    lanes (default: the BLAS thread count now). Pack again after changing the model.
+    ``copy=False`` shares the model's parameter arrays instead of copying them, for a caller
+    that will not change or use the model again (``npcosteff predict``, which just loaded it)."""
+    return PackedModel(model, n_lanes, copy)

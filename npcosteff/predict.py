@@ -348,7 +348,7 @@ def predict_sentences(model_path, sentences=(), file=None, task=None, criterion=
     if not examples:
         raise UserError(f"no sentences in {file or 'standard input'}")
     loaded = load_model(run, np.float32, "model", spec)
-    model = pack(loaded)                                 # laid out once for inference (npcosteff/packed_model.py)
+    model = pack(loaded, copy=False)                     # laid out once for inference (npcosteff/packed_model.py)
     model.folder = loaded.folder
     c = model.config
     if not 3 <= max_length <= c.max_position_embeddings:

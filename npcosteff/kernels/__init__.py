@@ -14,9 +14,10 @@ heads' batched matrix products and the AdamW update. Two implementations share o
 The speed path of the model at inference is one layer-level twin outside the switch:
 :func:`npcosteff.kernels.lanes_layer.layer_forward_in_lanes` shares a float32 layer out over
 the cores by rows, samples or heads (run by :mod:`~npcosteff.kernels.lanes`), tested against
-the plain layers of :mod:`npcosteff.nn`; :func:`npcosteff.packed_model.pack` lays a copy of a
-model's layers out once for inference (what ``npcosteff predict`` runs). The batched products and the lanes take their
-worker threads from one pool (:mod:`~npcosteff.kernels.pool`).
+the plain layers of :mod:`npcosteff.nn`; :mod:`~npcosteff.kernels.packed_layer` is a layer laid
+out once for inference, what a packed model (:func:`npcosteff.packed_model.pack`, run by
+``npcosteff predict``) runs. The batched products and the lanes take their worker threads from
+one pool (:mod:`~npcosteff.kernels.pool`).
 
 Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
 the same inputs with the same messages. The package-level functions (``kernels.gelu``,

@@ -71,7 +71,7 @@ def attention_in_lanes(x, p, num_heads, head_size, additive_mask, eps, head_mask
     return attend(x, p, H, head_size, mask, eps, head_mask, n_lanes)
 
 
-def _core(q, k, v, mask, head_mask, probs, context):
+def attention_core(q, k, v, mask, head_mask, probs, context):
     """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
     probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given."""
     scores = np.matmul(q, k.transpose(0, 1, 3, 2))                     # (b, h, T, T)
@@ -106,7 +106,7 @@ def _attention_by_rows(x, p, H, head_size, mask, eps, head_mask, n_lanes):
     probs = np.empty((B, H, T, T), x.dtype)                            # (B, H, T, T)
 
     def core(b):                                                       # samples b (a contiguous share of probs)
-        _core(q[b], k[b], v[b], None if mask is None else mask[b], head_mask, probs[b], context[b])
+        attention_core(q[b], k[b], v[b], None if mask is None else mask[b], head_mask, probs[b], context[b])
     lanes.run(core, lanes.row_parts(B, n_lanes))
 
     y2 = np.empty((N, d), x.dtype)                                     # (N, d)
@@ -138,7 +138,7 @@ def _attention_by_heads(x, p, H, head_size, mask, eps, head_mask, n_lanes):
                                B, T, h.stop - h.start) for name in PROJECTIONS)   # (B, h, T, d_h) each
         q *= scale
         context = np.empty_like(q)                                     # (B, h, T, d_h)
-        _core(q, k, v, mask, None if head_mask is None else head_mask[h], probs[:, h], context)
+        attention_core(q, k, v, mask, None if head_mask is None else head_mask[h], probs[:, h], context)
         return merge_heads(context) @ p["output.dense.weight"][:, cols].T    # (N, d)
     out = lanes.run_and_sum(attend, lanes.row_parts(H, n_lanes))      # (N, d) context Wo^T
     out += p["output.dense.bias"]

@@ -38,7 +38,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
+from ..heads import split_heads
 from . import lanes
+from .lanes_layer import attention_core
 
 __all__ = ["PackedLayer", "pack_layer", "packed_layer_forward"]
 
@@ -90,7 +92,8 @@ def pack_layer(params, i: int, num_heads: int, head_size: int, n_lanes: int) -> 
                 biases.append(b[span] * b.dtype.type(factor))
         return np.ascontiguousarray(np.concatenate(columns, axis=1)), np.concatenate(biases)
     qkv, qkv_bias = grouped(shares)
-    qkv_whole, qkv_whole_bias = grouped([slice(0, num_heads)])
+    # All heads as one share: the same matrix when the lanes' shares are one already.
+    qkv_whole, qkv_whole_bias = (qkv, qkv_bias) if len(shares) == 1 else grouped([slice(0, num_heads)])
     return PackedLayer(
         qkv=qkv, qkv_bias=qkv_bias, qkv_whole=qkv_whole, qkv_whole_bias=qkv_whole_bias,
         attention_output=np.ascontiguousarray(p["attention.output.dense.weight"].T),
@@ -113,17 +116,13 @@ def pack_layer(params, i: int, num_heads: int, head_size: int, n_lanes: int) -> 
 def _core(layer: PackedLayer, qkv, B, T, mask, probs, context):
     """The attention core of some heads of B samples: qkv (B*T, 3h*d_h), their columns of one
     share ``[Q | K | V]`` (Q scaled) -> writes their probabilities into probs (B, h, T, T) and
-    their context into context (B*T, h*d_h), views the caller owns."""
+    their context into context (B*T, h*d_h), views the caller owns (the lanes' core,
+    :func:`~npcosteff.kernels.lanes_layer.attention_core`, on views of them)."""
     h = probs.shape[1]
     a = h * layer.head_size
-    q, k, v = (qkv[:, j * a:(j + 1) * a].reshape(B, T, h, -1).transpose(0, 2, 1, 3) for j in range(3))
-    scores = np.matmul(q, k.transpose(0, 1, 3, 2))                    # (B, h, T, T), already scaled
-    if probs.flags.c_contiguous:
-        weights = kernels.softmax_inference(scores, mask, out=probs)
-    else:                                                             # some heads of several samples
-        weights = kernels.softmax_inference(scores, mask)
-        probs[...] = weights
-    np.matmul(weights, v, out=_view(context, (B, T, h, layer.head_size)).transpose(0, 2, 1, 3))   # (B, h, T, d_h)
+    q, k, v = (split_heads(qkv[:, j * a:(j + 1) * a], B, T, h) for j in range(3))   # (B, h, T, d_h) views
+    attention_core(q, k, v, mask, None, probs,
+                   _view(context, (B, T, h, layer.head_size)).transpose(0, 2, 1, 3))   # (B, h, T, d_h)
 
 
 def _view(a, shape):
