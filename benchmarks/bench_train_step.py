@@ -271,6 +271,11 @@ def main():
         print(f"npcosteff / {s}: time {ours['wall'] / summary[s]['wall']:.2f} (median wall), "
               f"{ours['cpu'] / summary[s]['cpu']:.2f} (median CPU); "
               f"train memory {ours['mem'] / summary[s]['mem']:.2f}")
+    floor = flops / (rate * 1e9)                    # s: every product at the measured sgemm rate
+    print(f"floor: the step's matrix products alone at the measured sgemm rate take {floor:.3f} s = " +
+          ", ".join(f"{floor / summary[s]['wall']:.2f} of {s}'s step" for s in sides[1:]) +
+          " (no step that runs its products at this rate can be faster; 75% of sgemm is "
+          f"{floor / 0.75:.3f} s)")
     print("train MB = peak resident memory - the child's resident memory after imports and a tiny "
           "warm-up step (params, grads, AdamW moments, activations, temporaries). "
           "sys s = kernel time per step (page faults of fresh allocations).")

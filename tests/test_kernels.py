@@ -563,6 +563,56 @@ def test_dropout_mask_reproducible_and_shared_between_implementations(dtype):
     assert not np.array_equal(fast.dropout_mask(rng, (64,), 0.5, dtype), fast.dropout_mask(rng, (64,), 0.5, dtype))
 
 
+def _same_state(a, b) -> bool:
+    """Two bit generators' states (dicts of ints and, for MT19937, arrays) are equal."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    return np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+def _generator(kind, seed, buffered, dtype):
+    """A generator of bit generator `kind`, moved on by `buffered` float32 draws and 3 draws of
+    `dtype` (an odd float32 count leaves a 32-bit half in PCG64's buffer)."""
+    rng = np.random.Generator(kind(seed))
+    rng.random(buffered, dtype=np.float32)
+    rng.random(3, dtype=dtype)
+    return rng
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", [np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox])
+@pytest.mark.parametrize("buffered", [0, 1])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_uniform_draws_in_threads_equal_rng_random(monkeypatch, dtype, kind, buffered, threads):
+    """draws.uniform cut into parts (PCG64: jumped copies, one per thread; others: rng.random)
+    gives rng.random's numbers bit for bit and leaves the generator in rng.random's state, with
+    a float32 half in the buffer or not, for part boundaries that fall on odd draws."""
+    from npcosteff.kernels import draws
+
+    monkeypatch.setattr(draws, "MIN_PART", 5)                 # parts of a few draws, odd sizes
+    for shape in [(7, 3), (101,), (2, 3, 17)]:
+        expected_rng = _generator(kind, 31, buffered, dtype)
+        rng = _generator(kind, 31, buffered, dtype)
+        expected = expected_rng.random(shape, dtype=dtype)
+        got = draws.uniform(rng, shape, dtype, threads)
+        assert got.shape == shape and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, expected)
+        assert _same_state(rng.bit_generator.state, expected_rng.bit_generator.state)
+        for follow in (np.float32, np.float64):             # the next draws of either kind agree too
+            np.testing.assert_array_equal(rng.random(5, dtype=follow), expected_rng.random(5, dtype=follow))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_of_training_size_equals_reference(dtype):
+    """A mask large enough to be drawn by every thread (4 x 12 x 128 x 128 ~ 786k > 2 MIN_PART
+    draws) is the reference's, and the generators end in the same state."""
+    shape = (4, 12, 128, 128)
+    rngs = [np.random.default_rng(25), np.random.default_rng(25)]
+    masks = [impl.dropout_mask(rng, shape, 0.1, dtype) for impl, rng in zip((ref, fast), rngs)]
+    np.testing.assert_array_equal(masks[1], masks[0])
+    assert _same_state(rngs[0].bit_generator.state, rngs[1].bit_generator.state)
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_dropout_mask_p_zero_is_ones(impl):
     mask = impl.dropout_mask(np.random.default_rng(24), (3, 4), 0.0, np.float32)

@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import checks
+from . import checks, draws
 from . import reference as _ref
 from .batched import batched_matmul  # noqa: F401  (the layers' steps: threaded and fused twins)
 from .common import JIT_PARALLEL, JIT_SERIAL, as_rows, serial
@@ -259,12 +259,13 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: 
 def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray:
     """Inverted-dropout multiplier: 0 with probability p, else ``1 / (1 - p)``.
 
-    Draws exactly what the reference draws (``rng.random(shape, dtype)``), so the same
-    generator state gives the same mask; the threshold and scale are applied in place.
+    Draws exactly what the reference draws (``rng.random(shape, dtype)``, filled by the
+    kernels' threads: :func:`.draws.uniform`), so the same generator state gives the same mask
+    and the same state afterwards; the threshold and scale are applied in place.
     """
     shape, p, dtype = checks.check_dropout_args(rng, shape, p, dtype)
     if p == 0.0:
         return np.ones(shape, dtype=dtype)
-    u = rng.random(shape, dtype=dtype)  # (shape) uniform [0, 1), overwritten by the mask
+    u = draws.uniform(rng, shape, dtype, numba.get_num_threads())  # (shape) U[0, 1), overwritten by the mask
     _dropout_loop(u.reshape(-1), dtype.type(p), dtype.type(1.0 / (1.0 - p)))
     return u
