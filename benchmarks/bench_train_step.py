@@ -19,6 +19,12 @@ timed steps. "train MB" = peak - baseline: parameters, gradients, AdamW moments,
 activations and temporaries, counted the same way for both sides (torch allocates its
 gradients and moments lazily, npcosteff up front; both are inside the difference).
 
+Allocator: the npcosteff child keeps freed memory in its process, as npcosteff's training loop
+does (``npcosteff.allocator.keep_freed_memory``: no page faults for the arrays each step
+allocates again); the torch child runs with glibc's defaults. ``--malloc-env`` gives both sides
+glibc's environment variables for the same effect (npcosteff's own setting then stands aside),
+which is the comparison of the two libraries on an equal allocator.
+
 Also measured (``--compile``): the first-use cost of the Numba kernels: ``import npcosteff``
 plus one training step of a tiny model, in a fresh process with an empty
 ``NUMBA_CACHE_DIR`` (cold: everything compiles) and again with the filled cache (warm).
@@ -74,8 +80,10 @@ def child_npcosteff(args):
     from npcosteff.model import CostEffModel
     from npcosteff.nn.dropout import Dropout
     from npcosteff.optim import AdamW, clip_grad_norm
+    from npcosteff.allocator import keep_freed_memory
 
     limit_threads(args.threads)
+    kept = keep_freed_memory()          # as the training loop does (npcosteff/allocator.py)
 
     def make_step(model, ids, mask, types, labels):
         optimizer = AdamW(model.params, 2e-5, weight_decay=0.01, names=model.param_names)
@@ -106,7 +114,8 @@ def child_npcosteff(args):
     make_step(CostEffModel(tiny, dtype=np.float32), *tiny_batch)()      # kernels loaded/compiled
     baseline = peak_rss_mb()
     model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
-    return run_steps(make_step(model, *make_batch(args.batch, args.seq)), args, baseline)
+    return dict(run_steps(make_step(model, *make_batch(args.batch, args.seq)), args, baseline),
+                freed_memory_kept=kept)
 
 
 def child_torch(args, attn):
@@ -267,6 +276,9 @@ def main():
               f"{m['bwd']:6.3f} {m['opt']:6.3f} {m['cpu']:6.2f} {gf:8.1f} {100 * gf / rate:6.1f}% "
               f"{m['mem']:9.0f} {m['peak']:8.0f} {m['sys']:6.3f}")
     ours = summary["npcosteff"]
+    kept = {x.get("freed_memory_kept") for x in runs["npcosteff"]}
+    print("npcosteff keeps freed memory in its process as its training loop does "
+          f"(npcosteff.allocator.keep_freed_memory): {'yes' if kept == {True} else 'no' if kept == {False} else kept}")
     for s in sides[1:]:
         print(f"npcosteff / {s}: time {ours['wall'] / summary[s]['wall']:.2f} (median wall), "
               f"{ours['cpu'] / summary[s]['cpu']:.2f} (median CPU); "

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import allocator
 from . import weights as W
 from .data.batching import iterate_batches
 from .objectives import TRAINING_OBJECTIVES, objective_loss, teacher_outputs
@@ -202,6 +203,7 @@ class Trainer:
         """Run to `total_steps`; returns the last evaluation and the best averaged score."""
         from .progress import progress_bar as tqdm
 
+        allocator.keep_freed_memory()     # each step's arrays reuse the last step's pages (allocator.py)
         a = self.args
         if resume and self.output_dir and os.path.isfile(os.path.join(self.output_dir, "last", "trainer_state.json")):
             self.load_checkpoint(os.path.join(self.output_dir, "last"))
