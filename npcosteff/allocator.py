@@ -1,4 +1,4 @@
-"""Training keeps its freed memory: no page faults for the arrays every step allocates again.
+"""Training and serving keep their freed memory: no page faults for the arrays every step allocates again.
 
 Every training step allocates the same large arrays again: the activations a layer keeps for
 its backward pass, its gradients, the dropout masks (25 MB each for the attention of MiniLM at
@@ -14,7 +14,9 @@ settings: ``M_MMAP_MAX = 0`` (large blocks come from the heap, not from their ow
 ``M_TRIM_THRESHOLD`` at its largest (the heap's free top is not given back). The process's peak
 memory does not change (the same arrays are live at the peak); what changes is that the freed
 memory stays with the process, ready for the next step, until the process ends. The training
-loop (:class:`npcosteff.train.Trainer`) calls it when it starts.
+loop (:class:`npcosteff.train.Trainer`) calls it when it starts, and :func:`npcosteff.packed_model.pack`
+when it prepares a model for serving (a pass over a batch allocates the same arrays as the pass
+before it: 50 ms of page faults in a 600 ms pass of MiniLM at 32 x 128 tokens).
 
 It changes nothing, and returns False, where the C library is not glibc (macOS, musl), or
 where the user chose the allocator's settings through its environment (``MALLOC_MMAP_MAX_``,

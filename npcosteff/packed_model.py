@@ -12,12 +12,19 @@ head and neuron masks, a float32 layer takes its packed twin; anything else (tra
 for a backward pass, dropout, masks, float64) takes the plain layers of the copy. Because it is
 a copy, changing the original model afterwards does not change the packed one: pack again after
 training. tests/test_packed.py compares it with the plain model.
+
+Packing also has the process keep the memory it frees (:func:`npcosteff.allocator.keep_freed_memory`),
+as an inference runtime keeps its own memory arena: a pass of 32 sentences allocates the same
+activations as the last pass did (25 MB of attention probabilities per layer), and with glibc's
+defaults each pass faulted them in anew, about 50 ms of kernel time in a 600 ms pass
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import allocator
 from .flops import layer_flops
 from .kernels import pool
 from .kernels.packed_layer import pack_layer, packed_layer_forward
@@ -31,6 +38,7 @@ class PackedModel(CostEffModel):
     holds each layer's :class:`~npcosteff.kernels.packed_layer.PackedLayer`."""
 
     def __init__(self, model: CostEffModel, n_lanes: int | None = None, copy: bool = True):
+        allocator.keep_freed_memory()        # each pass reuses the last one's pages (module docstring)
         params = {n: p.copy() for n, p in model.params.items()} if copy else model.params
         super().__init__(model.config, params, dtype=model.dtype)
         self.grads = None                    # nothing trains a packed model (zero_grad allocates them again)

@@ -77,3 +77,18 @@ def test_the_training_loop_applies_it(monkeypatch):
     Trainer(CostEffModel(config, dtype=np.float64, seed=0),
             TrainingArguments(task="sst2", max_steps=1, batch_size=2, progress=False), split).train()
     assert calls == [1]
+
+
+def test_packing_a_model_applies_it(monkeypatch):
+    import numpy as np
+
+    from npcosteff.config import CostEffConfig
+    from npcosteff.model import CostEffModel
+    from npcosteff.packed_model import pack
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    config = CostEffConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=16, max_position_embeddings=16, num_labels=2, exit_start=1)
+    pack(CostEffModel(config, dtype=np.float32, seed=0))
+    assert calls == [1]

@@ -223,6 +223,31 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", [inference, reference])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_inference_in_place(monkeypatch, impl, parallel, masked):
+    """out= the scores themselves (the lanes' attention core writes its scores into probs):
+    the same probabilities as into a separate array, on the float32 path, on the float64 path
+    (a mask, an infinite score) and in the serial and the parallel loop."""
+    from npcosteff.kernels import common
+
+    monkeypatch.setattr(common, "SERIAL_MAX_ELEMENTS", 1 << 30 if not parallel else 0)
+    rng = np.random.default_rng(12)
+    scores = (3 * rng.standard_normal((3, 4, 9, 9))).astype(np.float32)
+    scores[0, 1, 2, 3] = np.inf                      # a row that takes the float64 path
+    scores[2, 0, 5, :4] = -np.inf
+    mask = None
+    if masked:
+        mask = np.zeros((3, 1, 1, 9))
+        mask[1, ..., 6:] = -1e9
+    expected = impl.softmax_inference(scores, mask)
+    inplace = scores.copy()
+    got = impl.softmax_inference(inplace, mask, out=inplace)
+    assert np.shares_memory(got, inplace)
+    np.testing.assert_array_equal(inplace, expected)
+
+
+@pytest.mark.parametrize("impl", [inference, reference])
 def test_softmax_inference_into_out(impl):
     """out= receives exactly what the call returns otherwise; a wrong out is refused by name."""
     rng = np.random.default_rng(11)

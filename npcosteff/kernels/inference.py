@@ -361,7 +361,8 @@ def softmax_inference(scores, additive_mask=None, out=None):
     """:func:`npcosteff.kernels.softmax` for the inference path: float32 scores get their
     probabilities within :data:`SOFTMAX_MAX_ULP` ulps (module docstring); float64 scores get
     the exact kernel. Same arguments, shapes and errors; `out`, a C-contiguous float32 array
-    of the scores' shape, receives the probabilities (float32 only)."""
+    of the scores' shape, receives the probabilities (float32 only); it may be the scores
+    themselves (each row is read whole before its probabilities are written)."""
     if np.asarray(scores).dtype != np.float32:
         if out is not None:
             raise ValueError("softmax_inference: out= is for float32 scores only")

@@ -74,10 +74,11 @@ def attention_in_lanes(x, p, num_heads, head_size, additive_mask, eps, head_mask
 def attention_core(q, k, v, mask, head_mask, probs, context):
     """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
     probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given."""
-    scores = np.matmul(q, k.transpose(0, 1, 3, 2))                     # (b, h, T, T)
-    if probs.flags.c_contiguous:                                       # one sample's heads, or whole samples
-        weights = kernels.softmax_inference(scores, mask, out=probs)
+    if probs.flags.c_contiguous:                                       # one sample's heads, or whole samples:
+        np.matmul(q, k.transpose(0, 1, 3, 2), out=probs)               # the scores, (b, h, T, T), in probs
+        weights = kernels.softmax_inference(probs, mask, out=probs)    # in place: no second (b, h, T, T) array
     else:                                                              # some heads of several samples
+        scores = np.matmul(q, k.transpose(0, 1, 3, 2))                 # (b, h, T, T)
         weights = kernels.softmax_inference(scores, mask)
         probs[...] = weights
     if head_mask is not None:                                          # plain NumPy: no parallel loop in a lane

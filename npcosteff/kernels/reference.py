@@ -296,7 +296,8 @@ def bias_gelu_inference(pre, bias, ffn_mask=None, out=None):
 def softmax_inference(scores, additive_mask=None, out=None):
     """:func:`softmax` on the inference path (a forward pass that keeps no cache); the plain
     twin of the float32 kernel in :mod:`npcosteff.kernels.inference` is the exact softmax.
-    `out` (float32 scores only, C-contiguous, the scores' shape) receives the probabilities."""
+    `out` (float32 scores only, C-contiguous, the scores' shape) receives the probabilities; it
+    may be the scores themselves."""
     probs = softmax(scores, additive_mask)
     if out is None:
         return probs
