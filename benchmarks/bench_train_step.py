@@ -11,7 +11,9 @@ Each side runs in its own child process with every thread pool limited to ``--th
 sides (so that a change of machine load hits both), each timing ``--steps`` steps after one
 warm-up step. Printed: median wall-clock step time, its split into forward / backward /
 optimizer, the FLOP rate of the step's matrix products against the machine's measured
-sgemm rate, peak memory, and the npcosteff / torch ratios.
+sgemm rate, peak memory, the npcosteff / torch ratios, and the step's floor: its matrix
+products alone at the measured sgemm rate, the least time any side that calls a BLAS of that
+rate can take.
 
 Memory: each child records its peak resident set (``ru_maxrss``) after imports and one
 tiny warm-up step (libraries loaded, kernels compiled: its baseline), and again after the
