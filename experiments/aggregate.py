@@ -6,7 +6,8 @@
 Reads ``<results>/evidence/<task>/seed-*.json`` (written by ``experiments/report.py`` from
 ``experiments/evidence.sh``; the protocol is ``results/evidence/protocol.json``) and writes
 ``<results>/<task>.json`` and ``<results>/<task>.md``, replacing the task's earlier single-run
-file. A task without seed files is skipped.
+file. A task without seed files is skipped, and so is one that lacks some of the seeds the
+protocol fixed (``--partial`` aggregates it anyway).
 
 The file keeps every seed's numbers (``models[i].seeds``: exits, exit average, operating point
 and curve as in that seed's file), and adds, per model, the mean over seeds of its exits, exit
@@ -231,12 +232,27 @@ def main(argv=None):
     p.add_argument("tasks", nargs="*", help=f"tasks (default: {' '.join(TASKS)})")
     p.add_argument("--results-dir", default=os.path.join(ROOT, "results"),
                    help="holds evidence/<task>/seed-*.json; the aggregated files go here")
+    p.add_argument("--partial", action="store_true",
+                   help="also aggregate a task that has only some of the protocol's seeds (by default it is "
+                        "skipped, so that its earlier results file is not replaced by fewer seeds than the "
+                        "protocol fixed)")
     a = p.parse_args(argv)
     evidence_dir = os.path.join(a.results_dir, "evidence")
+    protocol = os.path.join(evidence_dir, "protocol.json")
+    required = []
+    if os.path.isfile(protocol):
+        with open(protocol, encoding="utf-8") as f:
+            required = json.load(f).get("seeds", [])
     for task in a.tasks or TASKS:
         runs = load_seeds(evidence_dir, task)
         if not runs:
             print(f"{task}: no seed files in {os.path.join(evidence_dir, task)}, skipped")
+            continue
+        missing = sorted(set(required) - {r["seed"] for r in runs})
+        if missing and not a.partial:
+            print(f"{task}: seeds {', '.join(str(r['seed']) for r in runs)} of the protocol's "
+                  f"{', '.join(map(str, required))} (missing {', '.join(map(str, missing))}), skipped; "
+                  "--partial aggregates them anyway")
             continue
         try:
             results = aggregate(runs)

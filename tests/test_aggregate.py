@@ -183,6 +183,20 @@ def test_tasks_without_seed_files_are_skipped(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["mrpc.json"]
 
 
+def test_a_task_short_of_the_protocols_seeds_is_skipped_unless_partial(tmp_path, capsys):
+    (tmp_path / "evidence").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "evidence" / "protocol.json").write_text(json.dumps({"seeds": [1, 2, 3]}))
+    write_seeds(tmp_path, seeds=(1,))
+    assert aggregate.main(["mrpc", "--results-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "mrpc.json").exists()
+    assert "missing 2, 3" in capsys.readouterr().out
+    assert aggregate.main(["mrpc", "--partial", "--results-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "mrpc.json").read_text())["seeds"] == [1]
+    write_seeds(tmp_path, seeds=(2, 3))
+    assert aggregate.main(["mrpc", "--results-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "mrpc.json").read_text())["seeds"] == [1, 2, 3]
+
+
 # --------------------------------------------------------------------------- evidence_stats.py
 def test_paired_interval_is_the_t_interval_of_the_differences():
     a, b = {1: 0.80, 2: 0.82, 3: 0.79}, {3: 0.80, 1: 0.78, 2: 0.79}
