@@ -464,6 +464,56 @@ def test_fast_add_layer_norm_matches_reference(dtype, row_path):
     assert_same(got[3], rstd, rtol=0.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_fast_bias_add_layer_norm_matches_reference(dtype, offset, row_path):
+    """The end of a block at inference, LayerNorm((x + bias) + residual), in one pass: against
+    the plain twin (x + bias, then add_layer_norm), at 384 features (MiniLM) and with a large
+    offset; the sums x + bias and + residual are rounded as the twin rounds them."""
+    rng = np.random.default_rng(23)
+    x, gamma, beta, _ = layer_norm_case(rng, (2, 7, 384), dtype, offset=offset)
+    residual = rng.standard_normal(x.shape).astype(dtype)
+    bias = rng.standard_normal(384).astype(dtype)
+    got = fast.bias_add_layer_norm_inference(x, bias, residual, gamma, beta, LN_EPS)
+    want = ref.bias_add_layer_norm_inference(x, bias, residual, gamma, beta, LN_EPS)
+    # As for LayerNorm: the row's mean is summed in another order (error below d eps |offset|,
+    # shifting x_hat of std 1 by as much), outputs O(1): absolute rounding below 4 d eps.
+    atol = 4 * 384 * EPS64 * max(1.0, offset)
+    assert_same(got, want, rtol=rtol_for(dtype), atol=atol)
+    # the fused kernel gives what the unfused fast steps give, to the bit
+    assert_same(got, fast.add_layer_norm(x + bias, residual, gamma, beta, LN_EPS)[0], rtol=0.0)
+    # into out, x itself: the result, and x overwritten with it
+    x_copy = x.copy()
+    out = fast.bias_add_layer_norm_inference(x_copy, bias, residual, gamma, beta, LN_EPS, out=x_copy)
+    assert out is x_copy
+    assert_same(x_copy, got, rtol=0.0)
+    # into a strided out (rows of a wider array)
+    wide = np.zeros((2, 7, 2 * 384), dtype)
+    fast.bias_add_layer_norm_inference(x, bias, residual, gamma, beta, LN_EPS, out=wide[..., ::2])
+    assert_same(wide[..., ::2], got, rtol=0.0)
+    assert not wide[..., 1::2].any()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_bias_add_layer_norm_rejects_bad_inputs(impl):
+    x, residual = np.ones((2, 4)), np.zeros((2, 4))
+    g, b = np.ones(4), np.zeros(4)
+    with pytest.raises(ValueError, match="bias is required"):
+        impl.bias_add_layer_norm_inference(x, None, residual, g, b, LN_EPS)
+    with pytest.raises(ValueError, match=r"bias has shape \(5,\)"):
+        impl.bias_add_layer_norm_inference(x, np.zeros(5), residual, g, b, LN_EPS)
+    with pytest.raises(ValueError, match="residual has shape"):
+        impl.bias_add_layer_norm_inference(x, b, np.ones((2, 5)), g, b, LN_EPS)
+    with pytest.raises(TypeError, match="residual has dtype float32"):
+        impl.bias_add_layer_norm_inference(x, b, residual.astype(np.float32), g, b, LN_EPS)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(4,\)"):
+        impl.bias_add_layer_norm_inference(x, b, residual, np.ones(5), b, LN_EPS)
+    with pytest.raises(ValueError, match="out must be an array of x's shape"):
+        impl.bias_add_layer_norm_inference(x, b, residual, g, b, LN_EPS, out=np.empty((2, 5)))
+    with pytest.raises(ValueError, match="out must not share memory with the residual"):
+        impl.bias_add_layer_norm_inference(x, b, residual, g, b, LN_EPS, out=residual)
+
+
 @pytest.mark.parametrize("path", ["serial", "parallel"])
 def test_fast_row_kernels_take_the_path_their_size_asks_for(monkeypatch, path):
     """Small inputs run the serial loops, large ones the parallel loops (SERIAL_MAX_ELEMENTS)."""

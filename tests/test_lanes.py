@@ -352,3 +352,38 @@ def test_fewer_samples_than_lanes_take_heads_and_neurons(lanes_on, monkeypatch):
     for g, e in zip(got.hidden_states + got.attentions + got.logits,
                     expected.hidden_states + expected.attentions + expected.logits):
         np.testing.assert_allclose(g, e, rtol=0, atol=ATOL32)
+
+
+@pytest.mark.parametrize("samples_per_chunk", [1, 2, 5])
+def test_the_attention_core_in_chunks_of_samples_is_the_whole_core(monkeypatch, samples_per_chunk):
+    """attention_core takes whole samples a chunk at a time (CORE_CHUNK_FLOATS): the same
+    products and softmax rows as the whole batch at once, so the same numbers to the bit, and
+    each sample keeps its own padding mask (five samples of different lengths; chunks of 1, 2
+    and all 5 samples)."""
+    from npcosteff.kernels import lanes_layer, reference
+
+    rng = np.random.default_rng(7)
+    B, h, T, d_h = 5, 3, 16, 8
+    q, k, v = (rng.standard_normal((B, h, T, d_h)).astype(np.float32) for _ in range(3))
+    lengths = np.array([16, 5, 11, 1, 9])
+    mask = np.where(np.arange(T) < lengths[:, None], 0.0, np.finfo(np.float32).min).astype(np.float32)
+    mask = mask.reshape(B, 1, 1, T)
+
+    def core():
+        probs = np.empty((B, h, T, T), np.float32)
+        context = np.empty((B, T, h, d_h), np.float32).transpose(0, 2, 1, 3)   # (B, h, T, d_h), as a layer's
+        lanes_layer.attention_core(q, k, v, mask, None, probs, context)
+        return probs, np.array(context)
+
+    monkeypatch.setattr(lanes_layer, "CORE_CHUNK_FLOATS", B * h * T * T)      # one chunk: the whole batch
+    whole = core()
+    monkeypatch.setattr(lanes_layer, "CORE_CHUNK_FLOATS", samples_per_chunk * h * T * T)
+    chunked = core()
+    for c, w in zip(chunked, whole):
+        np.testing.assert_array_equal(c, w)
+    # and the plain computation, in float64 (tolerance: the float32 softmax's 4 ulps and
+    # float32 products of 16 terms, about 1e-6 here; a sample given another's mask moves its
+    # probabilities by 1e-2 or more)
+    expected = reference.softmax(np.matmul(q, k.transpose(0, 1, 3, 2)).astype(np.float64), mask.astype(np.float64))
+    np.testing.assert_allclose(chunked[0], expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(chunked[1], expected @ v, rtol=0, atol=2e-5)

@@ -91,6 +91,26 @@ def check_layer_norm_params(x, gamma, beta, eps):
     return x, gamma, beta, float(eps)
 
 
+def check_bias_add_layer_norm(x, bias, residual, gamma, beta, eps, out):
+    """-> (x, bias, residual, gamma, beta, eps): x and residual (..., d) of one shape and float
+    dtype, bias (d,) of that dtype (contiguous), gamma and beta as :func:`check_layer_norm_params`;
+    `out` None or an array of x's shape and dtype that is not the residual."""
+    x, gamma, beta, eps = check_layer_norm_params(x, gamma, beta, eps)
+    residual = float_array("residual", residual)
+    same_shape("residual", residual, "x", x)
+    same_dtype("residual", residual, "x", x)
+    if bias is None:
+        raise ValueError("bias is required (a block's output dense has one); pass zeros for none")
+    bias = check_vector("bias", bias, x.shape[-1], x.dtype)
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
+            raise ValueError(f"out must be an array of x's shape {x.shape} and dtype {x.dtype}, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+        if np.shares_memory(out, residual):
+            raise ValueError("out must not share memory with the residual (it may be x itself)")
+    return x, bias, residual, gamma, beta, eps
+
+
 def check_layer_norm_backward(dy, x, gamma, mean, rstd):
     dy = float_array("dy", dy)
     x = float_array("x", x)

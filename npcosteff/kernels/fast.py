@@ -187,6 +187,54 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dx.reshape(x.shape)
 
 
+@njit(fastmath=False, cache=True, inline="always")
+def _bias_add_layer_norm_row(x, bias, residual, gamma, beta, eps, y, r):
+    """Row r of :func:`bias_add_layer_norm_inference`: y[r] = layer_norm((x[r] + bias) + residual[r]).
+    y may be x itself (each x[r, j] is read before y[r, j] is written)."""
+    d = x.shape[1]
+    for j in range(d):
+        y[r, j] = (x[r, j] + bias[j]) + residual[r, j]   # each sum rounded to the dtype, as the unfused steps
+    row = y[r]
+    mu = row_sum(row) / d                                 # the same sums and formula as _layer_norm_row
+    var = row_sq_dev(row, mu) / d
+    rs = 1.0 / math.sqrt(var + eps)
+    for j in range(d):
+        y[r, j] = (np.float64(row[j]) - mu) * rs * np.float64(gamma[j]) + np.float64(beta[j])
+
+
+@njit(**JIT_PARALLEL)
+def _bias_add_layer_norm_loop(x, bias, residual, gamma, beta, eps, y):   # x, residual, y (N, d)
+    for r in prange(x.shape[0]):
+        _bias_add_layer_norm_row(x, bias, residual, gamma, beta, eps, y, r)
+
+
+@njit(**JIT_SERIAL)
+def _bias_add_layer_norm_loop_serial(x, bias, residual, gamma, beta, eps, y):
+    for r in range(x.shape[0]):
+        _bias_add_layer_norm_row(x, bias, residual, gamma, beta, eps, y, r)
+
+
+def bias_add_layer_norm_inference(x, bias, residual, gamma, beta, eps, out=None):
+    """``y = layer_norm((x + bias) + residual)`` in one pass over the rows, keeping nothing for
+    a backward pass (the end of a block at inference; see the reference twin). The rows come
+    out as :func:`add_layer_norm` of ``x + bias`` gives them: the same sums in the same order."""
+    x, bias, residual, gamma, beta, eps = checks.check_bias_add_layer_norm(x, bias, residual, gamma, beta, eps, out)
+    x2, r2 = as_rows(x), as_rows(residual)                                          # (N, d)
+    if out is None:
+        y = np.empty_like(x2)
+    elif out.flags.c_contiguous:
+        y = out.reshape(x2.shape)                                                    # a view: out receives y
+    else:
+        y = np.empty_like(x2)
+    loop = _bias_add_layer_norm_loop_serial if serial(x2.size) else _bias_add_layer_norm_loop
+    loop(x2, bias, r2, gamma, beta, eps, y)
+    if out is None:
+        return y.reshape(x.shape)
+    if not out.flags.c_contiguous:
+        out[...] = y.reshape(x.shape)
+    return out
+
+
 def _layer_norm_loop_for(x2):
     """The LayerNorm loop for rows x2 (N, d): serial for little work, else parallel."""
     return _layer_norm_loop_serial if serial(x2.size) else _layer_norm_loop

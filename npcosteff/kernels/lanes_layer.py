@@ -32,7 +32,12 @@ from ..heads import PROJECTIONS, head_span, merge_heads, split_heads
 from . import lanes, reference
 from .checks import check_vector
 
-__all__ = ["layer_forward_in_lanes", "attention_in_lanes", "ffn_in_lanes"]
+__all__ = ["layer_forward_in_lanes", "attention_in_lanes", "ffn_in_lanes", "CORE_CHUNK_FLOATS"]
+
+# The attention core takes whole samples in chunks of about this many scores (512 KB of
+# float32, half a core's L2 cache here): one sample of MiniLM at 128 tokens (196,608 scores)
+# per chunk, 42 samples of 16 tokens.
+CORE_CHUNK_FLOATS = 1 << 17
 
 
 def layer_forward_in_lanes(x, attention_params, ffn_params, num_heads, head_size, additive_mask, eps, *,
@@ -73,8 +78,20 @@ def attention_in_lanes(x, p, num_heads, head_size, additive_mask, eps, head_mask
 
 def attention_core(q, k, v, mask, head_mask, probs, context):
     """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
-    probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given."""
-    if probs.flags.c_contiguous:                                       # one sample's heads, or whole samples:
+    probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given.
+
+    Whole samples go through the three steps a few at a time (:data:`CORE_CHUNK_FLOATS`): a
+    chunk's scores stay in the core's cache from the product that writes them through the
+    softmax to the product that reads them, where a lane's 16 samples of MiniLM at 128 tokens
+    at once (12 MB of scores) went out to memory and back twice (benchmarks/README.md)."""
+    b, h, T, _ = probs.shape
+    chunk = max(1, CORE_CHUNK_FLOATS // max(1, h * T * T))             # samples per chunk
+    if probs.flags.c_contiguous and b > chunk:                         # whole samples: a chunk at a time
+        for c in range(0, b, chunk):
+            s = slice(c, c + chunk)
+            attention_core(q[s], k[s], v[s], None if mask is None else mask[s], head_mask, probs[s], context[s])
+        return
+    if probs.flags.c_contiguous:                                       # a chunk of samples, or one sample's heads:
         np.matmul(q, k.transpose(0, 1, 3, 2), out=probs)               # the scores, (b, h, T, T), in probs
         weights = kernels.softmax_inference(probs, mask, out=probs)    # in place: no second (b, h, T, T) array
     else:                                                              # some heads of several samples
@@ -114,9 +131,8 @@ def _attention_by_rows(x, p, H, head_size, mask, eps, head_mask, n_lanes):
 
     def output(r):                                                     # rows r of the block's output
         out = context2[r] @ p["output.dense.weight"].T
-        out += p["output.dense.bias"]
-        y2[r] = kernels.add_layer_norm(out, x2[r], p["output.LayerNorm.weight"], p["output.LayerNorm.bias"],
-                                       eps)[0]
+        kernels.bias_add_layer_norm_inference(out, p["output.dense.bias"], x2[r], p["output.LayerNorm.weight"],
+                                              p["output.LayerNorm.bias"], eps, out=y2[r])
     lanes.run(output, rows)
     return y2.reshape(B, T, d), probs
 
@@ -142,8 +158,8 @@ def _attention_by_heads(x, p, H, head_size, mask, eps, head_mask, n_lanes):
         attention_core(q, k, v, mask, None if head_mask is None else head_mask[h], probs[:, h], context)
         return merge_heads(context) @ p["output.dense.weight"][:, cols].T    # (N, d)
     out = lanes.run_and_sum(attend, lanes.row_parts(H, n_lanes))      # (N, d) context Wo^T
-    out += p["output.dense.bias"]
-    y2 = kernels.add_layer_norm(out, x2, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)[0]
+    y2 = kernels.bias_add_layer_norm_inference(out, p["output.dense.bias"], x2, p["output.LayerNorm.weight"],
+                                               p["output.LayerNorm.bias"], eps, out=out)
     return y2.reshape(B, T, d), probs
 
 
@@ -169,15 +185,14 @@ def ffn_in_lanes(x, p, eps, ffn_mask, n_lanes):
             act = kernels.bias_gelu_inference(x2 @ Wi[f].T, bi[f], None if ffn_mask is None else ffn_mask[f])
             return act @ Wo[:, f].T
         out = lanes.run_and_sum(share, lanes.row_parts(Wi.shape[0], n_lanes))   # (N, d) GELU(x Wi^T + bi) Wo^T
-        out += p["output.dense.bias"]
-        return kernels.add_layer_norm(out, x2, gamma, beta, eps)[0].reshape(B, T, d)
+        return kernels.bias_add_layer_norm_inference(out, p["output.dense.bias"], x2, gamma, beta, eps,
+                                                     out=out).reshape(B, T, d)
 
     y2 = np.empty_like(x2)                                                       # (N, d)
 
     def block(r):                                                                # rows r
         act = kernels.bias_gelu_inference(x2[r] @ Wi.T, bi, ffn_mask)            # (n, F)
-        out = act @ Wo.T                                                         # (n, d)
-        out += p["output.dense.bias"]
-        y2[r] = kernels.add_layer_norm(out, x2[r], gamma, beta, eps)[0]
+        kernels.bias_add_layer_norm_inference(act @ Wo.T, p["output.dense.bias"], x2[r], gamma, beta, eps,
+                                              out=y2[r])                         # (n, d)
     lanes.run(block, lanes.row_parts(x2.shape[0], n_lanes))
     return y2.reshape(B, T, d)

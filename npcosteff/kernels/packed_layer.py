@@ -153,8 +153,7 @@ def _ffn_part(layer: PackedLayer, share: slice, a2):
 
 def _close(part, residual, bias, gamma, beta, eps):
     """A block's end: LayerNorm(part + bias + residual), part (N, d) summed over the lanes, in place."""
-    part += bias
-    return kernels.add_layer_norm(part, residual, gamma, beta, eps)[0]
+    return kernels.bias_add_layer_norm_inference(part, bias, residual, gamma, beta, eps, out=part)
 
 
 def _whole_layer(layer: PackedLayer, x, mask, probs, eps):

@@ -27,8 +27,8 @@ import math
 import numpy as np
 from scipy.special import erfc
 
-from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_gelu,
-                     check_bias_gelu_backward, check_dropout_args, check_layer_norm_backward,
+from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_add_layer_norm,
+                     check_bias_gelu, check_bias_gelu_backward, check_dropout_args, check_layer_norm_backward,
                      check_layer_norm_params, check_scatter_add, check_softmax_inputs, float_array,
                      last_axis, raise_if_empty_rows, same_dtype, same_shape)
 
@@ -41,6 +41,7 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "add_layer_norm",
+    "bias_add_layer_norm_inference",
     "dropout_mask",
     "bias_gelu",
     "bias_gelu_backward",
@@ -220,6 +221,23 @@ def add_layer_norm(x: np.ndarray, residual: np.ndarray, gamma: np.ndarray, beta:
     s = x + residual  # (..., d) in the input dtype
     y, mean, rstd = layer_norm(s, gamma, beta, eps)
     return y, s, mean, rstd
+
+
+def bias_add_layer_norm_inference(x, bias, residual, gamma, beta, eps, out=None):
+    """The end of a block at inference: ``y = layer_norm((x + bias) + residual)``.
+
+    x is a block's output dense before its bias, residual the block's input; each sum is
+    rounded to the input dtype, as the two steps ``x += bias`` then :func:`add_layer_norm` do.
+    Only y is returned: nothing will backpropagate (no s, mean or rstd kept). x, residual
+    (..., d) of one dtype; bias, gamma, beta (d,); `out`, an array of x's shape and dtype
+    (x itself allowed, not the residual), receives y. Returns y.
+    """
+    x, bias, residual, gamma, beta, eps = check_bias_add_layer_norm(x, bias, residual, gamma, beta, eps, out)
+    y = add_layer_norm(x + bias, residual, gamma, beta, eps)[0]   # (..., d); x + bias rounded to the dtype
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 # ---------------------------------------------------------------------------
