@@ -83,13 +83,20 @@ def _layer_norm_row(x, residual, has_residual, gamma, beta, eps, y, s, mean, rst
         row = s[r]
     else:
         row = x[r]
+    mean[r], rstd[r] = _normalize_row(row, gamma, beta, eps, y, r)
+
+
+@njit(fastmath=False, cache=True, inline="always")
+def _normalize_row(row, gamma, beta, eps, y, r):
+    """y[r] = LayerNorm(row) (row (d,), read whole before y[r] is written where they are the
+    same memory); returns the row's float64 (mean, rstd)."""
+    d = row.shape[0]
     mu = row_sum(row) / d  # mean
     var = row_sq_dev(row, mu) / d  # biased variance, from centred values (two passes)
     rs = 1.0 / math.sqrt(var + eps)
     for j in range(d):
         y[r, j] = (np.float64(row[j]) - mu) * rs * np.float64(gamma[j]) + np.float64(beta[j])
-    mean[r] = mu
-    rstd[r] = rs
+    return mu, rs
 
 
 @njit(**JIT_PARALLEL)
@@ -191,15 +198,9 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _bias_add_layer_norm_row(x, bias, residual, gamma, beta, eps, y, r):
     """Row r of :func:`bias_add_layer_norm_inference`: y[r] = layer_norm((x[r] + bias) + residual[r]).
     y may be x itself (each x[r, j] is read before y[r, j] is written)."""
-    d = x.shape[1]
-    for j in range(d):
+    for j in range(x.shape[1]):
         y[r, j] = (x[r, j] + bias[j]) + residual[r, j]   # each sum rounded to the dtype, as the unfused steps
-    row = y[r]
-    mu = row_sum(row) / d                                 # the same sums and formula as _layer_norm_row
-    var = row_sq_dev(row, mu) / d
-    rs = 1.0 / math.sqrt(var + eps)
-    for j in range(d):
-        y[r, j] = (np.float64(row[j]) - mu) * rs * np.float64(gamma[j]) + np.float64(beta[j])
+    _normalize_row(y[r], gamma, beta, eps, y, r)          # the sums and formula of _layer_norm_row
 
 
 @njit(**JIT_PARALLEL)
