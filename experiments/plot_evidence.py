@@ -10,7 +10,9 @@
   the teacher at 1, a black star) for the TA, the naive exits, the student and the no-exits
   student: each curve's mean over seeds, interpolated on a common FLOPs grid (the part every
   seed covers), with a band of +- one sample sd; each seed's cross-fitted operating point as a
-  small marker (the no-exits student is one point per seed, its mean a larger one).
+  small marker (the no-exits student is one point per seed, its mean a larger one); the
+  majority class as a dotted line, or only in the legend when it lies far below every score
+  (a regression's 0).
 
 A task without an aggregated file with seeds is skipped.
 """
@@ -100,6 +102,17 @@ def mean_curve(seed_curves: list, points: int = 100):
     return grid, ys.mean(axis=0), sd
 
 
+MAJORITY_MARGIN = 15.0        # points: a majority class further below every plotted score stays off the axis
+
+
+def majority_on_axis(majority: float, ax) -> bool:
+    """Whether the majority class's line belongs on the axes: within MAJORITY_MARGIN points of
+    the lowest score drawn so far (MRPC's 74.8 under its exits' 75), not a regression's 0 under
+    scores of 80 (STS-B), where it would squeeze every curve into the top of the picture."""
+    lowest = [np.min(line.get_ydata()) for line in ax.get_lines() if len(line.get_ydata())]
+    return not lowest or 100 * majority >= min(lowest) - MAJORITY_MARGIN
+
+
 def curves(results: dict, out: str) -> None:
     """Draw one task's trade-off curves with their seed bands to `out`."""
     plt = _pyplot()
@@ -128,8 +141,12 @@ def curves(results: dict, out: str) -> None:
                     "D", ms=8, color=color, label=label)
         ax.plot([o["flops_ratio_padded"] for o in ops], [100 * o["metric"] for o in ops], "o", ms=4,
                 color=color, mec="black", mew=0.5)
-    if results.get("majority") is not None:
-        ax.axhline(100 * results["majority"], color="grey", ls=":", lw=1, label="majority class")
+    majority = results.get("majority")
+    if majority is not None:
+        if majority_on_axis(majority, ax):
+            ax.axhline(100 * majority, color="grey", ls=":", lw=1, label="majority class")
+        else:                                           # a regression's 0: far below, it would flatten the curves
+            ax.plot([], [], ls=":", color="grey", lw=1, label=f"majority class: {100 * majority:.1f} (below the axis)")
     ax.axhline(100 * results.get("target", 0.965) * results["teacher"], color="black", ls="--", lw=0.8,
                label=f"{100 * results.get('target', 0.965):.1f}% of the teacher")
     ax.set_xscale("log")

@@ -300,3 +300,18 @@ def test_mean_curve_interpolates_every_seed_on_the_shared_grid():
     assert mean[0] == pytest.approx((0.5 + 0.3 / 9 + 0.6) / 2)
     assert sd[0] == pytest.approx(abs(0.6 - (0.5 + 0.3 / 9)) / math.sqrt(2))
 
+
+
+def test_the_majority_line_stays_off_the_axis_only_when_far_below_the_scores():
+    """MRPC's majority class (74.8) is drawn under exits scoring 75-84; a regression's 0 under
+    scores of 80-86 (STS-B) goes to the legend instead of flattening the curves."""
+    plt = plot_evidence._pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0.1, 1.0], [75.0, 84.0])
+    assert plot_evidence.majority_on_axis(0.748, ax)
+    assert plot_evidence.majority_on_axis(0.61, ax)               # 14 points below: still drawn
+    assert not plot_evidence.majority_on_axis(0.0, ax)
+    plt.close(fig)
+    fig, ax = plt.subplots()                                      # nothing drawn yet: drawn
+    assert plot_evidence.majority_on_axis(0.0, ax)
+    plt.close(fig)
