@@ -30,11 +30,11 @@ for each thread count, the sides alternating over ``--rounds`` rounds; figures a
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import sys
 import tempfile
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,7 +43,8 @@ import npcosteff  # noqa: F401,E402  (first: its thread settings precede any poo
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (default_threads, export_onnx, have_onnxruntime, limit_threads,  # noqa: E402
-                               onnxruntime_session, print_header, report, run_child)
+                               onnxruntime_session, print_header, report, run_child,
+                               time_calls)
 
 KINDS = ("qkv", "attention output", "intermediate", "output")
 SIDES = ("numpy", "onnxruntime")
@@ -77,14 +78,7 @@ def product_inputs(weights, n_rows: int) -> list:
 
 def median_time(fn, repeat: int) -> float:
     """Median wall seconds of `repeat` calls of fn() after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return time_calls(fn, repeat, warmup=2)[0]
 
 
 def child_numpy(args) -> dict:
@@ -144,7 +138,7 @@ def child_onnxruntime(args) -> dict:
                 err = float(np.abs(next(got) - want).max() / np.abs(want).max())
                 if err > 1e-4:                                     # float32 sums of up to 1536 terms in another order
                     raise RuntimeError(f"ONNX Runtime's {KINDS[k]} products differ from NumPy's by {err:.1e} (relative)")
-        seconds = median_time(lambda: session.run(None, feed), args.repeat)
+        seconds = median_time(functools.partial(session.run, None, feed), args.repeat)
         del session                                                # its threads go before the next session's start
         gc.collect()
         return seconds
@@ -152,7 +146,7 @@ def child_onnxruntime(args) -> dict:
     full = onnxruntime_session(args.onnx, args.threads)
     ids, mask, types = make_batch(args.batch, args.seq)
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    result = {"pass": median_time(lambda: full.run(["logits"], feed), args.repeat)}
+    result = {"pass": median_time(functools.partial(full.run, ["logits"], feed), args.repeat)}
     del full
     gc.collect()
     with tempfile.TemporaryDirectory() as tmp:
