@@ -221,17 +221,13 @@ def bias_add_layer_norm_inference(x, bias, residual, gamma, beta, eps, out=None)
     out as :func:`add_layer_norm` of ``x + bias`` gives them: the same sums in the same order."""
     x, bias, residual, gamma, beta, eps = checks.check_bias_add_layer_norm(x, bias, residual, gamma, beta, eps, out)
     x2, r2 = as_rows(x), as_rows(residual)                                          # (N, d)
-    if out is None:
-        y = np.empty_like(x2)
-    elif out.flags.c_contiguous:
-        y = out.reshape(x2.shape)                                                    # a view: out receives y
-    else:
-        y = np.empty_like(x2)
+    in_place = out is not None and out.flags.c_contiguous     # the loop can write into out's rows
+    y = out.reshape(x2.shape) if in_place else np.empty_like(x2)                     # (N, d)
     loop = _bias_add_layer_norm_loop_serial if serial(x2.size) else _bias_add_layer_norm_loop
     loop(x2, bias, r2, gamma, beta, eps, y)
     if out is None:
         return y.reshape(x.shape)
-    if not out.flags.c_contiguous:
+    if not in_place:                                           # a strided out: copy the rows in
         out[...] = y.reshape(x.shape)
     return out
 
