@@ -1,16 +1,19 @@
 """Where one inference forward pass spends its time, npcosteff against PyTorch, by kind of operation.
 
 The full MiniLM-L6 in float32 on a random batch of ``--seq`` tokens (as ``bench_inference``),
-each side in its own child process with ``--threads`` threads. The time of one pass is split
-into the same six kinds on both sides:
+each side in its own child process with ``--threads`` threads. npcosteff runs its plain layers
+(``lanes.disabled()``): the functions timed below are what they call, where the lanes of the
+speed path (``bench_inference``) call BLAS and the kernels from worker threads, whose clocks
+would add up across the cores. The time of one pass is split into the same five kinds on
+both sides:
 
 =====================  ===========================================  ================================
 kind                   npcosteff (functions timed)                  PyTorch (profiler ops, self time)
 =====================  ===========================================  ================================
 dense products         ``nn.linear.linear_forward`` (Q, K, V, the    ``aten::addmm``, ``aten::mm``
                        attention output, the FFN's two, the exits)
-attention products     ``kernels.batched_matmul`` (Q K^T, P V)       ``aten::bmm``
-softmax                ``kernels.softmax(_inference)``               ``aten::_softmax``
+attention core         ``kernels.attention_core`` (Q K^T, softmax,   ``aten::bmm``, ``aten::_softmax``
+                       P V)
 GELU                   ``kernels.bias_gelu(_inference)``, with bias  ``aten::gelu``
 LayerNorm              ``kernels.add_layer_norm``, ``layer_norm``    ``aten::native_layer_norm``
 everything else        the rest of the pass                          the rest of the pass
@@ -18,7 +21,7 @@ everything else        the rest of the pass                          the rest of
 
 npcosteff's kinds are timed by wrapping those functions with a clock (about a microsecond per
 call); PyTorch's come from ``torch.profiler`` (self CPU time of each op, which includes the
-profiler's own overhead per op). "everything else" is the mean pass time minus the five
+profiler's own overhead per op). "everything else" is the mean pass time minus the four
 kinds, so it holds the embeddings, reshapes and copies, the exit, Python, and on PyTorch's
 side the bias adds that are not fused into ``addmm`` and the profiler. Both sides' totals
 are the mean of ``--repeat`` passes *with* the instrumentation (the kinds are means too, so
@@ -44,14 +47,15 @@ import numpy as np
 from benchmarks.bench_inference import make_batch
 from benchmarks.common import default_threads, limit_threads, print_header, report, run_child
 
-KINDS = ("dense products", "attention products", "softmax", "GELU", "LayerNorm")
-TORCH_OPS = {"aten::addmm": "dense products", "aten::mm": "dense products", "aten::bmm": "attention products",
-             "aten::_softmax": "softmax", "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm"}
+KINDS = ("dense products", "attention core", "GELU", "LayerNorm")
+TORCH_OPS = {"aten::addmm": "dense products", "aten::mm": "dense products", "aten::bmm": "attention core",
+             "aten::_softmax": "attention core", "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm"}
 
 
 def npcosteff_profile(batch: int, seq: int, repeat: int) -> dict:
     """Median pass time and the mean time per pass of each kind, in seconds."""
     from npcosteff import kernels
+    from npcosteff.kernels import lanes
     from npcosteff.model import CostEffModel
     from npcosteff.nn import attention, exits, ffn
 
@@ -67,21 +71,21 @@ def npcosteff_profile(batch: int, seq: int, repeat: int) -> dict:
 
     for module in (attention, ffn, exits):          # each imported linear_forward by name
         module.linear_forward = clocked(module.linear_forward, "dense products")
-    for name, kind in (("batched_matmul", "attention products"), ("softmax", "softmax"),
-                       ("softmax_inference", "softmax"), ("bias_gelu", "GELU"), ("bias_gelu_inference", "GELU"),
+    for name, kind in (("attention_core", "attention core"), ("bias_gelu", "GELU"), ("bias_gelu_inference", "GELU"),
                        ("add_layer_norm", "LayerNorm"), ("layer_norm", "LayerNorm")):
         setattr(kernels, name, clocked(getattr(kernels, name), kind))
 
     model = CostEffModel.from_pretrained(num_labels=2, exit_start=6, pooler="dense", dtype=np.float32)
     ids, mask, types = make_batch(batch, seq)
-    for _ in range(2):
-        model(ids, mask, types)                     # warm-up: compiled kernels, thread pools
-    spent.update(dict.fromkeys(KINDS, 0.0))
-    passes = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        model(ids, mask, types)
-        passes.append(time.perf_counter() - start)
+    with lanes.disabled():                          # the plain layers (module docstring)
+        for _ in range(2):
+            model(ids, mask, types)                 # warm-up: compiled kernels, thread pools
+        spent.update(dict.fromkeys(KINDS, 0.0))
+        passes = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            model(ids, mask, types)
+            passes.append(time.perf_counter() - start)
     return dict(total=float(np.mean(passes)), median=float(np.median(passes)),
                 **{k: v / repeat for k, v in spent.items()})
 

@@ -1,5 +1,5 @@
-"""The fused hot-path loops (npcosteff.kernels.fused, the threaded npcosteff.kernels.batched, the
-compiled AdamW update) against their plain NumPy twins in npcosteff.kernels.reference.
+"""The fused hot-path loops (npcosteff.kernels.fused, the compiled AdamW update) against their
+plain NumPy twins in npcosteff.kernels.reference (the attention core: tests/test_chunked_attention.py).
 
 float64: the same operations in the same order, so results are equal to the last bit, or
 (where a float64 sum is reordered) within a few ulps: tolerance 1e-15 relative, with the
@@ -19,8 +19,7 @@ from scipy.special import erfc
 
 from npcosteff import kernels
 from npcosteff.kernels import reference
-from npcosteff.kernels import fast_softmax, fused, pool
-from npcosteff.kernels.batched import batched_matmul
+from npcosteff.kernels import common, fast_softmax, fused
 import npcosteff.optim as optim
 
 
@@ -114,7 +113,10 @@ def test_gelu_float32_special_values_match_the_kernel():
     np.testing.assert_array_equal(d, expect_d)                     # by value: the sign of 0 may differ
 
 
-def test_attention_weights_and_probs_backward_match_the_unfused_code():
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_attention_weights_and_probs_backward_match_the_unfused_code(monkeypatch, path):
+    # the serial loops (little work, or a share of the attention core) and the parallel ones
+    monkeypatch.setattr(common, "SERIAL_MAX_ELEMENTS", 1 << 62 if path == "serial" else -1)
     rng = np.random.default_rng(3)
     B, H, T = 3, 4, 7
     probs = reference.softmax(rng.standard_normal((B, H, T, T)))
@@ -156,34 +158,6 @@ def test_bad_inputs_are_named():
         fused.bias_gelu_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="probs_dropout has shape"):
         fused.attention_probs_backward(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 3)), None, np.zeros((1, 2, 3, 2)))
-
-
-@pytest.mark.parametrize("pool_min_flops", [0.0, 1e30])    # through the worker pool / one call
-def test_batched_matmul_is_np_matmul(monkeypatch, pool_min_flops):
-    from threadpoolctl import threadpool_limits
-
-    from npcosteff.kernels import batched
-
-    monkeypatch.setattr(batched, "POOL_MIN_FLOPS", pool_min_flops)
-    handed_off = []                                                   # the pool's callers
-    workers = pool.workers
-    monkeypatch.setattr(pool, "workers", lambda n: handed_off.append(n) or workers(n))
-
-    rng = np.random.default_rng(5)
-    qkv = rng.standard_normal((5 * 7, 3 * 2 * 4)).astype(np.float32)            # (B*T, 3*H*dh)
-    heads = lambda a, j, blocks: a.reshape(5, 7, blocks, 2, 4)[:, :, j].transpose(0, 2, 1, 3)
-    q, k = heads(qkv, 0, 3), heads(qkv, 1, 3)
-    with threadpool_limits(2):
-        threads = pool.blas_threads()                                 # 1 without threadpoolctl's hold on BLAS
-        s = batched_matmul(q, k.transpose(0, 1, 3, 2))
-        np.testing.assert_array_equal(s, np.matmul(q, k.transpose(0, 1, 3, 2)))
-        out = np.empty((5 * 7, 2 * 4), np.float32)
-        batched_matmul(s, heads(qkv, 2, 3), out=heads(out, 0, 1))
-        np.testing.assert_array_equal(heads(out, 0, 1), np.matmul(s, heads(qkv, 2, 3)))
-    if pool_min_flops == 0.0 and threads > 1:
-        assert handed_off == [threads, threads] and pool.started()    # the pool path did run, twice
-    else:
-        assert not handed_off                                         # one call each, no hand-off
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

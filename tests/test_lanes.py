@@ -2,7 +2,7 @@
 by npcosteff/kernels/lanes.py with the worker threads of npcosteff/kernels/pool.py).
 
 The runner is checked on its own (every part runs once, the first in the calling thread,
-errors reach the caller, BLAS gets its threads back, the pool is the batched products' one);
+errors reach the caller, BLAS gets its threads back, the pool is the attention core's one);
 the layer in lanes is checked against its plain twin, the pair of npcosteff/nn/attention.py
 and ffn.py on the plain NumPy kernels (``kernels.use("reference")``), block by block and
 through the float32 model: slender layers (one head, fewer heads than lanes), padding, head
@@ -19,7 +19,6 @@ from npcosteff import kernels
 from npcosteff.config import CostEffConfig
 from npcosteff.early_exit import early_exit_forward
 from npcosteff.kernels import lanes, pool
-from npcosteff.kernels.batched import batched_matmul
 from npcosteff.kernels.lanes_layer import layer_forward_in_lanes
 from npcosteff.model import CostEffModel
 from npcosteff.nn.attention import attention_forward
@@ -110,16 +109,17 @@ def test_run_and_sum_adds_every_lanes_result_once(lanes_on):
 
 
 
-def test_lanes_and_batched_products_share_one_pool(lanes_on, monkeypatch):
-    from npcosteff.kernels import batched
+def test_lanes_and_the_attention_core_share_one_pool(lanes_on, monkeypatch):
+    from npcosteff.kernels import chunked_attention
 
-    monkeypatch.setattr(batched, "POOL_MIN_FLOPS", 0)
+    monkeypatch.setattr(chunked_attention, "MIN_FLOPS", 0)
     handed_off = []
     workers = pool.workers
     monkeypatch.setattr(pool, "workers", lambda n: handed_off.append(workers(n)) or handed_off[-1])
     lanes.run(lambda part: None, [0, 1])
-    a = np.ones((4, 3, 5, 2), np.float32)
-    np.testing.assert_array_equal(batched_matmul(a, a.transpose(0, 1, 3, 2)), np.matmul(a, a.transpose(0, 1, 3, 2)))
+    q = np.ones((4, 3, 5, 2), np.float32)
+    context, probs = chunked_attention.attention_core(q, q, q)
+    np.testing.assert_array_equal(context, q)                      # uniform weights over equal values
     assert len(handed_off) == 2 and handed_off[0] is handed_off[1] and pool.started()
 
 
@@ -356,11 +356,11 @@ def test_fewer_samples_than_lanes_take_heads_and_neurons(lanes_on, monkeypatch):
 
 @pytest.mark.parametrize("samples_per_chunk", [1, 2, 5])
 def test_the_attention_core_in_chunks_of_samples_is_the_whole_core(monkeypatch, samples_per_chunk):
-    """attention_core takes whole samples a chunk at a time (CORE_CHUNK_FLOATS): the same
+    """attention_core takes whole samples a chunk at a time (common.CORE_CHUNK_FLOATS): the same
     products and softmax rows as the whole batch at once, so the same numbers to the bit, and
     each sample keeps its own padding mask (five samples of different lengths; chunks of 1, 2
     and all 5 samples)."""
-    from npcosteff.kernels import lanes_layer, reference
+    from npcosteff.kernels import common, lanes_layer, reference
 
     rng = np.random.default_rng(7)
     B, h, T, d_h = 5, 3, 16, 8
@@ -375,9 +375,9 @@ def test_the_attention_core_in_chunks_of_samples_is_the_whole_core(monkeypatch, 
         lanes_layer.attention_core(q, k, v, mask, None, probs, context)
         return probs, np.array(context)
 
-    monkeypatch.setattr(lanes_layer, "CORE_CHUNK_FLOATS", B * h * T * T)      # one chunk: the whole batch
+    monkeypatch.setattr(common, "CORE_CHUNK_FLOATS", B * h * T * T)      # one chunk: the whole batch
     whole = core()
-    monkeypatch.setattr(lanes_layer, "CORE_CHUNK_FLOATS", samples_per_chunk * h * T * T)
+    monkeypatch.setattr(common, "CORE_CHUNK_FLOATS", samples_per_chunk * h * T * T)
     chunked = core()
     for c, w in zip(chunked, whole):
         np.testing.assert_array_equal(c, w)

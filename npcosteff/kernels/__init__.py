@@ -2,22 +2,24 @@
 
 Row kernels (GELU, masked softmax, LayerNorm, dropout masks), the fused steps of the layers
 (bias + GELU, the attention weights and their backward, the embedding scatter-add), the
-heads' batched matrix products and the AdamW update. Two implementations share one API:
+heads' attention core (their products, softmax and dropout, forward and backward) and the
+AdamW update. Two implementations share one API:
 
 * :mod:`npcosteff.kernels.reference`: plain NumPy, the readable definition (the teaching path);
 * ``fast``: Numba loops parallel over rows (:mod:`~npcosteff.kernels.fast`, its softmax in
   :mod:`~npcosteff.kernels.fast_softmax`, fused steps in :mod:`~npcosteff.kernels.fused`,
   float32 GELU and softmax for the inference path in :mod:`~npcosteff.kernels.inference`,
-  what they share in :mod:`~npcosteff.kernels.common`) and the heads' products split over
-  threads (:mod:`~npcosteff.kernels.batched`), each tested against its reference twin.
+  what they share in :mod:`~npcosteff.kernels.common`) and the attention core by chunks of
+  samples, shared out over the cores (:mod:`~npcosteff.kernels.chunked_attention`), each tested
+  against its reference twin.
 
 The speed path of the model at inference is one layer-level twin outside the switch:
 :func:`npcosteff.kernels.lanes_layer.layer_forward_in_lanes` shares a float32 layer out over
 the cores by rows, samples or heads (run by :mod:`~npcosteff.kernels.lanes`), tested against
 the plain layers of :mod:`npcosteff.nn`; :mod:`~npcosteff.kernels.packed_layer` is a layer laid
 out once for inference, what a packed model (:func:`npcosteff.packed_model.pack`, run by
-``npcosteff predict``) runs. The batched products and the lanes take their worker threads from
-one pool (:mod:`~npcosteff.kernels.pool`).
+``npcosteff predict``) runs. The attention core, the dropout draws and the lanes take their
+worker threads from one pool (:mod:`~npcosteff.kernels.pool`).
 
 Argument checks are shared (:mod:`~npcosteff.kernels.checks`), so both implementations refuse
 the same inputs with the same messages. The package-level functions (``kernels.gelu``,
@@ -97,8 +99,9 @@ bias_gelu_inference = _dispatch("bias_gelu_inference")
 softmax_inference = _dispatch("softmax_inference")
 attention_weights = _dispatch("attention_weights")
 attention_probs_backward = _dispatch("attention_probs_backward")
+attention_core = _dispatch("attention_core")
+attention_core_backward = _dispatch("attention_core_backward")
 scatter_add_rows = _dispatch("scatter_add_rows")
-batched_matmul = _dispatch("batched_matmul")
 adamw_update = _dispatch("adamw_update")
 
 

@@ -243,3 +243,47 @@ def check_attention_probs_backward(dweights, probs, head_mask, probs_dropout, dp
         raise ValueError(f"dweights {dweights.shape} {dweights.dtype} and probs {probs.shape} {probs.dtype} differ")
     return (check_vector("head_mask", head_mask, probs.shape[1], probs.dtype),
             _like_probs("probs_dropout", probs_dropout, probs), _like_probs("dprobs_extra", dprobs_extra, probs))
+
+
+def check_attention_core(q, k, v, additive_mask, probs_dropout, head_mask, *, dcontext=None, probs=None,
+                         dprobs_extra=None):
+    """The attention core's arguments, forward (q, k, v and the masks) and backward (also
+    dcontext and probs, and dprobs_extra): q, k, v, dcontext (B, H, T, d_h) of one float dtype;
+    additive_mask broadcastable to the scores (B, H, T, T); probs_dropout, probs, dprobs_extra
+    (B, H, T, T); head_mask (H,).
+
+    -> (mask, probs_dropout, head_mask, dprobs_extra): the mask as a float64 view with the
+    batch axis in front, e.g. (B, 1, 1, T) (None when absent), the others contiguous in q's
+    dtype or None.
+    """
+    q = float_array("q", q)
+    if q.ndim != 4:
+        raise ValueError(f"q must be a (B, H, T, d_h) array, got shape {q.shape}")
+    named = [("k", k), ("v", v)] + ([("dcontext", dcontext)] if dcontext is not None else [])
+    for name, a in named:
+        a = float_array(name, a)
+        if a.shape != q.shape or a.dtype != q.dtype:
+            raise ValueError(f"{name} {a.shape} {a.dtype} and q {q.shape} {q.dtype} differ")
+    B, H, T, _ = q.shape
+    scores_shape = (B, H, T, T)
+    mask = None
+    if additive_mask is not None:
+        _, mask = check_softmax_inputs(np.broadcast_to(np.zeros((), q.dtype), scores_shape), additive_mask)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)          # left-padded to 4 axes
+        mask = np.broadcast_to(mask, (B,) + mask.shape[1:])                 # a batch axis to slice
+    if probs is not None:
+        _check_probs("probs", probs)
+        if probs.shape != scores_shape or probs.dtype != q.dtype:
+            raise ValueError(f"probs {probs.shape} {probs.dtype} do not match q {q.shape} {q.dtype}: "
+                             f"expected {scores_shape} {q.dtype}")
+
+    def like_scores(name, a):
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a, dtype=q.dtype)
+        if a.shape != scores_shape:
+            raise ValueError(f"{name} has shape {a.shape}, the scores have {scores_shape}")
+        return a
+
+    head_mask = None if head_mask is None else check_vector("head_mask", head_mask, H, q.dtype)
+    return mask, like_scores("probs_dropout", probs_dropout), head_mask, like_scores("dprobs_extra", dprobs_extra)

@@ -4,15 +4,16 @@ Each public function validates its inputs with the checks the reference uses (:m
 same inputs with the same messages), views the data as a contiguous 2-D array of rows
 ``(N, n)`` (leading axes flattened, the reduced axis last), and runs a compiled loop that
 is parallel over rows (``prange``) and reads each row once or twice while it is in cache,
-with no full-size temporaries. LayerNorm and the float32 softmax also have a serial twin
-that runs the same row code in the calling thread, chosen for inputs of at most
-:data:`~npcosteff.kernels.common.SERIAL_MAX_ELEMENTS` (one sample at inference), where
-waking the worker threads costs more than the loop (:func:`~npcosteff.kernels.common.serial`).
+with no full-size temporaries. LayerNorm, the softmax and the attention weights and their
+backward also have a serial twin that runs the same row code in the calling thread, chosen
+for inputs of at most :data:`~npcosteff.kernels.common.SERIAL_MAX_ELEMENTS` (one sample at
+inference) or inside a lane, where waking the worker threads costs more than the loop
+(:func:`~npcosteff.kernels.common.serial`).
 
 This module holds GELU, LayerNorm and the dropout mask, and gathers the fast implementation
 of every kernel under the reference's names: the softmax from :mod:`.fast_softmax`, the
 fused steps and AdamW from :mod:`.fused`, the inference path's float32 GELU and softmax from
-:mod:`.inference` and the heads' threaded products from :mod:`.batched`.
+:mod:`.inference` and the attention core by chunks of samples from :mod:`.chunked_attention`.
 
 Numerical policy: the same as the reference. Every value is computed in float64 and
 rounded once to the input dtype when stored; LayerNorm's ``mean`` and ``rstd`` are float64.
@@ -38,7 +39,7 @@ from numba import njit, prange
 
 from . import checks, draws
 from . import reference as _ref
-from .batched import batched_matmul  # noqa: F401  (the layers' steps: threaded and fused twins)
+from .chunked_attention import attention_core, attention_core_backward  # noqa: F401  (by chunks of samples)
 from .common import JIT_PARALLEL, JIT_SERIAL, as_rows, serial
 from .fast_softmax import softmax, softmax_backward  # noqa: F401
 from .fused import (adamw_update, attention_probs_backward, attention_weights, bias_gelu,  # noqa: F401

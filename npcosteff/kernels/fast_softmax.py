@@ -2,8 +2,9 @@
 results as :func:`npcosteff.kernels.reference.softmax` and ``softmax_backward``.
 
 The loops are parallel over rows and read each row while it is in cache, in float64 until
-the one rounding to the input dtype (the numerical policy of :mod:`.fast`). The float32
-softmax has a serial twin for little work (:func:`~npcosteff.kernels.common.serial`). Most of
+the one rounding to the input dtype (the numerical policy of :mod:`.fast`). The softmax has
+serial twins for little work and for a share of the attention core
+(:func:`~npcosteff.kernels.common.serial`). Most of
 a softmax row's time goes to its exponentials, so the loops call no libm ``exp``: float64
 rows use :func:`_exp_shifted` and float32 rows :func:`_exp_f32_range`, both branch-free
 polynomial evaluations that the compiler can pipeline and vectorize, accurate far below the
@@ -149,6 +150,18 @@ def _softmax_loop_f32_serial(s, mask, rows_per_group, probs):
     return n_empty
 
 
+@njit(fastmath=False, cache=True, inline="always")
+def _softmax_row(s, m, r, e, bits, probs):
+    """Row r of probs (N, n) from row r of the scores s (float64 scores: the exact exp) with
+    the mask row m; e (n,) and bits (2, n) are scratch. Returns whether the row is all -inf."""
+    row_max = _masked_row_max(s, m, r, e)
+    _exp_shifted(e, row_max, bits)  # e = exp(s + m - max), every exponent <= 0
+    total = row_sum(e)
+    for j in range(s.shape[1]):
+        probs[r, j] = e[j] / total
+    return row_max == -np.inf
+
+
 @njit(**JIT_PARALLEL)
 def _softmax_loop(s, mask, rows_per_group, probs):
     """s, probs (N, n); mask (G, n) float64, row r uses mask[r // rows_per_group].
@@ -162,12 +175,18 @@ def _softmax_loop(s, mask, rows_per_group, probs):
         e = np.empty(n, dtype=np.float64)  # scratch row: kept in float64 until the divide
         bits = np.empty((2, n), dtype=np.int64)  # scratch for _exp_shifted
         for r in range(blk * _SOFTMAX_BLOCK, min(n_rows, (blk + 1) * _SOFTMAX_BLOCK)):
-            row_max = _masked_row_max(s, mask[r // rows_per_group], r, e)
-            n_empty += row_max == -np.inf
-            _exp_shifted(e, row_max, bits)  # e = exp(s + m - max), every exponent <= 0
-            total = row_sum(e)
-            for j in range(n):
-                probs[r, j] = e[j] / total
+            n_empty += _softmax_row(s, mask[r // rows_per_group], r, e, bits, probs)
+    return n_empty
+
+
+@njit(**JIT_SERIAL)
+def _softmax_loop_serial(s, mask, rows_per_group, probs):
+    """:func:`_softmax_loop` in the calling thread (little work: see common.serial)."""
+    e = np.empty(s.shape[1], dtype=np.float64)
+    bits = np.empty((2, s.shape[1]), dtype=np.int64)
+    n_empty = 0
+    for r in range(s.shape[0]):
+        n_empty += _softmax_row(s, mask[r // rows_per_group], r, e, bits, probs)
     return n_empty
 
 
@@ -201,7 +220,7 @@ def softmax(scores: np.ndarray, additive_mask: np.ndarray | None = None) -> np.n
     if s.dtype == np.float32:
         loop = _softmax_loop_f32_serial if serial(s.size) else _softmax_loop_f32
     else:
-        loop = _softmax_loop
+        loop = _softmax_loop_serial if serial(s.size) else _softmax_loop
     n_empty = loop(s, mask2, rows_per_group, probs)
     if n_empty:
         raise ValueError(checks.EMPTY_ROW_MESSAGE)

@@ -10,7 +10,9 @@ The loops below do the same steps in one pass each, row-parallel:
 * :func:`bias_gelu_backward`: ``dpre = gelu'(pre) * (dact * ffn_mask)``, and optionally
   ``act`` again, so that the forward pass need not keep it (it is cheaper to recompute than
   to store: one pass instead of 25 MB per layer held from forward to backward);
-* :func:`attention_weights`: ``probs * probs_dropout * head_mask`` in parallel;
+* :func:`attention_weights`: ``probs * probs_dropout * head_mask`` in parallel (both
+  attention loops also have a serial twin, for little work and for a share of the attention
+  core: :func:`~npcosteff.kernels.common.serial`);
 * :func:`attention_probs_backward`: the head mask, dropout mask and softmax backward of the
   attention probabilities in one pass per row, in place;
 * :func:`scatter_add_rows`: ``table[ids] += rows`` with repeated ids adding up, in the order of
@@ -54,6 +56,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import reference
+from .common import JIT_SERIAL, serial
 from .rows import row_dot
 
 from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_gelu,
@@ -244,25 +247,38 @@ def scatter_add_rows(table, ids, rows):
 # ---------------------------------------------------------------------------- attention probs backward
 
 
+@njit(fastmath=False, cache=True, inline="always")
+def _probs_backward_row(dw, probs, r, hs, mask, has_mask, extra, has_extra):
+    """Row r of dw (R, n) overwritten with its dscores; hs is the row's head's head_mask."""
+    n = probs.shape[1]
+    for j in range(n):
+        g = dw[r, j] * hs                                     # `dprobs *= head_mask`, rounded
+        if has_mask:
+            g = g * mask[r, j]                                # `dprobs *= probs_dropout`
+        if has_extra:
+            g = g + extra[r, j]                               # `dprobs += dprobs_extra`
+        dw[r, j] = g
+    dot = row_dot(dw[r], probs[r])                            # sum_i dp_i p_i in float64 (vectorized)
+    for j in range(n):
+        dw[r, j] = np.float64(probs[r, j]) * (np.float64(dw[r, j]) - dot)
+
+
 @njit(**_jit)
 def _probs_backward_loop(dw, probs, head_scale, mask, has_mask, extra, has_extra, heads, tokens):
     """dw, probs (R, n) with R = B*H*T rows; head_scale (H,); mask/extra (R, n) when flagged.
 
     Row r belongs to head (r // tokens) % heads. dw is overwritten with dscores.
     """
-    n_rows, n = probs.shape
-    for r in prange(n_rows):
-        hs = head_scale[(r // tokens) % heads]
-        for j in range(n):
-            g = dw[r, j] * hs                                 # `dprobs *= head_mask`, rounded
-            if has_mask:
-                g = g * mask[r, j]                            # `dprobs *= probs_dropout`
-            if has_extra:
-                g = g + extra[r, j]                           # `dprobs += dprobs_extra`
-            dw[r, j] = g
-        dot = row_dot(dw[r], probs[r])                        # sum_i dp_i p_i in float64 (vectorized)
-        for j in range(n):
-            dw[r, j] = np.float64(probs[r, j]) * (np.float64(dw[r, j]) - dot)
+    for r in prange(probs.shape[0]):
+        _probs_backward_row(dw, probs, r, head_scale[(r // tokens) % heads], mask, has_mask, extra, has_extra)
+
+
+@njit(**JIT_SERIAL)
+def _probs_backward_loop_serial(dw, probs, head_scale, mask, has_mask, extra, has_extra, heads, tokens):
+    """:func:`_probs_backward_loop` in the calling thread (little work, or a share of the
+    attention core: see common.serial)."""
+    for r in range(probs.shape[0]):
+        _probs_backward_row(dw, probs, r, head_scale[(r // tokens) % heads], mask, has_mask, extra, has_extra)
 
 
 def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None, dprobs_extra=None):
@@ -280,21 +296,32 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
                                                              dprobs_extra)
     B, H, T, n = probs.shape
     dummy = np.zeros((1, 1), probs.dtype)                     # stands for an absent mask (never read)
-    _probs_backward_loop(dweights.reshape(-1, n), probs.reshape(-1, n), head_scale,
+    loop = _probs_backward_loop_serial if serial(probs.size) else _probs_backward_loop
+    loop(dweights.reshape(-1, n), probs.reshape(-1, n), head_scale,
                          dummy if mask is None else mask.reshape(-1, n), mask is not None,
                          dummy if extra is None else extra.reshape(-1, n), extra is not None, H, T)
     return dweights
 
 
+@njit(fastmath=False, cache=True, inline="always")
+def _mask_probs_row(probs, mask, has_mask, hs, r, out):
+    for j in range(probs.shape[1]):
+        w = probs[r, j]
+        if has_mask:
+            w = w * mask[r, j]                                # `weights = probs * probs_dropout`
+        out[r, j] = w * hs                                    # then `weights *= head_mask`
+
+
 @njit(**_jit)
 def _mask_probs_loop(probs, mask, has_mask, head_scale, heads, tokens, out):
     for r in prange(probs.shape[0]):
-        hs = head_scale[(r // tokens) % heads]
-        for j in range(probs.shape[1]):
-            w = probs[r, j]
-            if has_mask:
-                w = w * mask[r, j]                            # `weights = probs * probs_dropout`
-            out[r, j] = w * hs                                # then `weights *= head_mask`
+        _mask_probs_row(probs, mask, has_mask, head_scale[(r // tokens) % heads], r, out)
+
+
+@njit(**JIT_SERIAL)
+def _mask_probs_loop_serial(probs, mask, has_mask, head_scale, heads, tokens, out):
+    for r in range(probs.shape[0]):
+        _mask_probs_row(probs, mask, has_mask, head_scale[(r // tokens) % heads], r, out)
 
 
 def attention_weights(probs, probs_dropout=None, head_mask=None):
@@ -308,7 +335,8 @@ def attention_weights(probs, probs_dropout=None, head_mask=None):
     head_scale, mask = check_attention_weights(probs, probs_dropout, head_mask)
     B, H, T, n = probs.shape
     out = np.empty_like(probs)
-    _mask_probs_loop(probs.reshape(-1, n), np.zeros((1, 1), probs.dtype) if mask is None else mask.reshape(-1, n),
+    loop = _mask_probs_loop_serial if serial(probs.size) else _mask_probs_loop
+    loop(probs.reshape(-1, n), np.zeros((1, 1), probs.dtype) if mask is None else mask.reshape(-1, n),
                      mask is not None, head_scale, H, T, out.reshape(-1, n))
     return out
 

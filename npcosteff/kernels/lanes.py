@@ -11,7 +11,8 @@ samples; and for one sentence, whose rows are few, a head's whole way through th
 each lane's part of the output summed by the caller (:mod:`~npcosteff.kernels.lanes_layer`,
 the layer's steps cut that way).
 
-This module is the runner. A lane is one share: :func:`run` hands each lane but the first to
+This module is the runner (the attention core, :mod:`~npcosteff.kernels.chunked_attention`, runs
+its shares of samples through it too, in training as at inference). A lane is one share: :func:`run` hands each lane but the first to
 a worker thread of the kernels' pool (:mod:`~npcosteff.kernels.pool`), runs the first in the
 calling thread, and waits for all of them, with BLAS limited to one thread and every Numba
 loop run in its calling thread (:func:`inside`), so the lanes never compete for the same

@@ -29,15 +29,10 @@ import numpy as np
 
 from .. import kernels
 from ..heads import PROJECTIONS, head_span, merge_heads, split_heads
-from . import lanes, reference
+from . import common, lanes, reference
 from .checks import check_vector
 
-__all__ = ["layer_forward_in_lanes", "attention_in_lanes", "ffn_in_lanes", "CORE_CHUNK_FLOATS"]
-
-# The attention core takes whole samples in chunks of about this many scores (512 KB of
-# float32, half a core's L2 cache here): one sample of MiniLM at 128 tokens (196,608 scores)
-# per chunk, 42 samples of 16 tokens.
-CORE_CHUNK_FLOATS = 1 << 17
+__all__ = ["layer_forward_in_lanes", "attention_in_lanes", "ffn_in_lanes"]
 
 
 def layer_forward_in_lanes(x, attention_params, ffn_params, num_heads, head_size, additive_mask, eps, *,
@@ -80,12 +75,12 @@ def attention_core(q, k, v, mask, head_mask, probs, context):
     """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
     probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given.
 
-    Whole samples go through the three steps a few at a time (:data:`CORE_CHUNK_FLOATS`): a
+    Whole samples go through the three steps a few at a time (:data:`.common.CORE_CHUNK_FLOATS`): a
     chunk's scores stay in the core's cache from the product that writes them through the
     softmax to the product that reads them, where a lane's 16 samples of MiniLM at 128 tokens
     at once (12 MB of scores) went out to memory and back twice (benchmarks/README.md)."""
     b, h, T, _ = probs.shape
-    chunk = max(1, CORE_CHUNK_FLOATS // max(1, h * T * T))             # samples per chunk
+    chunk = max(1, common.CORE_CHUNK_FLOATS // max(1, h * T * T))             # samples per chunk
     if probs.flags.c_contiguous and b > chunk:                         # whole samples: a chunk at a time
         for c in range(0, b, chunk):
             s = slice(c, c + chunk)

@@ -1,12 +1,12 @@
 """The kernels' one pool of worker threads, and the BLAS thread count they work around.
 
-Two kernels hand work to other threads: the heads' batched products
-(:mod:`~npcosteff.kernels.batched`, one share of the batch per BLAS thread) and the layers
-shared out at inference (:mod:`~npcosteff.kernels.lanes`, one share of a layer per lane).
-Both run their shares with BLAS limited to one thread, so that each share is one core's work
-and no BLAS thread waits on another, and both take their worker threads from
-:func:`workers`: one pool for the process, started on first use and grown when a caller
-needs more workers than it has. With ``NPCOSTEFF_KERNELS=reference`` nothing calls it and
+Kernels hand work to other threads in lanes (:mod:`~npcosteff.kernels.lanes`): the layers
+shared out at inference (one share of a layer per lane) and the heads' attention core (one
+share of the samples per BLAS thread, :mod:`~npcosteff.kernels.chunked_attention`). The lanes
+run with BLAS limited to one thread, so that each share is one core's work and no BLAS thread
+waits on another; the dropout draws (:mod:`~npcosteff.kernels.draws`) fill their parts in the
+same workers. All take their worker threads from :func:`workers`: one pool for the process,
+started on first use and grown when a caller needs more workers than it has. With ``NPCOSTEFF_KERNELS=reference`` nothing calls it and
 no worker thread starts (:func:`started`).
 
 The BLAS thread count is read and set through ``threadpoolctl``; without it (or when it

@@ -1,10 +1,11 @@
 """Reference kernels in plain NumPy: GELU, masked softmax, LayerNorm, dropout masks, the
 fused steps of the layers (bias + GELU, the attention weights and their backward, the
-embedding scatter-add, the heads' batched products) and the AdamW update.
+attention core of the heads, the embedding scatter-add) and the AdamW update.
 
 This is the teaching path. Every kernel is a direct transcription of its formula, and the
 compiled kernels (:mod:`npcosteff.kernels.fast`, :mod:`npcosteff.kernels.fused`, the
-threaded :mod:`npcosteff.kernels.batched`) are tested against these functions.
+attention core by chunks of samples, :mod:`npcosteff.kernels.chunked_attention`) are tested
+against these functions.
 
 Numerical policy (shared with :mod:`npcosteff.kernels.fast`)
 -----------------------------------------------------------
@@ -27,10 +28,10 @@ import math
 import numpy as np
 from scipy.special import erfc
 
-from .checks import (check_attention_probs_backward, check_attention_weights, check_bias_add_layer_norm,
-                     check_bias_gelu, check_bias_gelu_backward, check_dropout_args, check_layer_norm_backward,
-                     check_layer_norm_params, check_scatter_add, check_softmax_inputs, float_array,
-                     last_axis, raise_if_empty_rows, same_dtype, same_shape)
+from .checks import (check_attention_core, check_attention_probs_backward, check_attention_weights,
+                     check_bias_add_layer_norm, check_bias_gelu, check_bias_gelu_backward, check_dropout_args,
+                     check_layer_norm_backward, check_layer_norm_params, check_scatter_add, check_softmax_inputs,
+                     float_array, last_axis, raise_if_empty_rows, same_dtype, same_shape)
 
 __all__ = [
     "gelu",
@@ -48,8 +49,9 @@ __all__ = [
     "bias_gelu_inference",
     "attention_weights",
     "attention_probs_backward",
+    "attention_core",
+    "attention_core_backward",
     "scatter_add_rows",
-    "batched_matmul",
     "adamw_update",
 ]
 
@@ -363,6 +365,52 @@ def attention_probs_backward(dweights, probs, head_mask=None, probs_dropout=None
     return dweights
 
 
+def attention_core(q, k, v, additive_mask=None, probs_dropout=None, head_mask=None, inference=False):
+    """The heads' attention, from queries, keys and values to the context, step by step:
+
+        scores  = q k^T + additive_mask                     (B, H, T, T)   q already / sqrt(d_h)
+        probs   = softmax(scores)                           (B, H, T, T)
+        weights = probs * probs_dropout * head_mask         (B, H, T, T)
+        context = weights v                                 (B, H, T, d_h)
+
+    q, k, v (B, H, T, d_h), one float dtype (views such as the heads of a (B*T, H*d_h) array
+    are fine); additive_mask broadcastable to the scores, e.g. (B, 1, 1, T), or None;
+    probs_dropout (B, H, T, T) multiplier or None; head_mask (H,) or None. With
+    ``inference=True`` the softmax is :func:`softmax_inference` (nothing backpropagates).
+    Returns (context (B, H, T, d_h), probs (B, H, T, T)); the backward needs probs.
+    """
+    check_attention_core(q, k, v, additive_mask, probs_dropout, head_mask)
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2))                     # (B, H, T, T): B * H products
+    probs = (softmax_inference if inference else softmax)(scores, additive_mask)
+    weights = attention_weights(probs, probs_dropout, head_mask)       # (B, H, T, T)
+    context = np.matmul(weights, v)                                    # (B, H, T, d_h)
+    return context, probs
+
+
+def attention_core_backward(dcontext, q, k, v, probs, probs_dropout=None, head_mask=None, dprobs_extra=None):
+    """Gradients of :func:`attention_core` from that of its context, step by step:
+
+        weights  = probs * probs_dropout * head_mask        (B, H, T, T)   recomputed, not kept
+        dweights = dcontext v^T,   dv = weights^T dcontext
+        dscores  = softmax backward of dweights * head_mask * probs_dropout (+ dprobs_extra)
+        dq = dscores k,            dk = dscores^T q
+
+    dcontext, q, k, v (B, H, T, d_h); probs (B, H, T, T) C-contiguous, the forward's;
+    probs_dropout, head_mask as in the forward; dprobs_extra (B, H, T, T), a gradient put on
+    the probabilities themselves (attention distillation), or None.
+    Returns (dq, dk, dv), each (B, H, T, d_h); dq is the gradient of the scaled queries.
+    """
+    check_attention_core(q, k, v, None, probs_dropout, head_mask, dcontext=dcontext, probs=probs,
+                         dprobs_extra=dprobs_extra)
+    weights = attention_weights(probs, probs_dropout, head_mask)       # as the forward computed them
+    dweights = np.matmul(dcontext, v.transpose(0, 1, 3, 2))            # (B, H, T, T)
+    dv = np.matmul(weights.transpose(0, 1, 3, 2), dcontext)            # (B, H, T, d_h)
+    dscores = attention_probs_backward(dweights, probs, head_mask, probs_dropout, dprobs_extra)
+    dq = np.matmul(dscores, k)                                         # (B, H, T, d_h)
+    dk = np.matmul(dscores.transpose(0, 1, 3, 2), q)                   # (B, H, T, d_h)
+    return dq, dk, dv
+
+
 def scatter_add_rows(table, ids, rows):
     """``table[ids[n]] += rows[n]`` for every n, repeated ids adding up (the word-embedding
     gradient: one row per token). table (V, d); ids (N,) in [0, V); rows (N, d).
@@ -372,14 +420,6 @@ def scatter_add_rows(table, ids, rows):
     """
     ids, rows = check_scatter_add(table, ids, rows)
     np.add.at(table, ids, rows)
-
-
-def batched_matmul(a, b, out=None):
-    """``a @ b`` over leading batch axes: a (..., p, k), b (..., k, q) -> (..., p, q).
-
-    The attention heads' products (Q K^T and P V, and those of the backward pass).
-    """
-    return np.matmul(a, b, out=out)
 
 
 def adamw_update(p, g, m, v, *, lr, weight_decay, beta1, beta2, eps, step, work=None):

@@ -22,10 +22,11 @@ tutorials/02_backprop_by_hand.ipynb):
     dQ        = dscores K / sqrt(d_h),  dK = dscores^T Q / sqrt(d_h)
     dx        = ds + dQ Wq + dK Wk + dV Wv                     (the residual and the three projections)
 
-The heavy steps go through :mod:`npcosteff.kernels` (the heads' products, softmax, the
-masked weights and their backward), so ``NPCOSTEFF_KERNELS=reference`` runs this block in
-plain NumPy. (The model's speed path at inference is a twin of this block in
-npcosteff/kernels/lanes_layer.py, tested against it.)
+The heavy steps go through :mod:`npcosteff.kernels`: the attention core (the heads' products,
+softmax, dropout and head mask, forward and backward, whose plain twin
+:func:`npcosteff.kernels.reference.attention_core` is the lines above) and LayerNorm, so
+``NPCOSTEFF_KERNELS=reference`` runs this block in plain NumPy. (The model's speed path at
+inference is a twin of this block in npcosteff/kernels/lanes_layer.py, tested against it.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class AttentionCache(NamedTuple):
     k: np.ndarray                         # (B, H, T, d_h) keys
     v: np.ndarray                         # (B, H, T, d_h) values
     probs: np.ndarray                     # (B, H, T, T) softmax of the scores
-    weights: np.ndarray                   # (B, H, T, T) probs * probs_dropout * head_mask
     output: tuple                         # cache of the output dense (linear_forward)
     s2: np.ndarray                        # (N, d) LayerNorm input: x + dropout(dense output)
     mean: np.ndarray                      # (N,) LayerNorm statistics
@@ -83,12 +83,10 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
     q2 *= scale                # 1/sqrt(d_h) on Q: the same as on the scores, on 4x fewer numbers
     q, k, v = (split_heads(a, B, T, H) for a in (q2, k2, v2))          # (B, H, T, d_h) views
 
-    scores = kernels.batched_matmul(q, k.transpose(0, 1, 3, 2))        # (B, H, T, T)
-    softmax = kernels.softmax_inference if inference else kernels.softmax
-    probs = softmax(scores, additive_mask)                             # (B, H, T, T)
-    del scores
-    weights = kernels.attention_weights(probs, probs_dropout, head_mask)   # (B, H, T, T)
-    context = kernels.batched_matmul(weights, v)                       # (B, H, T, d_h)
+    # The core: probs = softmax(q k^T + mask), context = (probs * probs_dropout * head_mask) v
+    # (step by step in kernels/reference.py).
+    context, probs = kernels.attention_core(q, k, v, additive_mask, probs_dropout, head_mask,
+                                            inference=inference)       # (B, H, T, d_h), (B, H, T, T)
 
     out2, o_cache = linear_forward(merge_heads(context), p["output.dense.weight"],
                                    p["output.dense.bias"])             # (N, d)
@@ -96,7 +94,7 @@ def attention_forward(x, p, num_heads, head_size, additive_mask, eps, *,
         out2 *= output_dropout.reshape(B * T, d)
     y, s2, mean, rstd = kernels.add_layer_norm(out2, x2, p["output.LayerNorm.weight"],
                                                p["output.LayerNorm.bias"], eps)   # s2 = out2 + x2
-    cache = None if inference else AttentionCache(x2, q, k, v, probs, weights, o_cache, s2, mean, rstd,
+    cache = None if inference else AttentionCache(x2, q, k, v, probs, o_cache, s2, mean, rstd,
                                                   head_mask, probs_dropout, output_dropout, scale)
     return y.reshape(B, T, d), probs, cache
 
@@ -118,14 +116,10 @@ def attention_backward(dy, cache: AttentionCache, p, grads, dprobs_extra=None):
     dcontext2, _ = linear_backward(dout2, c.output, Prefixed(grads, "output.dense."))   # (N, A)
     dcontext = split_heads(dcontext2, B, T, H)                         # (B, H, T, d_h)
 
-    dweights = kernels.batched_matmul(dcontext, c.v.transpose(0, 1, 3, 2))   # (B, H, T, T)
-    dv = kernels.batched_matmul(c.weights.transpose(0, 1, 3, 2), dcontext)    # (B, H, T, d_h)
-    # dprobs = dweights * head_mask * probs_dropout (+ dprobs_extra), then the softmax backward
-    # dscores = probs * (dprobs - sum(dprobs * probs)), in place in dweights.
-    dscores = kernels.attention_probs_backward(dweights, c.probs, c.head_mask, c.probs_dropout, dprobs_extra)
-    dq = kernels.batched_matmul(dscores, c.k)                          # (B, H, T, d_h), of the scaled Q
-    dk = kernels.batched_matmul(dscores.transpose(0, 1, 3, 2), c.q)    # (B, H, T, d_h)
-    del dscores
+    # The core backward: dweights = dcontext V^T, dV = weights^T dcontext, the softmax backward
+    # of dweights * head_mask * probs_dropout (+ dprobs_extra), then dQ and dK.
+    dq, dk, dv = kernels.attention_core_backward(dcontext, c.q, c.k, c.v, c.probs, c.probs_dropout,
+                                                 c.head_mask, dprobs_extra)   # (B, H, T, d_h) each
     dq *= c.scale                                                      # chain rule through Q * scale
 
     dx2 = ds2.copy()                                                   # (N, d): the residual branch
