@@ -632,21 +632,24 @@ def _generator(kind, seed, buffered, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", [np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox])
 @pytest.mark.parametrize("buffered", [0, 1])
-@pytest.mark.parametrize("threads", [2, 3])
-def test_uniform_draws_in_threads_equal_rng_random(monkeypatch, dtype, kind, buffered, threads):
-    """draws.uniform cut into parts (PCG64: jumped copies, one per thread; others: rng.random)
-    gives rng.random's numbers bit for bit and leaves the generator in rng.random's state, with
-    a float32 half in the buffer or not, for part boundaries that fall on odd draws."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_dropout_masks_in_threads_equal_the_reference(monkeypatch, dtype, kind, buffered, threads):
+    """draws.dropout_multiplier cut into parts and blocks (PCG64: jumped copies, one per
+    thread, raw outputs; others: rng.random) gives the reference's mask bit for bit and leaves
+    the generator in rng.random's state, with a float32 half in the buffer or not, for part and
+    block boundaries that fall on odd draws and odd and even counts of draws."""
     from npcosteff.kernels import draws
 
     monkeypatch.setattr(draws, "MIN_PART", 5)                 # parts of a few draws, odd sizes
-    for shape in [(7, 3), (101,), (2, 3, 17)]:
+    monkeypatch.setattr(draws, "BLOCK_OUTPUTS", 3)            # blocks of a few outputs
+    for shape in [(7, 3), (101,), (2, 3, 17), (40,), (1,)]:
         expected_rng = _generator(kind, 31, buffered, dtype)
         rng = _generator(kind, 31, buffered, dtype)
-        expected = expected_rng.random(shape, dtype=dtype)
-        got = draws.uniform(rng, shape, dtype, threads)
+        expected = ref.dropout_mask(expected_rng, shape, 0.3, dtype)
+        got = draws.dropout_multiplier(rng, shape, 0.3, dtype, threads)
         assert got.shape == shape and got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, expected)
+        assert 0 < np.count_nonzero(got) < got.size or got.size < 5   # both outcomes occur
         assert _same_state(rng.bit_generator.state, expected_rng.bit_generator.state)
         for follow in (np.float32, np.float64):             # the next draws of either kind agree too
             np.testing.assert_array_equal(rng.random(5, dtype=follow), expected_rng.random(5, dtype=follow))

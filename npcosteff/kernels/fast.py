@@ -153,16 +153,6 @@ def _layer_norm_backward_loop(dy, x, gamma, mean, rstd, dx, dgamma_parts, dbeta_
                 dx[r, j] = rs * (g - mean_g - x_hat * mean_g_xhat)
 
 
-@njit(fastmath=False, cache=True)
-def _dropout_loop(u, threshold, scale):
-    """u (N,) uniform draws, overwritten in place by the mask: scale where u >= threshold.
-
-    Serial on purpose: one compare per element is memory-bound, and drawing u costs more.
-    """
-    for i in range(u.shape[0]):
-        u[i] = scale if u[i] >= threshold else 0.0
-
-
 # ---------------------------------------------------------------------------
 # Public API (same signatures, checks and results as the reference)
 # ---------------------------------------------------------------------------
@@ -305,13 +295,11 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: 
 def dropout_mask(rng: np.random.Generator, shape, p: float, dtype) -> np.ndarray:
     """Inverted-dropout multiplier: 0 with probability p, else ``1 / (1 - p)``.
 
-    Draws exactly what the reference draws (``rng.random(shape, dtype)``, filled by the
-    kernels' threads: :func:`.draws.uniform`), so the same generator state gives the same mask
-    and the same state afterwards; the threshold and scale are applied in place.
+    The reference's mask from the same draws (those of ``rng.random(shape, dtype)``), made from
+    the generator's raw bits by the kernels' threads (:func:`.draws.dropout_multiplier`), so the
+    same generator state gives the same mask and the same state afterwards.
     """
     shape, p, dtype = checks.check_dropout_args(rng, shape, p, dtype)
     if p == 0.0:
         return np.ones(shape, dtype=dtype)
-    u = draws.uniform(rng, shape, dtype, numba.get_num_threads())  # (shape) U[0, 1), overwritten by the mask
-    _dropout_loop(u.reshape(-1), dtype.type(p), dtype.type(1.0 / (1.0 - p)))
-    return u
+    return draws.dropout_multiplier(rng, shape, p, dtype, numba.get_num_threads())
