@@ -198,6 +198,10 @@ def test_model_forward_without_cache_uses_the_inference_kernels(monkeypatch):
     for name in ("softmax_inference", "bias_gelu_inference"):
         inner = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=inner, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    # the plain layers take their softmax inside the attention core, the inference one when told
+    core = kernels.attention_core
+    monkeypatch.setattr(kernels, "attention_core",
+                        lambda *a, _f=core, **k: (k.get("inference") and calls.append("softmax_inference")) or _f(*a, **k))
     for dtype in (np.float32, np.float64):
         model = CostEffModel(config, dtype=dtype, seed=0)
         calls.clear()
