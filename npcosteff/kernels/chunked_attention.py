@@ -74,8 +74,8 @@ def _run(fn, shares) -> None:
 
 
 def _chunks(share: slice, H: int, T: int):
-    """The share's samples as slices of at most CORE_CHUNK_FLOATS scores each (at least one sample)."""
-    per_chunk = max(1, common.CORE_CHUNK_FLOATS // max(1, H * T * T))
+    """The share's samples as slices of one chunk each (:func:`.common.core_chunk_samples`)."""
+    per_chunk = common.core_chunk_samples(H, T)
     for lo in range(share.start, share.stop, per_chunk):
         yield slice(lo, min(lo + per_chunk, share.stop))
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from . import lanes
 
-__all__ = ["JIT_PARALLEL", "JIT_SERIAL", "SERIAL_MAX_ELEMENTS", "CORE_CHUNK_FLOATS", "serial", "as_rows", "mask_groups"]
+__all__ = ["JIT_PARALLEL", "JIT_SERIAL", "SERIAL_MAX_ELEMENTS", "CORE_CHUNK_FLOATS", "serial", "core_chunk_samples",
+           "as_rows", "mask_groups"]
 
 # fastmath off: it would let the compiler reorder sums and change rounding, so results would
 # drift from the reference by more than the documented summation order.
@@ -19,11 +20,12 @@ JIT_PARALLEL = dict(parallel=True, fastmath=False, cache=True)
 JIT_SERIAL = dict(fastmath=False, cache=True, nogil=True)   # nogil: lanes run them side by side (lanes.py)
 
 # Up to this many elements the row kernels (LayerNorm, the softmax, the attention weights and
-# their backward, the inference GELU and softmax) run in the calling thread: waking the worker threads for a parallel loop costs
-# more than it saves (benchmarks/README.md). One sample at inference is below it (196,608 GELU
-# values and as many attention probabilities for MiniLM at 128 tokens). Results do not depend
-# on the path: each row is computed by the same code either way (tests/test_kernels.py,
-# tests/test_kernels_fused.py and tests/test_kernels_inference.py run both).
+# their backward, the inference GELU and softmax) run in the calling thread: waking the worker
+# threads for a parallel loop costs more than it saves (benchmarks/README.md). One sample at
+# inference is below it (196,608 GELU values and as many attention probabilities for MiniLM at
+# 128 tokens). Results do not depend on the path: each row is computed by the same code either
+# way (tests/test_kernels.py, tests/test_kernels_fused.py and tests/test_kernels_inference.py
+# run both).
 SERIAL_MAX_ELEMENTS = 1 << 19
 
 # The attention core (for training, npcosteff/kernels/chunked_attention.py; at inference in lanes,
@@ -32,6 +34,11 @@ SERIAL_MAX_ELEMENTS = 1 << 19
 # that writes them to the one that reads them: one sample of MiniLM at 128 tokens (196,608
 # scores) per chunk, 42 samples of 16 tokens.
 CORE_CHUNK_FLOATS = 1 << 17
+
+
+def core_chunk_samples(heads: int, tokens: int) -> int:
+    """Samples per chunk of the attention core: as many as fit CORE_CHUNK_FLOATS scores, at least one."""
+    return max(1, CORE_CHUNK_FLOATS // max(1, heads * tokens * tokens))
 
 
 def serial(size: int) -> bool:

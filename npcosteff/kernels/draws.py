@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import pool
+from . import pool, reference
 
 __all__ = ["dropout_multiplier", "MIN_PART"]
 
@@ -101,12 +101,11 @@ def dropout_multiplier(rng: np.random.Generator, shape, p: float, dtype, threads
     afterwards (module docstring)."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64))
-    threshold, scale = dtype.type(p), dtype.type(1.0 / (1.0 - p))
     bit_generator = rng.bit_generator
     parts = min(int(threads), n // MIN_PART)
     if parts < 2 or type(bit_generator) not in _JUMPABLE:
-        keep = rng.random(shape, dtype=dtype) >= threshold                           # the reference's way
-        return keep.astype(dtype) * scale
+        return reference.dropout_mask(rng, shape, p, dtype)                           # the reference itself
+    threshold, scale = dtype.type(p), dtype.type(1.0 / (1.0 - p))                   # as the reference rounds them
     state = bit_generator.state
     per_output = 2 if dtype == np.float32 else 1                     # draws per 64-bit output
     buffered = int(state["has_uint32"]) if per_output == 2 else 0    # a float32 draw waiting in the buffer

@@ -75,12 +75,12 @@ def attention_core(q, k, v, mask, head_mask, probs, context):
     """The attention core of some samples and heads inside a lane: q, k, v (b, h, T, d_h) ->
     probs (b, h, T, T) and context (b, h, T, d_h), written into the arrays given.
 
-    Whole samples go through the three steps a few at a time (:data:`.common.CORE_CHUNK_FLOATS`): a
-    chunk's scores stay in the core's cache from the product that writes them through the
+    Whole samples go through the three steps a few at a time (:func:`.common.core_chunk_samples`):
+    a chunk's scores stay in the core's cache from the product that writes them through the
     softmax to the product that reads them, where a lane's 16 samples of MiniLM at 128 tokens
     at once (12 MB of scores) went out to memory and back twice (benchmarks/README.md)."""
     b, h, T, _ = probs.shape
-    chunk = max(1, common.CORE_CHUNK_FLOATS // max(1, h * T * T))             # samples per chunk
+    chunk = common.core_chunk_samples(h, T)                            # samples per chunk
     if probs.flags.c_contiguous and b > chunk:                         # whole samples: a chunk at a time
         for c in range(0, b, chunk):
             s = slice(c, c + chunk)

@@ -6,8 +6,8 @@ share of the samples per BLAS thread, :mod:`~npcosteff.kernels.chunked_attention
 run with BLAS limited to one thread, so that each share is one core's work and no BLAS thread
 waits on another; the dropout draws (:mod:`~npcosteff.kernels.draws`) fill their parts in the
 same workers. All take their worker threads from :func:`workers`: one pool for the process,
-started on first use and grown when a caller needs more workers than it has. With ``NPCOSTEFF_KERNELS=reference`` nothing calls it and
-no worker thread starts (:func:`started`).
+started on first use and grown when a caller needs more workers than it has. With
+``NPCOSTEFF_KERNELS=reference`` nothing calls it and no worker thread starts (:func:`started`).
 
 The BLAS thread count is read and set through ``threadpoolctl``; without it (or when it
 finds no BLAS) :func:`blas` is None, :func:`blas_threads` is 1 and :func:`one_blas_thread`
